@@ -1,0 +1,21 @@
+# Flags for taxon's own tests/examples/benchmarks (never exported to consumers).
+include_guard(GLOBAL)
+
+if(NOT CMAKE_BUILD_TYPE AND NOT CMAKE_CONFIGURATION_TYPES)
+  # Optimised but without -g: debug info roughly doubles LibTorch-heavy build times.
+  set(CMAKE_BUILD_TYPE Release CACHE STRING "Build type" FORCE)
+endif()
+
+# lld links LibTorch binaries ~5x faster than GNU ld.
+find_program(TAXON_LLD ld.lld)
+if(TAXON_LLD)
+  set(TAXON_LINKER_FLAGS -fuse-ld=lld)
+endif()
+
+function(taxon_internal_target target)
+  target_link_libraries(${target} PRIVATE taxon::taxon)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter)
+  if(TAXON_LINKER_FLAGS)
+    target_link_options(${target} PRIVATE ${TAXON_LINKER_FLAGS})
+  endif()
+endfunction()

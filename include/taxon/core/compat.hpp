@@ -1,0 +1,17 @@
+#pragma once
+// The one place that papers over LibTorch version differences (Debian's 1.13 vs pip/NGC 2.x).
+#include <torch/version.h>
+
+#define TAXON_TORCH_VERSION_AT_LEAST(major, minor) \
+  (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
+
+// ATen's fused scaled_dot_product_attention exists from 2.0 on.
+#if TAXON_TORCH_VERSION_AT_LEAST(2, 0)
+#define TAXON_HAS_SDPA 1
+#else
+#define TAXON_HAS_SDPA 0
+#endif
+
+namespace taxon::compat {
+inline constexpr const char* torch_version = TORCH_VERSION;
+}  // namespace taxon::compat

@@ -1,0 +1,9 @@
+#pragma once
+#include "taxon/core/compat.hpp"
+#include "taxon/core/error.hpp"
+#include "taxon/core/log.hpp"
+#include "taxon/core/options.hpp"
+#include "taxon/core/progress.hpp"
+#include "taxon/core/seed.hpp"
+#include "taxon/core/threads.hpp"
+#include "taxon/core/version.hpp"

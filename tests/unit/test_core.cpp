@@ -1,0 +1,127 @@
+// Core utilities: error ids, options idiom, seeding, progress formatting, atomic writes, threads/BLAS.
+#include "taxon/core/core.hpp"
+#include "taxon/io/atomic_file.hpp"
+
+#include <ATen/ATen.h>
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "support/tensor_compare.hpp"
+
+namespace test_core {
+
+struct DemoOptions {
+  TAXON_ARG(double, scale) = 32.0;
+  TAXON_ARG(int, layers) = 12;
+};
+
+}  // namespace test_core
+
+TEST_CASE("TAXON_CHECK throws taxon::Error with a stable id", "[core]") {
+  try {
+    TAXON_CHECK(1 + 1 == 3, "core.demo", "value was ", 2, " expected ", 3);
+    FAIL("did not throw");
+  } catch (const taxon::Error& e) {
+    CHECK(e.id() == "core.demo");
+    CHECK(std::string(e.what()) == "[taxon.core.demo] value was 2 expected 3");
+  }
+  REQUIRE_NOTHROW([] { TAXON_CHECK(true, "core.demo", "never formatted"); }());
+  REQUIRE_TAXON_ERROR(TAXON_FAIL("core.other", "x"), "core.other");
+}
+
+TEST_CASE("options idiom: defaults, chained setters, rvalue chaining", "[core]") {
+  test_core::DemoOptions a;
+  CHECK(a.scale() == 32.0);
+  CHECK(a.layers() == 12);
+  a.scale(64).layers(24);
+  CHECK(a.scale() == 64.0);
+  CHECK(a.layers() == 24);
+  auto b = test_core::DemoOptions().layers(3);
+  CHECK(b.layers() == 3);
+  CHECK(b.scale() == 32.0);
+}
+
+TEST_CASE("derive_seed gives distinct reproducible streams", "[core]") {
+  CHECK(taxon::derive_seed(1, {2, 3}) == taxon::derive_seed(1, {2, 3}));
+  CHECK(taxon::derive_seed(1, {2, 3}) != taxon::derive_seed(1, {3, 2}));
+  CHECK(taxon::derive_seed(1, {2}) != taxon::derive_seed(2, {2}));
+  auto g1 = taxon::make_generator(7, {1});
+  auto g2 = taxon::make_generator(7, {1});
+  auto g3 = taxon::make_generator(7, {2});
+  auto a = at::rand({16}, g1), b = at::rand({16}, g2), c = at::rand({16}, g3);
+  CHECK(at::equal(a, b));
+  CHECK_FALSE(at::equal(a, c));
+}
+
+TEST_CASE("seed_everything makes the default generator reproducible", "[core]") {
+  taxon::seed_everything(123);
+  auto a = at::randn({8});
+  taxon::seed_everything(123);
+  auto b = at::randn({8});
+  CHECK(at::equal(a, b));
+}
+
+TEST_CASE("progress formatting shows rate and ETA", "[core]") {
+  taxon::ProgressSnapshot p;
+  p.done = 50;
+  p.total = 200;
+  p.elapsed_s = 10;
+  CHECK(p.rate() == Approx(5.0));
+  CHECK(p.eta_s() == Approx(30.0));
+  const auto line = taxon::format_progress("embed", p, "img", "loss 1.5");
+  CHECK(line == "embed 50/200 (25%) 5.0 img/s elapsed 0:10 eta 0:30 loss 1.5");
+  CHECK(taxon::format_duration(3725) == "1:02:05");
+  CHECK(taxon::format_duration(-1) == "?");
+
+  std::ostringstream captured;
+  taxon::log::set_sink(captured);
+  taxon::log::set_level(taxon::log::Level::info);
+  {
+    taxon::Progress progress("steps", 4, "step");
+    progress.set_interactive(false);
+    for (int i = 0; i < 4; ++i) progress.advance(1);
+  }
+  taxon::log::set_level(taxon::log::Level::warn);
+  taxon::log::set_sink(std::cerr);
+  CHECK(captured.str().find("steps 4/4 (100%)") != std::string::npos);
+}
+
+TEST_CASE("write_atomically replaces the target and keeps it on failure", "[core][io]") {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / "taxon_test_atomic";
+  fs::remove_all(dir);
+  const fs::path target = dir / "sub" / "out.txt";
+  taxon::io::write_text_atomically(target, "first");
+  CHECK(taxon::io::read_file(target) == "first");
+
+  REQUIRE_THROWS_AS(taxon::io::write_atomically(target,
+                                                [](std::ostream& out) {
+                                                  out << "partial";
+                                                  throw std::runtime_error("killed mid-write");
+                                                }),
+                    std::runtime_error);
+  CHECK(taxon::io::read_file(target) == "first");
+  size_t files = 0;
+  for (auto& entry : fs::directory_iterator(dir / "sub")) files += entry.is_regular_file();
+  CHECK(files == 1);  // no temporary left behind
+  REQUIRE_TAXON_ERROR(taxon::io::read_file(dir / "missing.bin"), "io.missing-file");
+  fs::remove_all(dir);
+}
+
+TEST_CASE("threads and BLAS are reported", "[core]") {
+  CHECK(taxon::configure_threads(2, false) == 2);
+  const auto blas = taxon::blas_library();
+  INFO("BLAS library: " << blas);
+  CHECK(blas != "none");
+  CHECK(!taxon::blas_name().empty());
+}
+
+TEST_CASE("version header matches the CMake project version", "[core]") {
+  std::ifstream cmake(std::string(TAXON_SOURCE_DIR) + "/CMakeLists.txt");
+  std::stringstream text;
+  text << cmake.rdbuf();
+  CHECK(text.str().find(std::string("project(taxon VERSION ") + taxon::version_string) != std::string::npos);
+}
