@@ -14,3 +14,13 @@ find_package(ZLIB REQUIRED)
 
 include(TaxonBlas)
 taxon_report_blas()
+
+# Imported targets are directory-scoped: when a consumer uses add_subdirectory(taxon), its own directory
+# must still see torch/torch_cpu/faiss/... that taxon::taxon links to, so make them global.
+get_property(_taxon_imported DIRECTORY PROPERTY IMPORTED_TARGETS)
+foreach(_t IN LISTS _taxon_imported)
+  get_target_property(_is_global ${_t} IMPORTED_GLOBAL)
+  if(NOT _is_global)
+    set_property(TARGET ${_t} PROPERTY IMPORTED_GLOBAL TRUE)
+  endif()
+endforeach()
