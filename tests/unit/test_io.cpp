@@ -1,5 +1,6 @@
 // File formats: .npy and safetensors round trips, interoperability with bytes written by Python, loader errors.
 #include "taxon/io/npy.hpp"
+#include "taxon/io/safetensors.hpp"
 
 #include <ATen/ATen.h>
 #include <catch2/catch.hpp>
@@ -164,4 +165,152 @@ TEST_CASE("npy errors name the file", "[io][npy]") {
 
   REQUIRE_TAXON_ERROR(taxon::io::save_npy(dir / "c.npy", at::randn({2}).to(at::kBFloat16)), "io.unsupported-dtype");
   REQUIRE_FALSE(std::filesystem::exists(dir / "c.npy"));
+}
+
+namespace test_io {
+
+// Builds a safetensors file byte by byte, the way Python's safetensors.torch.save_file lays it out: u64 LE header
+// length, compact JSON header padded with spaces to a multiple of 8, then the tensors' bytes.
+inline std::string safetensors_bytes(std::string json, const std::string& data) {
+  json.append((8 - json.size() % 8) % 8, ' ');
+  std::string out(8, '\0');
+  const uint64_t n = json.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xFF);
+  return out + json + data;
+}
+
+inline std::string float_bytes(std::initializer_list<float> values) {
+  std::string s;
+  for (float v : values) s.append(reinterpret_cast<const char*>(&v), sizeof v);
+  return s;
+}
+
+}  // namespace test_io
+
+TEST_CASE("safetensors round trip: every dtype, shapes, order and metadata", "[io][safetensors]") {
+  test_io::TempDir dir;
+  std::vector<std::pair<std::string, at::Tensor>> tensors = {
+      {"visual.conv1.weight", at::randn({4, 3, 2, 2})},
+      {"half", at::randn({3, 5}).to(at::kHalf)},
+      {"bf16", at::randn({7}).to(at::kBFloat16)},
+      {"double", at::randn({2, 2}, at::kDouble)},
+      {"long", at::arange(-3, 9, at::kLong)},
+      {"int", at::arange(-3, 3, at::kInt).reshape({2, 3})},
+      {"short", at::arange(-3, 3, at::kShort)},
+      {"char", at::arange(-3, 3, at::kChar)},
+      {"byte", at::arange(0, 200, 7, at::kLong).to(at::kByte)},
+      {"bool", at::rand({3, 3}) > 0.5},
+      {"scalar", at::scalar_tensor(2.5)},
+      {"empty", at::empty({0, 4})},
+      {"transposed", at::randn({3, 5}).t()},
+  };
+  const std::map<std::string, std::string> meta = {{"config", R"({"width": 64})"}, {"format", "pt"}};
+  taxon::io::save_safetensors(dir / "m.safetensors", tensors, meta);
+  const auto file = taxon::io::load_safetensors(dir / "m.safetensors");
+  REQUIRE(file.metadata == meta);
+  REQUIRE(file.tensors.size() == tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    INFO("tensor " << tensors[i].first);
+    REQUIRE(file.tensors[i].first == tensors[i].first);  // file order = write order
+    const auto& got = file.get(tensors[i].first);
+    REQUIRE(got.scalar_type() == tensors[i].second.scalar_type());
+    REQUIRE(got.sizes() == tensors[i].second.sizes());
+    REQUIRE(at::equal(got, tensors[i].second));
+  }
+  REQUIRE(file.contains("bool"));
+  REQUIRE_FALSE(file.contains("nope"));
+  REQUIRE_TAXON_ERROR(file.get("nope"), "io.missing-key");
+
+  // Tensors alias a private mapping: writing to them leaves the file unchanged, and they outlive `file`.
+  at::Tensor kept = file.get("visual.conv1.weight");
+  kept.fill_(0);
+  const auto again = taxon::io::load_safetensors(dir / "m.safetensors");
+  REQUIRE(at::equal(again.get("visual.conv1.weight"), tensors[0].second));
+  REQUIRE(kept.abs().sum().item<float>() == 0.0f);
+
+  // The data section starts 8-byte aligned.
+  const auto raw = test_io::read_bytes(dir / "m.safetensors");
+  uint64_t header_len = 0;
+  for (int i = 0; i < 8; ++i) header_len |= uint64_t(static_cast<unsigned char>(raw[i])) << (8 * i);
+  REQUIRE(header_len % 8 == 0);
+}
+
+TEST_CASE("safetensors reads the layout Python's safetensors writes", "[io][safetensors]") {
+  // Python: save_file({"b": torch.tensor([1., 2.]), "a": torch.tensor([[3., 4., 5.]])}, f, metadata={"format": "pt"})
+  // sorts by (alignment desc, name), so "a" comes first in the data section.
+  const std::string json =
+      R"({"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[1,3],"data_offsets":[0,12]},)"
+      R"("b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})";
+  const std::string bytes = test_io::safetensors_bytes(json, test_io::float_bytes({3, 4, 5, 1, 2}));
+  test_io::TempDir dir;
+  test_io::write_bytes(dir / "py.safetensors", bytes);
+  const auto file = taxon::io::load_safetensors(dir / "py.safetensors");
+  REQUIRE(file.metadata.at("format") == "pt");
+  REQUIRE(at::equal(file.get("a"), at::tensor({3.f, 4.f, 5.f}).reshape({1, 3})));
+  REQUIRE(at::equal(file.get("b"), at::tensor({1.f, 2.f})));
+
+  // Our writer emits a header Python's parser accepts: same keys, same offsets.
+  taxon::io::save_safetensors(dir / "ours.safetensors", {{"a", file.get("a")}, {"b", file.get("b")}}, {{"format", "pt"}});
+  REQUIRE(test_io::read_bytes(dir / "ours.safetensors") == bytes);
+}
+
+TEST_CASE("safetensors loader errors carry ids and name the file", "[io][safetensors]") {
+  test_io::TempDir dir;
+  REQUIRE_TAXON_ERROR(taxon::io::load_safetensors(dir / "missing.safetensors"), "io.missing-file");
+
+  const std::string good_json = R"({"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}})";
+  const std::string data = test_io::float_bytes({1, 2, 3, 4});
+  const auto write = [&](const std::string& name, const std::string& bytes) {
+    test_io::write_bytes(dir / name, bytes);
+    return dir / name;
+  };
+  REQUIRE(at::equal(taxon::io::load_safetensors(write("good", test_io::safetensors_bytes(good_json, data))).get("w"),
+                    at::arange(1, 5, at::kFloat).reshape({2, 2})));
+
+  const auto full = test_io::safetensors_bytes(good_json, data);
+  REQUIRE_TAXON_ERROR(taxon::io::load_safetensors(write("tiny", "abc")), "io.bad-safetensors");
+  REQUIRE_TAXON_ERROR(taxon::io::load_safetensors(write("trunc_data", full.substr(0, full.size() - 3))),
+                      "io.bad-safetensors");
+  REQUIRE_TAXON_ERROR(taxon::io::load_safetensors(write("trunc_header", full.substr(0, 20))), "io.bad-safetensors");
+  REQUIRE_TAXON_ERROR(
+      taxon::io::load_safetensors(write("bad_json", test_io::safetensors_bytes(R"({"w":{"dtype":"F32",)", data))),
+      "io.bad-safetensors");
+  REQUIRE_TAXON_ERROR(taxon::io::load_safetensors(write(
+                          "dtype", test_io::safetensors_bytes(
+                                       R"({"w":{"dtype":"F8_E4M3","shape":[2,2],"data_offsets":[0,16]}})", data))),
+                      "io.unsupported-dtype");
+  REQUIRE_TAXON_ERROR(
+      taxon::io::load_safetensors(write(
+          "overlap", test_io::safetensors_bytes(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                                R"("v":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                                                data))),
+      "io.bad-safetensors");
+  REQUIRE_TAXON_ERROR(
+      taxon::io::load_safetensors(write(
+          "range", test_io::safetensors_bytes(R"({"w":{"dtype":"F32","shape":[2,4],"data_offsets":[0,32]}})", data))),
+      "io.bad-safetensors");
+  REQUIRE_TAXON_ERROR(
+      taxon::io::load_safetensors(write(
+          "mismatch", test_io::safetensors_bytes(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}})", data))),
+      "io.bad-safetensors");
+  REQUIRE_TAXON_ERROR(
+      taxon::io::load_safetensors(write("negative", test_io::safetensors_bytes(
+                                                        R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})",
+                                                        data))),
+      "io.bad-safetensors");
+  try {
+    taxon::io::load_safetensors(dir / "overlap");
+  } catch (const taxon::Error& e) {
+    const std::string msg = e.what();
+    REQUIRE(msg.find("overlap") != std::string::npos);
+    REQUIRE(msg.find("'w'") != std::string::npos);
+    REQUIRE(msg.find("'v'") != std::string::npos);
+  }
+
+  REQUIRE_TAXON_ERROR(taxon::io::save_safetensors(dir / "dup.safetensors",
+                                                  {{"a", at::ones({1})}, {"a", at::ones({1})}}),
+                      "io.bad-argument");
+  REQUIRE_TAXON_ERROR(taxon::io::save_safetensors(dir / "cplx.safetensors", {{"a", at::ones({1}, at::kComplexFloat)}}),
+                      "io.unsupported-dtype");
+  REQUIRE_FALSE(std::filesystem::exists(dir / "dup.safetensors"));
 }
