@@ -1,0 +1,115 @@
+#pragma once
+// PartialFC<Margin, Sampler>: class-centre weights [num_local, D] ~ N(0, 0.01²), class sampling, optional random
+// feature sub-selection, and margin-softmax CE (reference or fused). Satisfies taxon::Head.
+#include "taxon/core/error.hpp"
+#include "taxon/core/options.hpp"
+#include "taxon/core/seed.hpp"
+#include "taxon/dist/shard.hpp"
+#include "taxon/loss/fused.hpp"
+#include "taxon/loss/margin.hpp"
+#include "taxon/loss/reference.hpp"
+#include "taxon/loss/validate.hpp"
+#include "taxon/pfc/concepts.hpp"
+#include "taxon/pfc/sampler.hpp"
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <utility>
+
+namespace taxon::pfc {
+
+struct PartialFCOptions {
+  PartialFCOptions(std::int64_t num_classes, std::int64_t embedding_dim)
+      : num_classes_(num_classes), embedding_dim_(embedding_dim) {}
+  TAXON_ARG(std::int64_t, num_classes);
+  TAXON_ARG(std::int64_t, embedding_dim);
+  TAXON_ARG(std::int64_t, num_feat) = 0;  // random feature sub-selection (UNICOM sample_num_feat); 0 = all D
+  TAXON_ARG(loss::Impl, impl) = loss::Impl::fused;
+  TAXON_ARG(std::int64_t, chunk_size) = 0;  // fused kernel classes per chunk; 0 = automatic
+  TAXON_ARG(std::int64_t, rank) = 0;
+  TAXON_ARG(std::int64_t, world_size) = 1;
+  TAXON_ARG(std::uint64_t, seed) = 0;  // class sampling and feature selection stream (derived per rank)
+};
+
+template <loss::MarginPolicy Margin, ClassSampler Sampler = AllClasses>
+class PartialFCImpl : public torch::nn::Module {
+ public:
+  explicit PartialFCImpl(PartialFCOptions options, Margin margin = Margin(), Sampler sampler = Sampler())
+      : options_(std::move(options)), margin_(std::move(margin)), sampler_(std::move(sampler)) {
+    TAXON_CHECK(options_.num_classes() > 0, "pfc.bad-options", "num_classes must be > 0, got ",
+                options_.num_classes());
+    TAXON_CHECK(options_.embedding_dim() > 0, "pfc.bad-options", "embedding_dim must be > 0, got ",
+                options_.embedding_dim());
+    TAXON_CHECK(options_.num_feat() >= 0 && options_.num_feat() <= options_.embedding_dim(), "pfc.bad-options",
+                "num_feat must be in [0, embedding_dim = ", options_.embedding_dim(), "], got ", options_.num_feat());
+    shard_ = dist::class_shard(options_.num_classes(), options_.rank(), options_.world_size());
+    generator_ = make_generator(options_.seed(), {0x5046435ULL, static_cast<std::uint64_t>(options_.rank())});
+    reset();
+  }
+
+  void reset() {
+    at::Tensor w = at::empty({shard_.num_local, options_.embedding_dim()});
+    {
+      at::NoGradGuard no_grad;
+      w.normal_(0.0, 0.01, generator_);
+    }
+    weight = register_parameter("weight", w);
+  }
+
+  // Scalar loss: mean over the batch of margin-softmax CE. Embeddings [B, D] (fp32), labels [B] global class ids
+  // (or -1 to ignore a row). B may change between calls.
+  at::Tensor forward(const at::Tensor& embeddings, const at::Tensor& labels) {
+    const at::Tensor y = loss::validate_inputs("pfc", embeddings, weight, labels, options_.num_classes());
+    const at::Tensor local = dist::localize_labels(y, shard_).to(weight.device());
+    ClassSample sample = sampler_.sample(local, shard_.num_local, generator_);
+    last_sample_ = sample;
+    at::Tensor w = sample.all() ? weight : weight.index_select(0, sample.index);
+    at::Tensor e = embeddings.to(weight.device());
+    const std::int64_t D = options_.embedding_dim();
+    if (options_.num_feat() > 0 && options_.num_feat() < D) {
+      const at::Tensor ids =
+          at::argsort(at::rand({D}, generator_)).narrow(0, 0, options_.num_feat()).to(weight.device());
+      w = w.index_select(1, ids);
+      e = e.index_select(1, ids);
+    }
+    return loss::margin_softmax_ce(e, w, sample.labels, margin_.params(), options_.impl(),
+                                   loss::FusedOptions().chunk_size(options_.chunk_size()));
+  }
+
+  // The class centres this rank owns, [num_local, D] (shares storage with the parameter).
+  at::Tensor centroids() const { return weight.detach(); }
+  std::int64_t num_classes() const { return options_.num_classes(); }
+  const dist::ClassShard& shard() const { return shard_; }
+  const PartialFCOptions& options() const { return options_; }
+  const Margin& margin() const { return margin_; }
+  const Sampler& sampler() const { return sampler_; }
+  at::Generator& generator() { return generator_; }
+  // The class sample of the last forward (for inspection and tests).
+  const ClassSample& last_sample() const { return last_sample_; }
+
+  at::Tensor weight;
+
+ private:
+  PartialFCOptions options_;
+  Margin margin_;
+  Sampler sampler_;
+  dist::ClassShard shard_;
+  at::Generator generator_;
+  ClassSample last_sample_;
+};
+
+// Module holder (TORCH_MODULE does not take template arguments).
+template <loss::MarginPolicy Margin, ClassSampler Sampler = AllClasses>
+class PartialFC : public torch::nn::ModuleHolder<PartialFCImpl<Margin, Sampler>> {
+ public:
+  using torch::nn::ModuleHolder<PartialFCImpl<Margin, Sampler>>::ModuleHolder;
+  using Impl = PartialFCImpl<Margin, Sampler>;
+};
+
+static_assert(taxon::Head<PartialFC<loss::ArcFace>>);
+static_assert(taxon::Head<PartialFC<loss::CosFace, UniformNegatives>>);
+
+}  // namespace taxon::pfc
