@@ -5,6 +5,8 @@
 #include "taxon/core/options.hpp"
 #include "taxon/core/seed.hpp"
 #include "taxon/dist/shard.hpp"
+#include "taxon/io/npy.hpp"
+#include "taxon/io/safetensors.hpp"
 #include "taxon/loss/fused.hpp"
 #include "taxon/loss/margin.hpp"
 #include "taxon/loss/reference.hpp"
@@ -17,6 +19,9 @@
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
 #include <utility>
 
 namespace taxon::pfc {
@@ -87,6 +92,44 @@ class PartialFCImpl : public torch::nn::Module {
   const Margin& margin() const { return margin_; }
   const Sampler& sampler() const { return sampler_; }
   at::Generator& generator() { return generator_; }
+
+  // Writes this rank's centres: ".npy" as a bare [num_local, D] array, anything else as safetensors with tensor
+  // "weight" and metadata (num_classes, class_start, num_local, embedding_dim, margin).
+  void save_centroids(const std::filesystem::path& path) const {
+    if (path.extension() == ".npy") {
+      io::save_npy(path, weight.detach());
+      return;
+    }
+    const std::map<std::string, std::string> meta = {
+        {"num_classes", std::to_string(options_.num_classes())},
+        {"class_start", std::to_string(shard_.class_start)},
+        {"num_local", std::to_string(shard_.num_local)},
+        {"embedding_dim", std::to_string(options_.embedding_dim())},
+        {"margin", std::string(Margin::name)}};
+    io::save_safetensors(path, {{"weight", weight.detach()}}, meta);
+  }
+
+  // Reads centres written by save_centroids (or numpy/safetensors from Python) into the parameter in place.
+  void load_centroids(const std::filesystem::path& path) {
+    at::Tensor w;
+    if (path.extension() == ".npy") {
+      w = io::load_npy(path);
+    } else {
+      const io::SafetensorsFile file = io::load_safetensors(path);
+      w = file.get("weight");
+      if (file.metadata.count("class_start")) {
+        TAXON_CHECK(file.metadata.at("class_start") == std::to_string(shard_.class_start), "pfc.centroid-shape",
+                    path.string(), " holds centres from class_start ", file.metadata.at("class_start"),
+                    " but this rank owns classes from ", shard_.class_start);
+      }
+    }
+    TAXON_CHECK(w.dim() == 2 && w.size(0) == weight.size(0) && w.size(1) == weight.size(1), "pfc.centroid-shape",
+                path.string(), " holds centres of shape ", w.sizes(), " but this head expects ", weight.sizes());
+    TAXON_CHECK(w.is_floating_point(), "pfc.centroid-shape", path.string(), " holds ", w.scalar_type(),
+                " centres; expected floating point");
+    at::NoGradGuard no_grad;
+    weight.copy_(w);
+  }
   // The class sample of the last forward (for inspection and tests).
   const ClassSample& last_sample() const { return last_sample_; }
 
