@@ -1,0 +1,292 @@
+#pragma once
+// Image decoding to uint8 HWC RGB tensors: JPEG through libjpeg-turbo (scaled DCT decode when the caller only
+// needs a much smaller image), PNG through libpng, grayscale/palette/alpha converted to RGB as PIL's
+// convert("RGB") does. libjpeg/libpng report errors by longjmp: each setjmp lives in a small stage function
+// that holds no C++ objects, so an error unwinds nothing it should not and becomes a taxon::Error naming the file.
+// Small encoders (JPEG, PNG) let tests and benchmarks generate their own files.
+#include "taxon/core/error.hpp"
+#include "taxon/io/atomic_file.hpp"
+
+#include <ATen/ATen.h>
+
+#include <csetjmp>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <jpeglib.h>
+#include <jerror.h>
+#include <png.h>
+
+namespace taxon::data {
+
+enum class ImageFormat { jpeg, png, unknown };
+
+inline ImageFormat sniff_format(std::string_view bytes) {
+  if (bytes.size() >= 3 && static_cast<unsigned char>(bytes[0]) == 0xFF && static_cast<unsigned char>(bytes[1]) == 0xD8 &&
+      static_cast<unsigned char>(bytes[2]) == 0xFF)
+    return ImageFormat::jpeg;
+  if (bytes.size() >= 8 && std::memcmp(bytes.data(), "\x89PNG\r\n\x1a\n", 8) == 0) return ImageFormat::png;
+  return ImageFormat::unknown;
+}
+
+namespace detail {
+
+struct JpegError {
+  jpeg_error_mgr mgr;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+extern "C" inline void taxon_jpeg_error_exit(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<JpegError*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, err->message);
+  std::longjmp(err->jump, 1);
+}
+
+// A truncated file only raises a warning in libjpeg (it pads with grey); treat that one as fatal, as PIL does.
+extern "C" inline void taxon_jpeg_emit_message(j_common_ptr cinfo, int level) {
+  if (level == -1 && cinfo->err->msg_code == JWRN_JPEG_EOF) taxon_jpeg_error_exit(cinfo);
+}
+
+extern "C" inline void taxon_jpeg_silent(j_common_ptr) {}
+
+// Stage 1: header, scale choice, start. No C++ objects in this frame (longjmp target).
+inline int jpeg_stage_start(jpeg_decompress_struct* cinfo, JpegError* err, const unsigned char* data, unsigned long size,
+                            int min_side) {
+  if (setjmp(err->jump)) return -1;
+  jpeg_mem_src(cinfo, data, size);
+  jpeg_read_header(cinfo, TRUE);
+  cinfo->out_color_space = JCS_RGB;
+  if (min_side > 0) {
+    const unsigned shorter = cinfo->image_width < cinfo->image_height ? cinfo->image_width : cinfo->image_height;
+    for (unsigned denom : {8u, 4u, 2u}) {
+      if ((shorter + denom - 1) / denom >= static_cast<unsigned>(min_side)) {
+        cinfo->scale_num = 1;
+        cinfo->scale_denom = denom;
+        break;
+      }
+    }
+  }
+  jpeg_start_decompress(cinfo);
+  return 0;
+}
+
+inline int jpeg_stage_read(jpeg_decompress_struct* cinfo, JpegError* err, unsigned char* out, std::size_t stride) {
+  if (setjmp(err->jump)) return -1;
+  while (cinfo->output_scanline < cinfo->output_height) {
+    JSAMPROW row = out + static_cast<std::size_t>(cinfo->output_scanline) * stride;
+    jpeg_read_scanlines(cinfo, &row, 1);
+  }
+  jpeg_finish_decompress(cinfo);
+  return 0;
+}
+
+struct PngReader {
+  const unsigned char* data;
+  std::size_t size;
+  std::size_t pos;
+};
+
+extern "C" inline void taxon_png_read(png_structp png, png_bytep out, png_size_t n) {
+  auto* r = static_cast<PngReader*>(png_get_io_ptr(png));
+  if (r->pos + n > r->size) png_error(png, "file is truncated");
+  std::memcpy(out, r->data + r->pos, n);
+  r->pos += n;
+}
+
+extern "C" inline void taxon_png_error(png_structp png, png_const_charp msg) {
+  auto* buf = static_cast<char*>(png_get_error_ptr(png));
+  std::snprintf(buf, 200, "%s", msg);
+  png_longjmp(png, 1);
+}
+extern "C" inline void taxon_png_warning(png_structp, png_const_charp) {}
+
+inline int png_stage_header(png_structp png, png_infop info, png_uint_32* w, png_uint_32* h) {
+  if (setjmp(png_jmpbuf(png))) return -1;
+  png_read_info(png, info);
+  const int color = png_get_color_type(png, info);
+  const int depth = png_get_bit_depth(png, info);
+  if (depth == 16) png_set_strip_16(png);
+  if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+  if (color == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+  if (png_get_valid(png, info, PNG_INFO_tRNS)) png_set_tRNS_to_alpha(png);
+  if (color == PNG_COLOR_TYPE_GRAY || color == PNG_COLOR_TYPE_GRAY_ALPHA) png_set_gray_to_rgb(png);
+  png_set_strip_alpha(png);  // PIL's convert("RGB") drops alpha without compositing
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  *w = png_get_image_width(png, info);
+  *h = png_get_image_height(png, info);
+  return png_get_rowbytes(png, info) == static_cast<png_size_t>(*w) * 3 ? 0 : -2;
+}
+
+inline int png_stage_read(png_structp png, png_bytepp rows) {
+  if (setjmp(png_jmpbuf(png))) return -1;
+  png_read_image(png, rows);
+  return 0;
+}
+
+}  // namespace detail
+
+// Decodes JPEG bytes to [H,W,3] uint8. min_side > 0 lets libjpeg decode at 1/2, 1/4 or 1/8 scale as long as the
+// shorter side stays >= min_side (what PIL's draft() does); 0 decodes at full size.
+inline at::Tensor decode_jpeg(std::string_view bytes, const std::string& name, int min_side = 0) {
+  TAXON_CHECK(!bytes.empty(), "data.corrupt-image", name, ": empty file (0 bytes)");
+  jpeg_decompress_struct cinfo{};
+  detail::JpegError err{};
+  cinfo.err = jpeg_std_error(&err.mgr);
+  err.mgr.error_exit = detail::taxon_jpeg_error_exit;
+  err.mgr.emit_message = detail::taxon_jpeg_emit_message;
+  err.mgr.output_message = detail::taxon_jpeg_silent;
+  jpeg_create_decompress(&cinfo);
+  struct Destroy {
+    jpeg_decompress_struct* c;
+    ~Destroy() { jpeg_destroy_decompress(c); }
+  } destroy{&cinfo};
+  if (detail::jpeg_stage_start(&cinfo, &err, reinterpret_cast<const unsigned char*>(bytes.data()),
+                               static_cast<unsigned long>(bytes.size()), min_side) != 0)
+    TAXON_FAIL("data.corrupt-image", name, ": cannot decode JPEG: ", err.message);
+  TAXON_CHECK(cinfo.output_components == 3, "data.corrupt-image", name, ": unexpected JPEG output components ",
+              cinfo.output_components);
+  at::Tensor out = at::empty({static_cast<int64_t>(cinfo.output_height), static_cast<int64_t>(cinfo.output_width), 3}, at::kByte);
+  if (detail::jpeg_stage_read(&cinfo, &err, out.data_ptr<uint8_t>(), static_cast<std::size_t>(cinfo.output_width) * 3) != 0)
+    TAXON_FAIL("data.corrupt-image", name, ": cannot decode JPEG: ", err.message);
+  return out;
+}
+
+inline at::Tensor decode_png(std::string_view bytes, const std::string& name) {
+  TAXON_CHECK(!bytes.empty(), "data.corrupt-image", name, ": empty file (0 bytes)");
+  char message[256] = "unknown error";
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, message, detail::taxon_png_error, detail::taxon_png_warning);
+  TAXON_CHECK(png != nullptr, "data.corrupt-image", name, ": libpng init failed");
+  png_infop info = png_create_info_struct(png);
+  struct Destroy {
+    png_structp* p;
+    png_infop* i;
+    ~Destroy() { png_destroy_read_struct(p, i, nullptr); }
+  } destroy{&png, &info};
+  TAXON_CHECK(info != nullptr, "data.corrupt-image", name, ": libpng init failed");
+  detail::PngReader reader{reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), 0};
+  png_set_read_fn(png, &reader, detail::taxon_png_read);
+  png_uint_32 w = 0, h = 0;
+  const int rc = detail::png_stage_header(png, info, &w, &h);
+  TAXON_CHECK(rc != -1, "data.corrupt-image", name, ": cannot decode PNG: ", message);
+  TAXON_CHECK(rc == 0, "data.corrupt-image", name, ": unsupported PNG layout");
+  TAXON_CHECK(w > 0 && h > 0 && static_cast<uint64_t>(w) * h <= (1ull << 31), "data.corrupt-image", name,
+              ": implausible PNG size ", w, "x", h);
+  at::Tensor out = at::empty({static_cast<int64_t>(h), static_cast<int64_t>(w), 3}, at::kByte);
+  std::vector<png_bytep> rows(h);
+  for (png_uint_32 y = 0; y < h; ++y) rows[y] = out.data_ptr<uint8_t>() + static_cast<std::size_t>(y) * w * 3;
+  TAXON_CHECK(detail::png_stage_read(png, rows.data()) == 0, "data.corrupt-image", name, ": cannot decode PNG: ", message);
+  return out;
+}
+
+// Decodes by content (not extension). Returns [H,W,3] uint8 RGB.
+inline at::Tensor decode_image(std::string_view bytes, const std::string& name, int min_side = 0) {
+  TAXON_CHECK(!bytes.empty(), "data.corrupt-image", name, ": empty file (0 bytes)");
+  switch (sniff_format(bytes)) {
+    case ImageFormat::jpeg: return decode_jpeg(bytes, name, min_side);
+    case ImageFormat::png: return decode_png(bytes, name);
+    default: TAXON_FAIL("data.corrupt-image", name, ": not a JPEG or PNG file (", bytes.size(), " bytes)");
+  }
+}
+
+inline at::Tensor read_image(const std::filesystem::path& path, int min_side = 0) {
+  const std::string bytes = io::read_file(path);
+  return decode_image(bytes, path.string(), min_side);
+}
+
+namespace detail {
+inline int jpeg_stage_encode(jpeg_compress_struct* cinfo, JpegError* err, const unsigned char* pixels, int w, int h,
+                             int channels, int quality, unsigned char** out, unsigned long* out_size) {
+  if (setjmp(err->jump)) return -1;
+  jpeg_mem_dest(cinfo, out, out_size);
+  cinfo->image_width = static_cast<JDIMENSION>(w);
+  cinfo->image_height = static_cast<JDIMENSION>(h);
+  cinfo->input_components = channels;
+  cinfo->in_color_space = channels == 3 ? JCS_RGB : JCS_GRAYSCALE;
+  jpeg_set_defaults(cinfo);
+  jpeg_set_quality(cinfo, quality, TRUE);
+  jpeg_start_compress(cinfo, TRUE);
+  while (cinfo->next_scanline < cinfo->image_height) {
+    JSAMPROW row = const_cast<unsigned char*>(pixels) + static_cast<std::size_t>(cinfo->next_scanline) * w * channels;
+    jpeg_write_scanlines(cinfo, &row, 1);
+  }
+  jpeg_finish_compress(cinfo);
+  return 0;
+}
+
+extern "C" inline void taxon_png_write(png_structp png, png_bytep data, png_size_t n) {
+  auto* out = static_cast<std::vector<unsigned char>*>(png_get_io_ptr(png));
+  out->insert(out->end(), data, data + n);
+}
+extern "C" inline void taxon_png_flush(png_structp) {}
+
+inline int png_stage_encode(png_structp png, png_infop info, png_bytepp rows, int w, int h, int channels) {
+  if (setjmp(png_jmpbuf(png))) return -1;
+  png_set_IHDR(png, info, static_cast<png_uint_32>(w), static_cast<png_uint_32>(h), 8,
+               channels == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+               PNG_FILTER_TYPE_DEFAULT);
+  png_write_info(png, info);
+  png_write_image(png, rows);
+  png_write_end(png, nullptr);
+  return 0;
+}
+
+inline at::Tensor contiguous_hwc_u8(const at::Tensor& image, const char* what) {
+  TAXON_CHECK(image.dim() == 3 && image.scalar_type() == at::kByte && (image.size(2) == 3 || image.size(2) == 1),
+              "data.bad-image", what, ": expects a [H,W,3] or [H,W,1] uint8 tensor, got ", image.sizes(), " ",
+              image.scalar_type());
+  return image.contiguous();
+}
+}  // namespace detail
+
+// Encodes [H,W,3] (RGB) or [H,W,1] (gray) uint8 as baseline JPEG with 4:2:0 subsampling (libjpeg defaults).
+inline std::string encode_jpeg(const at::Tensor& image, int quality = 90) {
+  const at::Tensor img = detail::contiguous_hwc_u8(image, "encode_jpeg");
+  jpeg_compress_struct cinfo{};
+  detail::JpegError err{};
+  cinfo.err = jpeg_std_error(&err.mgr);
+  err.mgr.error_exit = detail::taxon_jpeg_error_exit;
+  err.mgr.output_message = detail::taxon_jpeg_silent;
+  jpeg_create_compress(&cinfo);
+  unsigned char* buffer = nullptr;
+  unsigned long size = 0;
+  const int rc = detail::jpeg_stage_encode(&cinfo, &err, img.data_ptr<uint8_t>(), static_cast<int>(img.size(1)),
+                                           static_cast<int>(img.size(0)), static_cast<int>(img.size(2)), quality, &buffer, &size);
+  jpeg_destroy_compress(&cinfo);
+  std::string out;
+  if (rc == 0) out.assign(reinterpret_cast<char*>(buffer), size);
+  std::free(buffer);
+  TAXON_CHECK(rc == 0, "data.encode-failed", "JPEG encoding failed: ", err.message);
+  return out;
+}
+
+inline std::string encode_png(const at::Tensor& image) {
+  const at::Tensor img = detail::contiguous_hwc_u8(image, "encode_png");
+  char message[256] = "unknown error";
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, message, detail::taxon_png_error, detail::taxon_png_warning);
+  TAXON_CHECK(png != nullptr, "data.encode-failed", "libpng init failed");
+  png_infop info = png_create_info_struct(png);
+  std::vector<unsigned char> out;
+  png_set_write_fn(png, &out, detail::taxon_png_write, detail::taxon_png_flush);
+  const int w = static_cast<int>(img.size(1)), h = static_cast<int>(img.size(0)), c = static_cast<int>(img.size(2));
+  std::vector<png_bytep> rows(static_cast<std::size_t>(h));
+  for (int y = 0; y < h; ++y) rows[static_cast<std::size_t>(y)] = img.data_ptr<uint8_t>() + static_cast<std::size_t>(y) * w * c;
+  const int rc = info ? detail::png_stage_encode(png, info, rows.data(), w, h, c) : -1;
+  png_destroy_write_struct(&png, &info);
+  TAXON_CHECK(rc == 0, "data.encode-failed", "PNG encoding failed: ", message);
+  return std::string(out.begin(), out.end());
+}
+
+inline void write_image(const std::filesystem::path& path, const at::Tensor& image, int jpeg_quality = 90) {
+  const std::string ext = path.extension().string();
+  const bool png = ext == ".png" || ext == ".PNG";
+  io::write_text_atomically(path, png ? encode_png(image) : encode_jpeg(image, jpeg_quality));
+}
+
+}  // namespace taxon::data

@@ -1,0 +1,302 @@
+#pragma once
+// Multi-threaded batch loader. Each worker builds whole batches (read, decode, transform, collate into the
+// batch tensor), so throughput scales with workers and there is no per-sample hand-off. Batches are handed out
+// in order through a bounded reorder window; every sample's randomness comes from derive_seed(seed, {epoch,
+// index}) and the order from derive_seed(seed, {epoch}), so batches are identical for any number of workers.
+//
+//   Loader loader(dataset, clip_train(224), LoaderOptions().batch_size(64).workers(4).seed(1));
+//   for (auto& batch : loader.epoch(e)) { ... batch.images [B,3,224,224], batch.labels [B,R] ... }
+//
+// Leaving the loop early (break, exception) stops and joins the workers. An exception inside a worker is
+// re-thrown in the caller, unchanged, when the batch it belongs to is reached.
+#include "taxon/core/error.hpp"
+#include "taxon/core/log.hpp"
+#include "taxon/core/options.hpp"
+#include "taxon/core/seed.hpp"
+#include "taxon/data/dataset.hpp"
+#include "taxon/data/transforms.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <numeric>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace taxon::data {
+
+// What a sample-level failure does: propagate (reject) or drop the sample from its batch and count it (skip).
+// Only unreadable/corrupt/missing files are skippable ("data.corrupt-image", "io.missing-file", "io.cannot-read").
+enum class ErrorPolicy { reject, skip };
+
+class LoaderOptions {
+  TAXON_ARG(std::int64_t, batch_size) = 32;
+  TAXON_ARG(int, workers) = 2;              // 0: load in the calling thread
+  TAXON_ARG(int, prefetch) = 2;             // batches in flight per worker
+  TAXON_ARG(bool, shuffle) = true;
+  TAXON_ARG(bool, drop_last) = false;
+  TAXON_ARG(std::uint64_t, seed) = 0;
+  TAXON_ARG(int, rank) = 0;                 // shard of a distributed run
+  TAXON_ARG(int, world_size) = 1;
+  // Equal shard sizes across ranks (DistributedSampler): pad by wrapping around, or truncate with drop_last.
+  TAXON_ARG(bool, even_shards) = true;
+  TAXON_ARG(bool, pin_memory) = false;      // honoured only when CUDA is available
+  TAXON_ARG(ErrorPolicy, on_error) = ErrorPolicy::reject;
+};
+
+// Sample order of one epoch for one shard: a seeded permutation (or identity), split across ranks by striding.
+inline std::vector<std::int64_t> epoch_order(std::int64_t n, std::int64_t epoch, const LoaderOptions& o) {
+  TAXON_CHECK(o.world_size() >= 1 && o.rank() >= 0 && o.rank() < o.world_size(), "data.bad-shard", "rank ", o.rank(),
+              " outside world size ", o.world_size());
+  std::vector<std::int64_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  if (o.shuffle()) {
+    Rng rng = make_engine(o.seed(), {0x5348554646ULL /* "SHUFF" */, static_cast<std::uint64_t>(epoch)});
+    for (std::int64_t i = n - 1; i > 0; --i) std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(uniform_int(rng, 0, i + 1))]);
+  }
+  const std::int64_t ws = o.world_size();
+  if (ws == 1) return order;
+  if (o.even_shards() && n > 0) {
+    if (o.drop_last()) order.resize(static_cast<size_t>(n / ws * ws));
+    else
+      for (std::int64_t i = 0; static_cast<std::int64_t>(order.size()) % ws != 0; ++i) order.push_back(order[static_cast<size_t>(i % n)]);
+  }
+  std::vector<std::int64_t> shard;
+  for (size_t i = static_cast<size_t>(o.rank()); i < order.size(); i += static_cast<size_t>(ws)) shard.push_back(order[i]);
+  return shard;
+}
+
+inline bool skippable(const Error& e) {
+  return e.id() == "data.corrupt-image" || e.id() == "io.missing-file" || e.id() == "io.cannot-read";
+}
+
+template <Dataset D>
+class Loader {
+ public:
+  Loader(std::shared_ptr<const D> dataset, TransformFn transform, LoaderOptions options = {})
+      : state_(std::make_shared<Shared>(std::move(dataset), std::move(transform), std::move(options))) {
+    TAXON_CHECK(state_->options.batch_size() > 0, "data.bad-options", "batch_size must be positive, got ",
+                state_->options.batch_size());
+    TAXON_CHECK(state_->options.workers() >= 0 && state_->options.prefetch() >= 1, "data.bad-options",
+                "workers must be >= 0 and prefetch >= 1");
+    state_->pin = state_->options.pin_memory() && at::hasCUDA();
+  }
+  Loader(D dataset, TransformFn transform, LoaderOptions options = {})
+      : Loader(std::make_shared<const D>(std::move(dataset)), std::move(transform), std::move(options)) {}
+
+  const LoaderOptions& options() const { return state_->options; }
+  const D& dataset() const { return *state_->dataset; }
+  std::vector<std::int64_t> order(std::int64_t epoch) const { return epoch_order(state_->dataset->size(), epoch, state_->options); }
+  std::int64_t batches_per_epoch() const {
+    const auto n = static_cast<std::int64_t>(order(0).size());
+    const auto b = state_->options.batch_size();
+    return state_->options.drop_last() ? n / b : (n + b - 1) / b;
+  }
+  // Samples dropped under ErrorPolicy::skip so far, and the first few messages.
+  std::int64_t skipped() const { return state_->skipped.load(); }
+  std::vector<std::string> skipped_examples() const {
+    std::lock_guard<std::mutex> lock(state_->skip_mutex);
+    return state_->skip_examples;
+  }
+
+  class Epoch;
+  // The batches of one epoch; workers start here and stop when the range is destroyed.
+  Epoch epoch(std::int64_t e) const { return Epoch(state_, e); }
+
+ private:
+  struct Shared {
+    std::shared_ptr<const D> dataset;
+    TransformFn transform;
+    LoaderOptions options;
+    bool pin = false;
+    std::atomic<std::int64_t> skipped{0};
+    mutable std::mutex skip_mutex;
+    std::vector<std::string> skip_examples;
+
+    Shared(std::shared_ptr<const D> d, TransformFn t, LoaderOptions o)
+        : dataset(std::move(d)), transform(std::move(t)), options(std::move(o)) {}
+
+    // Builds batch `b` of `order`: everything a worker does.
+    Batch build(const std::vector<std::int64_t>& order, std::int64_t epoch, std::int64_t b) {
+      const std::int64_t bs = options.batch_size();
+      const std::int64_t begin = b * bs, end = std::min<std::int64_t>(begin + bs, static_cast<std::int64_t>(order.size()));
+      std::vector<at::Tensor> images;
+      std::vector<std::int64_t> indices, labels;
+      for (std::int64_t k = begin; k < end; ++k) {
+        const std::int64_t idx = order[static_cast<size_t>(k)];
+        try {
+          Sample s = dataset->get(idx);
+          Rng rng = make_engine(options.seed(), {static_cast<std::uint64_t>(epoch), static_cast<std::uint64_t>(idx)});
+          images.push_back(transform ? transform(s.image, rng) : s.image);
+          labels.insert(labels.end(), s.labels.begin(), s.labels.end());
+          indices.push_back(idx);
+        } catch (const Error& e) {
+          if (options.on_error() != ErrorPolicy::skip || !skippable(e)) throw;
+          skipped.fetch_add(1);
+          std::lock_guard<std::mutex> lock(skip_mutex);
+          if (skip_examples.size() < 5) skip_examples.push_back(e.what());
+          log::warn("skipping sample ", idx, ": ", e.what());
+        }
+      }
+      return collate(images, labels, indices);
+    }
+
+    Batch collate(const std::vector<at::Tensor>& images, const std::vector<std::int64_t>& labels,
+                  const std::vector<std::int64_t>& indices) const {
+      const auto n = static_cast<std::int64_t>(indices.size());
+      const std::int64_t ranks = dataset->taxonomy().num_ranks();
+      const auto opts = at::TensorOptions().pinned_memory(pin);
+      Batch batch;
+      batch.indices = at::empty({n}, opts.dtype(at::kLong));
+      batch.labels = at::empty({n, ranks}, opts.dtype(at::kLong));
+      std::copy(indices.begin(), indices.end(), batch.indices.data_ptr<std::int64_t>());
+      TAXON_CHECK(static_cast<std::int64_t>(labels.size()) == n * ranks, "data.bad-sample", "samples carry ",
+                  labels.size(), " labels for ", n, " samples of ", ranks, " ranks");
+      std::copy(labels.begin(), labels.end(), batch.labels.data_ptr<std::int64_t>());
+      if (n == 0) {
+        batch.images = at::empty({0}, opts.dtype(at::kFloat));
+        return batch;
+      }
+      std::vector<std::int64_t> shape{n};
+      for (auto s : images[0].sizes()) shape.push_back(s);
+      batch.images = at::empty(shape, opts.dtype(images[0].scalar_type()));
+      for (std::int64_t i = 0; i < n; ++i) {
+        const auto& img = images[static_cast<size_t>(i)];
+        TAXON_CHECK(img.sizes() == images[0].sizes(), "data.ragged-batch", "sample ", indices[static_cast<size_t>(i)],
+                    " transforms to ", img.sizes(), " but sample ", indices[0], " to ", images[0].sizes(),
+                    ": add a resize/crop so every sample has the same shape");
+        batch.images[i].copy_(img);
+      }
+      return batch;
+    }
+  };
+
+ public:
+  class Epoch {
+   public:
+    Epoch(std::shared_ptr<Shared> state, std::int64_t epoch) : state_(std::move(state)), epoch_(epoch) {
+      order_ = epoch_order(state_->dataset->size(), epoch_, state_->options);
+      const auto n = static_cast<std::int64_t>(order_.size());
+      const auto bs = state_->options.batch_size();
+      num_batches_ = state_->options.drop_last() ? n / bs : (n + bs - 1) / bs;
+      window_ = static_cast<std::int64_t>(state_->options.workers()) * state_->options.prefetch();
+      for (int w = 0; w < state_->options.workers(); ++w) threads_.emplace_back([this] { work(); });
+    }
+    Epoch(const Epoch&) = delete;
+    Epoch& operator=(const Epoch&) = delete;
+    ~Epoch() { stop(); }
+
+    std::int64_t size() const { return num_batches_; }
+
+    // The next batch in order, or nullopt at the end of the epoch.
+    std::optional<Batch> next() {
+      if (consumed_ >= num_batches_) return std::nullopt;
+      if (threads_.empty()) return state_->build(order_, epoch_, consumed_++);
+      std::unique_lock<std::mutex> lock(mutex_);
+      ready_cv_.wait(lock, [&] { return results_.count(consumed_) > 0; });
+      auto node = results_.extract(consumed_);
+      ++consumed_;
+      lock.unlock();
+      space_cv_.notify_all();
+      if (node.mapped().error) {
+        stop();
+        std::rethrow_exception(node.mapped().error);
+      }
+      return std::move(node.mapped().batch);
+    }
+
+    // Joins the workers (idempotent); pending batches are dropped.
+    void stop() {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stopping_ = true;
+      }
+      space_cv_.notify_all();
+      for (auto& t : threads_)
+        if (t.joinable()) t.join();
+    }
+
+    class iterator {
+     public:
+      using value_type = Batch;
+      using difference_type = std::ptrdiff_t;
+      iterator() = default;
+      explicit iterator(Epoch* e) : epoch_(e) { advance(); }
+      Batch& operator*() { return *current_; }
+      Batch* operator->() { return &*current_; }
+      iterator& operator++() {
+        advance();
+        return *this;
+      }
+      void operator++(int) { advance(); }
+      bool operator==(const iterator& o) const { return done() == o.done(); }
+      bool operator!=(const iterator& o) const { return !(*this == o); }
+
+     private:
+      bool done() const { return !current_.has_value(); }
+      void advance() {
+        current_.reset();
+        current_ = epoch_->next();
+      }
+      Epoch* epoch_ = nullptr;
+      std::optional<Batch> current_;
+    };
+    iterator begin() { return iterator(this); }
+    iterator end() { return iterator(); }
+
+   private:
+    struct Result {
+      Batch batch;
+      std::exception_ptr error;
+    };
+
+    void work() {
+      for (;;) {
+        std::int64_t b;
+        {
+          std::unique_lock<std::mutex> lock(mutex_);
+          space_cv_.wait(lock, [&] { return stopping_ || claimed_ >= num_batches_ || claimed_ < consumed_ + window_; });
+          if (stopping_ || claimed_ >= num_batches_) return;
+          b = claimed_++;
+        }
+        Result r;
+        try {
+          r.batch = state_->build(order_, epoch_, b);
+        } catch (...) {
+          r.error = std::current_exception();
+        }
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          results_.emplace(b, std::move(r));
+        }
+        ready_cv_.notify_all();
+      }
+    }
+
+    std::shared_ptr<Shared> state_;
+    std::int64_t epoch_;
+    std::vector<std::int64_t> order_;
+    std::int64_t num_batches_ = 0, window_ = 1;
+    std::mutex mutex_;
+    std::condition_variable ready_cv_, space_cv_;
+    std::map<std::int64_t, Result> results_;
+    std::int64_t claimed_ = 0, consumed_ = 0;  // consumed_ is written only by the consumer, under mutex_ when threaded
+    bool stopping_ = false;
+    std::vector<std::thread> threads_;
+  };
+
+ private:
+  std::shared_ptr<Shared> state_;
+};
+
+}  // namespace taxon::data

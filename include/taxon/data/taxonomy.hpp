@@ -1,0 +1,157 @@
+#pragma once
+// Labels at named taxonomic ranks: per rank a LabelMap (string <-> contiguous id), kept and saved so ids
+// produced today can be read back as names by evaluation and by Python tools tomorrow.
+#include "taxon/core/error.hpp"
+#include "taxon/io/atomic_file.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace taxon::data {
+
+// Missing label (empty CSV cell, unknown rank): excluded from losses/metrics by convention.
+inline constexpr std::int64_t kMissingLabel = -1;
+
+class LabelMap {
+ public:
+  LabelMap() = default;
+  // Ids follow the order of `names` (use for datasets with an official id order, e.g. Fashion-MNIST).
+  explicit LabelMap(std::vector<std::string> names) : names_(std::move(names)) {
+    for (std::size_t i = 0; i < names_.size(); ++i) {
+      const bool inserted = ids_.emplace(names_[i], static_cast<std::int64_t>(i)).second;
+      TAXON_CHECK(inserted, "data.duplicate-label", "label '", names_[i], "' appears twice in a label map");
+    }
+  }
+  // Ids in sorted order of the distinct non-empty values, so the mapping does not depend on row order.
+  static LabelMap from_values(std::vector<std::string> values) {
+    values.erase(std::remove(values.begin(), values.end(), std::string()), values.end());
+    std::sort(values.begin(), values.end());
+    values.erase(std::unique(values.begin(), values.end()), values.end());
+    return LabelMap(std::move(values));
+  }
+
+  std::int64_t size() const noexcept { return static_cast<std::int64_t>(names_.size()); }
+  bool contains(const std::string& name) const { return ids_.count(name) > 0; }
+  // Empty name -> kMissingLabel; unknown name is an error naming it.
+  std::int64_t id(const std::string& name) const {
+    if (name.empty()) return kMissingLabel;
+    auto it = ids_.find(name);
+    TAXON_CHECK(it != ids_.end(), "data.unknown-label", "label '", name, "' is not in the label map (", size(),
+                " labels)");
+    return it->second;
+  }
+  const std::string& name(std::int64_t id) const {
+    TAXON_CHECK(id >= 0 && id < size(), "data.label-out-of-range", "label id ", id, " outside [0, ", size(), ")");
+    return names_[static_cast<std::size_t>(id)];
+  }
+  const std::vector<std::string>& names() const noexcept { return names_; }
+  bool operator==(const LabelMap& other) const { return names_ == other.names_; }
+
+ private:
+  std::vector<std::string> names_;
+  std::unordered_map<std::string, std::int64_t> ids_;
+};
+
+// The ranks of a dataset (coarse to fine or in any user order) and their label maps.
+class Taxonomy {
+ public:
+  Taxonomy() = default;
+  Taxonomy(std::vector<std::string> ranks, std::vector<LabelMap> maps) : ranks_(std::move(ranks)), maps_(std::move(maps)) {
+    TAXON_CHECK(ranks_.size() == maps_.size(), "data.bad-taxonomy", ranks_.size(), " rank names but ", maps_.size(),
+                " label maps");
+  }
+  std::int64_t num_ranks() const noexcept { return static_cast<std::int64_t>(ranks_.size()); }
+  const std::vector<std::string>& ranks() const noexcept { return ranks_; }
+  std::int64_t rank_index(const std::string& rank) const {
+    auto it = std::find(ranks_.begin(), ranks_.end(), rank);
+    TAXON_CHECK(it != ranks_.end(), "data.unknown-rank", "rank '", rank, "' not in taxonomy (ranks: ", joined(), ")");
+    return it - ranks_.begin();
+  }
+  const LabelMap& labels(std::int64_t rank) const {
+    TAXON_CHECK(rank >= 0 && rank < num_ranks(), "data.unknown-rank", "rank index ", rank, " outside [0, ", num_ranks(), ")");
+    return maps_[static_cast<std::size_t>(rank)];
+  }
+  const LabelMap& labels(const std::string& rank) const { return labels(rank_index(rank)); }
+  std::int64_t num_classes(const std::string& rank) const { return labels(rank).size(); }
+  bool operator==(const Taxonomy& o) const { return ranks_ == o.ranks_ && maps_ == o.maps_; }
+
+  nlohmann::json to_json() const {
+    nlohmann::json j;
+    j["ranks"] = ranks_;
+    nlohmann::json labels = nlohmann::json::object();
+    for (std::size_t r = 0; r < ranks_.size(); ++r) labels[ranks_[r]] = maps_[r].names();
+    j["labels"] = labels;
+    return j;
+  }
+  static Taxonomy from_json(const nlohmann::json& j) {
+    TAXON_CHECK(j.contains("ranks") && j.contains("labels"), "data.bad-taxonomy",
+                "taxonomy JSON needs 'ranks' and 'labels'");
+    std::vector<std::string> ranks = j.at("ranks").get<std::vector<std::string>>();
+    std::vector<LabelMap> maps;
+    for (const auto& r : ranks) {
+      TAXON_CHECK(j.at("labels").contains(r), "data.bad-taxonomy", "taxonomy JSON has no labels for rank '", r, "'");
+      maps.emplace_back(j.at("labels").at(r).get<std::vector<std::string>>());
+    }
+    return Taxonomy(std::move(ranks), std::move(maps));
+  }
+  // {"ranks": [...], "labels": {"species": ["Abramis brama", ...], ...}}; list position = id.
+  void save_json(const std::filesystem::path& path) const { io::write_text_atomically(path, to_json().dump(2)); }
+  static Taxonomy load_json(const std::filesystem::path& path) {
+    const std::string text = io::read_file(path);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(text);
+    } catch (const std::exception& e) {
+      TAXON_FAIL("data.bad-taxonomy", "cannot parse taxonomy JSON ", path.string(), ": ", e.what());
+    }
+    return from_json(j);
+  }
+  // Long CSV "rank,id,name" (RFC 4180 quoting), one row per label: readable by pandas.
+  void save_csv(const std::filesystem::path& path) const {
+    std::ostringstream out;
+    out << "rank,id,name\n";
+    for (std::size_t r = 0; r < ranks_.size(); ++r)
+      for (std::int64_t i = 0; i < maps_[r].size(); ++i) out << quote(ranks_[r]) << ',' << i << ',' << quote(maps_[r].name(i)) << '\n';
+    io::write_text_atomically(path, out.str());
+  }
+
+  static std::string quote(const std::string& s) {
+    if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+    std::string q = "\"";
+    for (char c : s) {
+      if (c == '"') q += '"';
+      q += c;
+    }
+    return q + '"';
+  }
+
+ private:
+  std::string joined() const {
+    std::string s;
+    for (const auto& r : ranks_) s += (s.empty() ? "" : ", ") + r;
+    return s;
+  }
+  std::vector<std::string> ranks_;
+  std::vector<LabelMap> maps_;
+};
+
+// Genus from a binomial/trinomial scientific name: the first whitespace-separated token, as the seeds'
+// extract_genus does ("Salmo trutta fario" -> "Salmo"); empty/blank -> "" (missing).
+inline std::string genus_of(std::string_view scientific_name) {
+  const auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\f' || c == '\v'; };
+  std::size_t b = 0;
+  while (b < scientific_name.size() && is_space(scientific_name[b])) ++b;
+  std::size_t e = b;
+  while (e < scientific_name.size() && !is_space(scientific_name[e])) ++e;
+  return std::string(scientific_name.substr(b, e - b));
+}
+
+}  // namespace taxon::data

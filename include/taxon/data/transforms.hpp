@@ -1,0 +1,444 @@
+#pragma once
+// Image transforms on uint8 HWC tensors, composable, each drawing randomness from a per-sample engine seeded
+// by derive_seed(seed, {epoch, index}) so results never depend on worker count or timing.
+//
+// The one resize kernel (resize_bicubic) reproduces PIL's Image.resize(BICUBIC) — what torchvision's Resize
+// and CLIP/open_clip/timm preprocessing do on PIL images — bit for bit: Keys cubic with a = -0.5, support
+// scaled by the downscale factor (antialiasing), coefficients normalised then rounded to 22-bit fixed point,
+// horizontal pass first with rounding to uint8 in between (Pillow's Resample.c). It can compute only a window
+// of the output, so resize + center crop never computes pixels the crop throws away.
+#include "taxon/core/error.hpp"
+#include "taxon/core/seed.hpp"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <initializer_list>
+#include <random>
+#include <utility>
+#include <vector>
+
+namespace taxon::data {
+
+using Rng = std::mt19937_64;
+// A transform maps an image tensor to an image tensor, drawing any randomness from the sample's engine.
+using TransformFn = std::function<at::Tensor(const at::Tensor&, Rng&)>;
+
+inline const std::vector<double> kClipMean{0.48145466, 0.4578275, 0.40821073};
+inline const std::vector<double> kClipStd{0.26862954, 0.26130258, 0.27577711};
+inline const std::vector<double> kImageNetMean{0.485, 0.456, 0.406};
+inline const std::vector<double> kImageNetStd{0.229, 0.224, 0.225};
+
+// Integer box in pixel coordinates: rows [top, top+height), columns [left, left+width).
+struct Box {
+  int64_t top = 0, left = 0, height = 0, width = 0;
+};
+
+// Uniform double in [0,1) from 53 random bits (portable, unlike std::uniform_real_distribution).
+inline double uniform01(Rng& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
+inline double uniform(Rng& rng, double lo, double hi) { return lo + (hi - lo) * uniform01(rng); }
+// Integer in [lo, hi) (hi > lo).
+inline int64_t uniform_int(Rng& rng, int64_t lo, int64_t hi) {
+  return lo + static_cast<int64_t>(uniform01(rng) * static_cast<double>(hi - lo));
+}
+
+namespace detail {
+
+inline constexpr int kPrecisionBits = 32 - 8 - 2;  // Pillow's PRECISION_BITS for 8-bit images
+
+inline double pil_bicubic(double x) {
+  constexpr double a = -0.5;
+  if (x < 0.0) x = -x;
+  if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0;
+  if (x < 2.0) return (((x - 5.0) * x + 8.0) * x - 4.0) * a;
+  return 0.0;
+}
+
+struct ResampleCoeffs {
+  int ksize = 0;
+  std::vector<int> first, count;  // per output position: first input index and number of taps
+  std::vector<int32_t> weights;   // [outputs, ksize] fixed point
+};
+
+// Pillow's precompute_coeffs + normalize_coeffs_8bpc for outputs [begin, begin+n) of an in_size -> out_size resize.
+inline ResampleCoeffs bicubic_coeffs(int64_t in_size, int64_t out_size, int64_t begin, int64_t n) {
+  const double scale = static_cast<double>(in_size) / static_cast<double>(out_size);
+  const double filterscale = scale < 1.0 ? 1.0 : scale;
+  const double support = 2.0 * filterscale;
+  ResampleCoeffs c;
+  c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+  c.first.resize(static_cast<size_t>(n));
+  c.count.resize(static_cast<size_t>(n));
+  c.weights.assign(static_cast<size_t>(n * c.ksize), 0);
+  std::vector<double> w(static_cast<size_t>(c.ksize));
+  const double ss = 1.0 / filterscale;
+  for (int64_t i = 0; i < n; ++i) {
+    const double center = (static_cast<double>(begin + i) + 0.5) * scale;
+    int xmin = static_cast<int>(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int xmax = static_cast<int>(center + support + 0.5);
+    if (xmax > in_size) xmax = static_cast<int>(in_size);
+    xmax -= xmin;
+    double total = 0.0;
+    for (int x = 0; x < xmax; ++x) {
+      w[static_cast<size_t>(x)] = pil_bicubic((x + xmin - center + 0.5) * ss);
+      total += w[static_cast<size_t>(x)];
+    }
+    int32_t* k = c.weights.data() + i * c.ksize;
+    for (int x = 0; x < xmax; ++x) {
+      const double v = total != 0.0 ? w[static_cast<size_t>(x)] / total : w[static_cast<size_t>(x)];
+      k[x] = v < 0 ? static_cast<int32_t>(-0.5 + v * (1 << kPrecisionBits)) : static_cast<int32_t>(0.5 + v * (1 << kPrecisionBits));
+    }
+    c.first[static_cast<size_t>(i)] = xmin;
+    c.count[static_cast<size_t>(i)] = xmax;
+  }
+  return c;
+}
+
+inline uint8_t clip8(int32_t v) {
+  if (v >= (1 << kPrecisionBits << 8)) return 255;
+  if (v <= 0) return 0;
+  return static_cast<uint8_t>(v >> kPrecisionBits);
+}
+
+template <int C>
+void resample_rows_horizontal(const uint8_t* src, int64_t src_stride, int64_t rows, const ResampleCoeffs& c,
+                              int64_t outputs, uint8_t* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* in = src + r * src_stride;
+    uint8_t* out = dst + r * outputs * C;
+    for (int64_t i = 0; i < outputs; ++i) {
+      const int32_t* k = c.weights.data() + i * c.ksize;
+      const uint8_t* p = in + static_cast<int64_t>(c.first[static_cast<size_t>(i)]) * C;
+      const int n = c.count[static_cast<size_t>(i)];
+      int32_t s[C];
+      for (int ch = 0; ch < C; ++ch) s[ch] = 1 << (kPrecisionBits - 1);
+      for (int t = 0; t < n; ++t)
+        for (int ch = 0; ch < C; ++ch) s[ch] += static_cast<int32_t>(p[t * C + ch]) * k[t];
+      for (int ch = 0; ch < C; ++ch) out[i * C + ch] = clip8(s[ch]);
+    }
+  }
+}
+
+inline void resample_horizontal(int64_t channels, const uint8_t* src, int64_t src_stride, int64_t rows,
+                                const ResampleCoeffs& c, int64_t outputs, uint8_t* dst) {
+  switch (channels) {
+    case 1: resample_rows_horizontal<1>(src, src_stride, rows, c, outputs, dst); break;
+    case 3: resample_rows_horizontal<3>(src, src_stride, rows, c, outputs, dst); break;
+    case 4: resample_rows_horizontal<4>(src, src_stride, rows, c, outputs, dst); break;
+    default: TAXON_FAIL("data.bad-image", "resize supports 1, 3 or 4 channels, got ", channels);
+  }
+}
+
+// Vertical pass: `src` row r is input row (row0 + r); vectorises over the contiguous row.
+inline void resample_vertical(const uint8_t* src, int64_t src_stride, int64_t row0, int64_t row_len,
+                              const ResampleCoeffs& c, int64_t outputs, uint8_t* dst) {
+  std::vector<int32_t> acc(static_cast<size_t>(row_len));
+  for (int64_t i = 0; i < outputs; ++i) {
+    const int32_t* k = c.weights.data() + i * c.ksize;
+    const int64_t first = c.first[static_cast<size_t>(i)] - row0;
+    const int n = c.count[static_cast<size_t>(i)];
+    std::fill(acc.begin(), acc.end(), 1 << (kPrecisionBits - 1));
+    int32_t* a = acc.data();
+    for (int t = 0; t < n; ++t) {
+      const uint8_t* in = src + (first + t) * src_stride;
+      const int32_t kt = k[t];
+      for (int64_t j = 0; j < row_len; ++j) a[j] += static_cast<int32_t>(in[j]) * kt;
+    }
+    uint8_t* out = dst + i * row_len;
+    for (int64_t j = 0; j < row_len; ++j) out[j] = clip8(a[j]);
+  }
+}
+
+inline void check_hwc_u8(const at::Tensor& image, const char* what) {
+  TAXON_CHECK(image.dim() == 3 && image.scalar_type() == at::kByte, "data.bad-image", what,
+              ": expects a [H,W,C] uint8 image, got ", image.sizes(), " ", image.scalar_type());
+}
+
+}  // namespace detail
+
+// Resizes `source` (a box of a [H,W,C] uint8 image; default the whole image) to out_h x out_w exactly as PIL's
+// Image.resize(..., BICUBIC) does and returns the output pixels inside `window` (default all) as [h,w,C] uint8.
+inline at::Tensor resize_bicubic(const at::Tensor& image, int64_t out_h, int64_t out_w, Box source = {}, Box window = {}) {
+  detail::check_hwc_u8(image, "resize_bicubic");
+  const at::Tensor img = image.contiguous();
+  const int64_t H = img.size(0), W = img.size(1), C = img.size(2);
+  if (source.height == 0 && source.width == 0) source = {0, 0, H, W};
+  if (window.height == 0 && window.width == 0) window = {0, 0, out_h, out_w};
+  TAXON_CHECK(source.top >= 0 && source.left >= 0 && source.height > 0 && source.width > 0 &&
+                  source.top + source.height <= H && source.left + source.width <= W,
+              "data.bad-box", "resize source box (top ", source.top, ", left ", source.left, ", ", source.height, "x",
+              source.width, ") outside the ", H, "x", W, " image");
+  TAXON_CHECK(out_h > 0 && out_w > 0 && window.top >= 0 && window.left >= 0 && window.height > 0 && window.width > 0 &&
+                  window.top + window.height <= out_h && window.left + window.width <= out_w,
+              "data.bad-box", "resize window (top ", window.top, ", left ", window.left, ", ", window.height, "x",
+              window.width, ") outside the ", out_h, "x", out_w, " output");
+  const int64_t stride = W * C;
+  const uint8_t* base = img.data_ptr<uint8_t>() + source.top * stride + source.left * C;
+  const bool need_h = out_w != source.width, need_v = out_h != source.height;
+  at::Tensor out = at::empty({window.height, window.width, C}, at::kByte);
+
+  detail::ResampleCoeffs vc;
+  int64_t row_first = window.top, row_last = window.top + window.height;  // input rows the vertical pass reads
+  if (need_v) {
+    vc = detail::bicubic_coeffs(source.height, out_h, window.top, window.height);
+    row_first = vc.first.front();
+    row_last = 0;
+    for (size_t i = 0; i < vc.first.size(); ++i) row_last = std::max<int64_t>(row_last, vc.first[i] + vc.count[i]);
+  }
+  const uint8_t* rows = base + window.left * C;  // without a horizontal pass, the window is a plain crop
+  int64_t rows_stride = stride, rows_origin = 0;
+  std::vector<uint8_t> tmp;
+  if (need_h) {
+    const auto hc = detail::bicubic_coeffs(source.width, out_w, window.left, window.width);
+    const int64_t n_rows = row_last - row_first;
+    if (!need_v) {
+      detail::resample_horizontal(C, base + row_first * stride, stride, n_rows, hc, window.width, out.data_ptr<uint8_t>());
+      return out;
+    }
+    tmp.resize(static_cast<size_t>(n_rows * window.width * C));
+    detail::resample_horizontal(C, base + row_first * stride, stride, n_rows, hc, window.width, tmp.data());
+    rows = tmp.data();
+    rows_stride = window.width * C;
+    rows_origin = row_first;
+  }
+  if (need_v) {
+    detail::resample_vertical(rows, rows_stride, rows_origin, window.width * C, vc, window.height, out.data_ptr<uint8_t>());
+  } else {
+    for (int64_t r = 0; r < window.height; ++r)
+      std::copy_n(rows + (window.top + r) * rows_stride, window.width * C, out.data_ptr<uint8_t>() + r * window.width * C);
+  }
+  return out;
+}
+
+// torchvision's Resize(int) output size: shorter side -> size, longer side truncated proportionally.
+inline std::pair<int64_t, int64_t> shortest_side_size(int64_t h, int64_t w, int64_t size) {
+  if (w <= h) return {static_cast<int64_t>(static_cast<double>(size * h) / static_cast<double>(w)), size};
+  return {size, static_cast<int64_t>(static_cast<double>(size * w) / static_cast<double>(h))};
+}
+
+// torchvision's CenterCrop offsets: int(round((in - out) / 2.0)) with Python's round-half-to-even.
+inline int64_t center_offset(int64_t in, int64_t out) {
+  return static_cast<int64_t>(std::nearbyint(static_cast<double>(in - out) / 2.0));
+}
+
+// ---- transform steps (uint8 HWC -> uint8 HWC unless noted) ----
+
+// Resize the shorter side to `size` (bicubic, PIL-exact).
+inline TransformFn resize_shortest(int64_t size) {
+  return [size](const at::Tensor& img, Rng&) {
+    detail::check_hwc_u8(img, "resize_shortest");
+    const auto [h, w] = shortest_side_size(img.size(0), img.size(1), size);
+    return resize_bicubic(img, h, w);
+  };
+}
+
+// Resize to exactly height x width (bicubic, PIL-exact); e.g. 28x28 Fashion-MNIST -> 32x32.
+inline TransformFn resize(int64_t height, int64_t width) {
+  return [height, width](const at::Tensor& img, Rng&) { return resize_bicubic(img, height, width); };
+}
+
+inline TransformFn center_crop(int64_t height, int64_t width) {
+  return [height, width](const at::Tensor& img, Rng&) {
+    detail::check_hwc_u8(img, "center_crop");
+    TAXON_CHECK(img.size(0) >= height && img.size(1) >= width, "data.bad-box", "center_crop ", height, "x", width,
+                " larger than the ", img.size(0), "x", img.size(1), " image");
+    const int64_t top = center_offset(img.size(0), height), left = center_offset(img.size(1), width);
+    return img.slice(0, top, top + height).slice(1, left, left + width).contiguous();
+  };
+}
+
+// Resize shorter side to `resize_to`, then center crop crop x crop — fused: only the kept pixels are computed,
+// bit-identical to resize_shortest followed by center_crop.
+inline TransformFn resize_center_crop(int64_t resize_to, int64_t crop) {
+  return [resize_to, crop](const at::Tensor& img, Rng&) {
+    detail::check_hwc_u8(img, "resize_center_crop");
+    const auto [h, w] = shortest_side_size(img.size(0), img.size(1), resize_to);
+    TAXON_CHECK(h >= crop && w >= crop, "data.bad-box", "crop ", crop, " larger than the resized ", h, "x", w, " image");
+    return resize_bicubic(img, h, w, {}, Box{center_offset(h, crop), center_offset(w, crop), crop, crop});
+  };
+}
+
+// uint8 [H,W,C] -> float32 [C,H,W] in [0,1], then (x - mean) / std per channel (ToTensor + Normalize).
+// A 1-channel image with 3-channel statistics is replicated to RGB (grayscale -> RGB).
+inline TransformFn normalize(std::vector<double> mean, std::vector<double> stdev) {
+  TAXON_CHECK(mean.size() == stdev.size() && !mean.empty(), "data.bad-normalize", "mean has ", mean.size(),
+              " values but std has ", stdev.size());
+  return [mean = std::move(mean), stdev = std::move(stdev)](const at::Tensor& image, Rng&) {
+    detail::check_hwc_u8(image, "normalize");
+    const at::Tensor img = image.contiguous();
+    const int64_t H = img.size(0), W = img.size(1), C = img.size(2), OC = static_cast<int64_t>(mean.size());
+    TAXON_CHECK(C == OC || C == 1, "data.bad-normalize", "normalize has ", OC, " channel statistics but the image has ",
+                C, " channels");
+    at::Tensor out = at::empty({OC, H, W}, at::kFloat);
+    const uint8_t* src = img.data_ptr<uint8_t>();
+    float* dst = out.data_ptr<float>();
+    const int64_t plane = H * W;
+    for (int64_t c = 0; c < OC; ++c) {
+      const float scale = static_cast<float>(1.0 / (255.0 * stdev[static_cast<size_t>(c)]));
+      const float shift = static_cast<float>(mean[static_cast<size_t>(c)] / stdev[static_cast<size_t>(c)]);
+      const int64_t sc = C == 1 ? 0 : c;
+      float* d = dst + c * plane;
+      for (int64_t p = 0; p < plane; ++p) d[p] = static_cast<float>(src[p * C + sc]) * scale - shift;
+    }
+    return out;
+  };
+}
+
+inline TransformFn horizontal_flip(double p = 0.5) {
+  return [p](const at::Tensor& img, Rng& rng) {
+    detail::check_hwc_u8(img, "horizontal_flip");
+    return uniform01(rng) < p ? img.flip({1}).contiguous() : img;
+  };
+}
+
+// torchvision RandomResizedCrop.get_params: 10 tries of (area scale, log-uniform aspect ratio), then the
+// central-crop fallback; the chosen box is resized to size x size with the PIL bicubic kernel.
+inline Box random_resized_crop_box(int64_t height, int64_t width, Rng& rng, std::pair<double, double> scale,
+                                   std::pair<double, double> ratio) {
+  const double area = static_cast<double>(height * width);
+  const double log_lo = std::log(ratio.first), log_hi = std::log(ratio.second);
+  for (int attempt = 0; attempt < 10; ++attempt) {
+    const double target_area = area * uniform(rng, scale.first, scale.second);
+    const double aspect = std::exp(uniform(rng, log_lo, log_hi));
+    const auto w = static_cast<int64_t>(std::nearbyint(std::sqrt(target_area * aspect)));
+    const auto h = static_cast<int64_t>(std::nearbyint(std::sqrt(target_area / aspect)));
+    if (w > 0 && w <= width && h > 0 && h <= height)
+      return Box{uniform_int(rng, 0, height - h + 1), uniform_int(rng, 0, width - w + 1), h, w};
+  }
+  const double in_ratio = static_cast<double>(width) / static_cast<double>(height);
+  int64_t w = width, h = height;
+  if (in_ratio < ratio.first) h = static_cast<int64_t>(std::nearbyint(static_cast<double>(w) / ratio.first));
+  else if (in_ratio > ratio.second) w = static_cast<int64_t>(std::nearbyint(static_cast<double>(h) * ratio.second));
+  return Box{(height - h) / 2, (width - w) / 2, h, w};
+}
+
+inline TransformFn random_resized_crop(int64_t size, std::pair<double, double> scale = {0.08, 1.0},
+                                       std::pair<double, double> ratio = {3.0 / 4.0, 4.0 / 3.0}) {
+  return [=](const at::Tensor& img, Rng& rng) {
+    detail::check_hwc_u8(img, "random_resized_crop");
+    const Box box = random_resized_crop_box(img.size(0), img.size(1), rng, scale, ratio);
+    return resize_bicubic(img, size, size, box);
+  };
+}
+
+// Brightness, contrast and saturation factors drawn uniformly from [1-x, 1+x], applied in a random order
+// (PIL ImageEnhance semantics: blend with black, with the mean grey level, with the greyscale image).
+inline TransformFn color_jitter(double brightness, double contrast = 0.0, double saturation = 0.0) {
+  return [=](const at::Tensor& image, Rng& rng) {
+    detail::check_hwc_u8(image, "color_jitter");
+    std::array<int, 3> order{0, 1, 2};
+    for (int i = 2; i > 0; --i) std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(uniform_int(rng, 0, i + 1))]);
+    const std::array<double, 3> amount{brightness, contrast, saturation};
+    std::array<double, 3> factor{1.0, 1.0, 1.0};
+    for (int i = 0; i < 3; ++i)
+      if (amount[static_cast<size_t>(i)] > 0)
+        factor[static_cast<size_t>(i)] = uniform(rng, std::max(0.0, 1.0 - amount[static_cast<size_t>(i)]), 1.0 + amount[static_cast<size_t>(i)]);
+    at::Tensor x = image.to(at::kFloat);
+    const bool rgb = x.size(2) == 3;
+    const auto grey = [&](const at::Tensor& t) {
+      return rgb ? (t.select(2, 0) * 0.299 + t.select(2, 1) * 0.587 + t.select(2, 2) * 0.114).unsqueeze(2) : t;
+    };
+    for (int op : order) {
+      const double f = factor[static_cast<size_t>(op)];
+      if (f == 1.0) continue;
+      if (op == 0) x = x * f;
+      else if (op == 1) x = (x - grey(x).mean()) * f + grey(x).mean();
+      else x = (x - grey(x)) * f + grey(x);
+      x = x.clamp(0, 255);
+    }
+    return x.round().to(at::kByte);
+  };
+}
+
+// A sequence of transforms applied in order.
+class Compose {
+ public:
+  Compose() = default;
+  Compose(std::initializer_list<TransformFn> steps) : steps_(steps) {}
+  explicit Compose(std::vector<TransformFn> steps) : steps_(std::move(steps)) {}
+  Compose& then(TransformFn step) {
+    steps_.push_back(std::move(step));
+    return *this;
+  }
+  at::Tensor operator()(const at::Tensor& image, Rng& rng) const {
+    at::Tensor x = image;
+    for (const auto& s : steps_) x = s(x, rng);
+    return x;
+  }
+  // Deterministic application for one sample: engine from derive_seed(seed, {epoch, index}).
+  at::Tensor apply(const at::Tensor& image, uint64_t seed, uint64_t epoch, uint64_t index) const {
+    Rng rng = make_engine(seed, {epoch, index});
+    return (*this)(image, rng);
+  }
+  std::size_t size() const noexcept { return steps_.size(); }
+  bool empty() const noexcept { return steps_.empty(); }
+
+ private:
+  std::vector<TransformFn> steps_;
+};
+
+// ---- presets ----
+
+// OpenAI CLIP / open_clip eval preprocessing: Resize(res, bicubic) on the shorter side, CenterCrop(res), RGB,
+// ToTensor, Normalize(CLIP mean/std). uint8 [H,W,3] -> float [3,res,res].
+inline Compose clip_eval(int64_t resolution = 224) {
+  return Compose{resize_center_crop(resolution, resolution), normalize(kClipMean, kClipStd)};
+}
+
+// timm/UNICOM eval: resize shorter side to floor(res / crop_pct), center crop res; crop_pct = 224/256 when
+// res <= 224 else 1.0 (crop_pct <= 0 selects that default).
+inline Compose timm_eval(int64_t resolution = 224, double crop_pct = 0.0, const std::vector<double>& mean = kClipMean,
+                         const std::vector<double>& stdev = kClipStd) {
+  if (crop_pct <= 0) crop_pct = resolution <= 224 ? 224.0 / 256.0 : 1.0;
+  const auto scaled = static_cast<int64_t>(std::floor(static_cast<double>(resolution) / crop_pct));
+  return Compose{resize_center_crop(scaled, resolution), normalize(mean, stdev)};
+}
+
+// Training augmentation: RandomResizedCrop(res, bicubic) + horizontal flip (+ optional colour jitter) + normalize.
+inline Compose clip_train(int64_t resolution = 224, double jitter = 0.0, std::pair<double, double> scale = {0.08, 1.0}) {
+  Compose c{random_resized_crop(resolution, scale), horizontal_flip(0.5)};
+  if (jitter > 0) c.then(color_jitter(jitter, jitter, jitter));
+  c.then(normalize(kClipMean, kClipStd));
+  return c;
+}
+
+// Small images (CPU demos, Fashion-MNIST 28x28): resize to size x size (skipped when already that size) and
+// normalize with the given statistics; no 224 anywhere.
+inline Compose small_image(int64_t size, std::vector<double> mean, std::vector<double> stdev, bool flip = false) {
+  Compose c;
+  c.then([size](const at::Tensor& img, Rng&) {
+    detail::check_hwc_u8(img, "small_image");
+    return (img.size(0) == size && img.size(1) == size) ? img : resize_bicubic(img, size, size);
+  });
+  if (flip) c.then(horizontal_flip(0.5));
+  c.then(normalize(std::move(mean), std::move(stdev)));
+  return c;
+}
+
+// Applies a transform to a batch: [B,H,W,C] uint8 (or a list of [H,W,C]) -> stacked outputs, e.g. [B,3,224,224].
+inline at::Tensor apply_batch(const TransformFn& transform, const at::Tensor& images, uint64_t seed = 0) {
+  TAXON_CHECK(images.dim() == 4, "data.bad-image", "apply_batch expects [B,H,W,C], got ", images.sizes());
+  std::vector<at::Tensor> outs;
+  outs.reserve(static_cast<size_t>(images.size(0)));
+  for (int64_t i = 0; i < images.size(0); ++i) {
+    Rng rng = make_engine(seed, {0, static_cast<uint64_t>(i)});
+    outs.push_back(transform(images[i], rng));
+  }
+  return at::stack(outs);
+}
+inline at::Tensor apply_batch(const TransformFn& transform, const std::vector<at::Tensor>& images, uint64_t seed = 0) {
+  std::vector<at::Tensor> outs;
+  outs.reserve(images.size());
+  for (size_t i = 0; i < images.size(); ++i) {
+    Rng rng = make_engine(seed, {0, static_cast<uint64_t>(i)});
+    outs.push_back(transform(images[i], rng));
+  }
+  return at::stack(outs);
+}
+
+}  // namespace taxon::data
