@@ -1,0 +1,523 @@
+#pragma once
+// Trainer<Backbone, Head>: the UNICOM fine-tuning loop made generic, correct and resumable.
+//
+//   backbone → embeddings → head(embeddings, labels) → loss → backward → AdamW(two groups) + schedule
+//
+// Differences from upstream retrieval.py (spec §3.3), on purpose:
+// - Gradient accumulation: upstream steps when `global_step % gradient_acc == 0` *before* incrementing (so the
+//   first step follows a single micro-batch) and never divides the loss. Here the optimizer steps after every
+//   complete group of `accumulation` micro-batches, each micro-batch loss divided by `accumulation`, so
+//   2 micro-batches of B/2 give the gradient of one batch of B. A partial group at the end of an epoch steps with
+//   its gradient rescaled to the mean over the micro-batches it had.
+// - The schedule advances once per optimizer step (upstream: per micro-batch) and is built for exactly the number
+//   of optimizer steps the run makes (upstream's `N // bs + 1` never reaches the final lr).
+#include "taxon/backbone/concepts.hpp"
+#include "taxon/core/error.hpp"
+#include "taxon/core/log.hpp"
+#include "taxon/core/options.hpp"
+#include "taxon/core/seed.hpp"
+#include "taxon/io/atomic_file.hpp"
+#include "taxon/io/npy.hpp"
+#include "taxon/io/safetensors.hpp"
+#include "taxon/pfc/concepts.hpp"
+#include "taxon/train/amp.hpp"
+#include "taxon/train/callbacks.hpp"
+#include "taxon/train/checkpoint.hpp"
+#include "taxon/train/schedule.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/adamw.h>
+#include <torch/serialize.h>
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <concepts>
+#include <filesystem>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <ranges>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+namespace taxon::train {
+
+// Anything with `.images` and `.labels` tensors, e.g. taxon::data::Batch. labels: [B] or [B,R] (R label columns:
+// cluster pseudo-labels and/or metadata ranks; TrainerOptions::label_column picks one).
+template <typename T>
+concept TrainBatch = requires(const T& b) {
+  { b.images } -> std::convertible_to<at::Tensor>;
+  { b.labels } -> std::convertible_to<at::Tensor>;
+};
+
+struct TrainerOptions {
+  TAXON_ARG(int64_t, epochs) = 1;
+  // Peak lr of the backbone group; the head group gets lr × lr_pfc_weight (retrieval.py defaults).
+  TAXON_ARG(double, lr) = 1e-4;
+  TAXON_ARG(double, lr_pfc_weight) = 5.0;
+  // AdamW; weight decay applies to every parameter, norms, biases and the head's centres included, as upstream.
+  TAXON_ARG(double, weight_decay) = 0.0;
+  TAXON_ARG(double, beta1) = 0.9;
+  TAXON_ARG(double, beta2) = 0.999;
+  TAXON_ARG(double, adam_eps) = 1e-8;
+  // Micro-batches per optimizer step.
+  TAXON_ARG(int64_t, accumulation) = 1;
+  // Max total L2 norm of all gradients (backbone and head); 0 = no clipping (upstream has none).
+  TAXON_ARG(double, clip_grad_norm) = 0.0;
+  TAXON_ARG(Precision, precision) = Precision::fp32;
+  TAXON_ARG(GradScalerOptions, grad_scaler) = {};
+  // Which column of [B,R] labels is the training target: the pseudo-label (cluster) column for UNICOM, or a
+  // metadata rank column (e.g. species) for supervised ArcFace/CosFace training. Must be 0 for [B] labels.
+  TAXON_ARG(int64_t, label_column) = 0;
+  TAXON_ARG(std::string, label_name) = "cluster";
+  // Batches per epoch; 0 = take it from the batch range's size (the range must then be sized).
+  TAXON_ARG(int64_t, steps_per_epoch) = 0;
+  // Seeds LibTorch's default generators when a fresh (not resumed) run starts.
+  TAXON_ARG(uint64_t, seed) = 0;
+
+ public:
+  void validate() const {
+    TAXON_CHECK(epochs_ >= 1, "train.bad-option", "epochs must be >= 1, got ", epochs_);
+    TAXON_CHECK(lr_ > 0 && std::isfinite(lr_), "train.bad-option", "lr must be > 0, got ", lr_);
+    TAXON_CHECK(lr_pfc_weight_ > 0, "train.bad-option", "lr_pfc_weight must be > 0, got ", lr_pfc_weight_);
+    TAXON_CHECK(weight_decay_ >= 0, "train.bad-option", "weight_decay must be >= 0, got ", weight_decay_);
+    TAXON_CHECK(beta1_ >= 0 && beta1_ < 1 && beta2_ >= 0 && beta2_ < 1, "train.bad-option",
+                "AdamW betas must be in [0,1), got (", beta1_, ", ", beta2_, ")");
+    TAXON_CHECK(adam_eps_ > 0, "train.bad-option", "adam_eps must be > 0, got ", adam_eps_);
+    TAXON_CHECK(accumulation_ >= 1, "train.bad-option", "accumulation must be >= 1, got ", accumulation_);
+    TAXON_CHECK(clip_grad_norm_ >= 0, "train.bad-option", "clip_grad_norm must be >= 0 (0 = off), got ",
+                clip_grad_norm_);
+    TAXON_CHECK(label_column_ >= 0, "train.bad-option", "label_column must be >= 0, got ", label_column_);
+    TAXON_CHECK(steps_per_epoch_ >= 0, "train.bad-option", "steps_per_epoch must be >= 0, got ", steps_per_epoch_);
+    TAXON_CHECK(grad_scaler_.init_scale() > 0 && grad_scaler_.growth_interval() >= 1, "train.bad-option",
+                "grad_scaler needs init_scale > 0 and growth_interval >= 1");
+  }
+
+  nlohmann::json to_json() const {
+    return {{"epochs", epochs_},
+            {"lr", lr_},
+            {"lr_pfc_weight", lr_pfc_weight_},
+            {"weight_decay", weight_decay_},
+            {"beta1", beta1_},
+            {"beta2", beta2_},
+            {"adam_eps", adam_eps_},
+            {"accumulation", accumulation_},
+            {"clip_grad_norm", clip_grad_norm_},
+            {"precision", to_string(precision_)},
+            {"label_column", label_column_},
+            {"label_name", label_name_},
+            {"steps_per_epoch", steps_per_epoch_},
+            {"seed", seed_}};
+  }
+};
+
+// AdamW with UNICOM's two groups: [backbone @ lr] + [head @ lr × lr_pfc_weight].
+template <typename B, typename H>
+std::unique_ptr<torch::optim::AdamW> make_adamw(B& backbone, H& head, const TrainerOptions& o) {
+  auto group_options = [&](double lr) {
+    return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(lr)
+                                                            .betas(std::make_tuple(o.beta1(), o.beta2()))
+                                                            .eps(o.adam_eps())
+                                                            .weight_decay(o.weight_decay()));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(backbone->parameters(), group_options(o.lr()));
+  groups.emplace_back(head->parameters(), group_options(o.lr() * o.lr_pfc_weight()));
+  return std::make_unique<torch::optim::AdamW>(std::move(groups), *group_options(o.lr()));
+}
+
+struct TrainSummary {
+  int64_t steps = 0;       // optimizer steps done in this fit() call
+  int64_t global_step = 0; // optimizer steps done in total
+  int64_t epoch = 0;       // epochs completed
+  double last_loss = 0;
+  bool stopped_early = false;
+};
+
+template <typename B, typename H>
+class Trainer {
+  static_assert(Backbone<B>, "taxon::train::Trainer: the first template argument must satisfy taxon::Backbone "
+                             "(a module holder with forward(images [B,3,H,W]) -> embeddings [B,D])");
+  static_assert(Head<H>, "taxon::train::Trainer: the second template argument must satisfy taxon::Head "
+                         "(a module holder with forward(embeddings, labels) -> loss, centroids(), num_classes())");
+
+ public:
+  Trainer(B backbone, H head, TrainerOptions options, Schedule schedule = Schedule::one_cycle())
+      : backbone_(std::move(backbone)), head_(std::move(head)), options_(std::move(options)),
+        schedule_(std::move(schedule)), scaler_(options_.grad_scaler()) {
+    options_.validate();
+    optimizer_ = make_adamw(backbone_, head_, options_);
+    for (const auto& p : backbone_->parameters()) {
+      device_ = p.device();
+      break;
+    }
+    if (options_.precision() == Precision::fp16) {
+      TAXON_CHECK(device_.is_cuda(), "train.amp-unsupported",
+                  "precision fp16 (with loss scaling) needs the backbone on a CUDA device; it is on ", device_.str(),
+                  " (use bf16 on CPU)");
+    }
+  }
+
+  // ---- running ----------------------------------------------------------------------------------------------
+
+  // Trains until options().epochs() are done or a callback asks to stop. `source` is either a range of batches
+  // (reused every epoch), a callable `source(epoch)` returning the epoch's range, or `source(epoch, skip)`
+  // returning it with the first `skip` batches left out (resume without decoding them). The epoch's batch order
+  // must depend only on the epoch (e.g. derive_seed(seed, {epoch})) for resume to be exact.
+  template <typename Source, typename... Callbacks>
+  TrainSummary fit(Source&& source, Callbacks&&... callbacks) {
+    steps_per_epoch_ = options_.steps_per_epoch() > 0 ? options_.steps_per_epoch() : infer_steps(source);
+    const int64_t total = total_optimizer_steps();
+    if (!resumed_) {
+      schedule_.start(total, {options_.lr(), options_.lr() * options_.lr_pfc_weight()});
+      seed_everything(options_.seed());
+    } else {
+      TAXON_CHECK(schedule_.total_steps() == total, "train.resume-mismatch", "the checkpoint's schedule has ",
+                  schedule_.total_steps(), " optimizer steps but this run has ", total, " (epochs ", options_.epochs(),
+                  " × ceil(", steps_per_epoch_, " batches / accumulation ", options_.accumulation(), "))");
+      resumed_ = false;  // a second fit() continues from the live state
+    }
+    backbone_->train(true);
+    head_->train(true);
+    stop_ = false;
+    TrainSummary summary;
+    const int64_t start_step = global_step_;
+    (hooks::train_begin(callbacks, *this), ...);
+    while (epoch_ < options_.epochs() && !stop_) {
+      if (batch_in_epoch_ == 0) (hooks::epoch_begin(callbacks, *this, epoch_), ...);
+      run_epoch(source, callbacks...);
+      if (stop_ && batch_in_epoch_ != 0) break;  // stopped mid-epoch: resumable from here
+      end_epoch(callbacks...);
+    }
+    (hooks::train_end(callbacks, *this), ...);
+    summary.steps = global_step_ - start_step;
+    summary.global_step = global_step_;
+    summary.epoch = epoch_;
+    summary.last_loss = last_loss_;
+    summary.stopped_early = stop_ && epoch_ < options_.epochs();
+    return summary;
+  }
+
+  void request_stop() { stop_ = true; }
+
+  // ---- checkpoints ------------------------------------------------------------------------------------------
+
+  // Writes root/step-<N>/ {backbone.pt, head.pt, optimizer.pt, rng.pt, trainer.json} atomically and points
+  // root/latest at it; keeps the newest `keep_last` (0: all). Call at a step boundary (any callback hook).
+  std::filesystem::path save_checkpoint(const std::filesystem::path& root, int keep_last = 0) {
+    TAXON_CHECK(micro_ == 0, "train.bad-checkpoint",
+                "save_checkpoint called in the middle of an accumulation group (", micro_, " of ",
+                options_.accumulation(), " micro-batches); call it from a step or epoch hook");
+    const auto dir = write_checkpoint_dir(root, checkpoint_name(global_step_), [&](const std::filesystem::path& d) {
+      save_module_state(d / "backbone.pt", *backbone_);
+      save_module_state(d / "head.pt", *head_);
+      io::write_atomically(d / "optimizer.pt", [&](std::ostream& out) {
+        torch::serialize::OutputArchive archive;
+        optimizer_->save(archive);
+        archive.save_to(out);
+      });
+      const std::vector<char> rng = torch::pickle_save(c10::IValue(cpu_rng_state()));
+      io::write_atomically(d / "rng.pt", [&](std::ostream& out) { out.write(rng.data(), static_cast<std::streamsize>(rng.size())); });
+      io::write_text_atomically(d / trainer_state_file, state_json().dump(2));
+    });
+    last_checkpoint_ = dir;
+    prune_checkpoints(root, keep_last);
+    return dir;
+  }
+
+  // Loads `path` (a checkpoint directory, or a root whose `latest` names one). Returns false when `path` holds
+  // no checkpoint yet (a fresh run), so `trainer.resume(dir); trainer.fit(...)` works for both cases.
+  bool resume(const std::filesystem::path& path) {
+    std::filesystem::path dir = path;
+    if (!std::filesystem::exists(path / trainer_state_file)) {
+      const auto latest = latest_checkpoint(path);
+      if (!latest) return false;
+      dir = *latest;
+    }
+    const auto state = nlohmann::json::parse(io::read_file(dir / trainer_state_file), nullptr, false);
+    TAXON_CHECK(!state.is_discarded() && state.value("format", 0) == 1, "train.bad-checkpoint",
+                (dir / trainer_state_file).string(), " is not a taxon trainer state");
+    const auto saved = state.at("options");
+    for (const char* key : {"accumulation", "label_column"}) {
+      TAXON_CHECK(saved.at(key) == options_.to_json().at(key), "train.resume-mismatch", "checkpoint ", dir.string(),
+                  " was trained with ", key, "=", saved.at(key).dump(), " but this run has ",
+                  options_.to_json().at(key).dump());
+    }
+    if (state.value("threads", 0) != at::get_num_threads()) {
+      log::warn("resuming with ", at::get_num_threads(), " threads; the checkpoint was written with ",
+                state.value("threads", 0), " (results will not be bit-identical to an uninterrupted run)");
+    }
+    load_module_state(dir / "backbone.pt", *backbone_, "backbone");
+    load_module_state(dir / "head.pt", *head_, "head");
+    {
+      torch::serialize::InputArchive archive;
+      archive.load_from((dir / "optimizer.pt").string(), device_);
+      optimizer_->load(archive);
+    }
+    {
+      const std::string data = io::read_file(dir / "rng.pt");
+      set_cpu_rng_state(torch::pickle_load(std::vector<char>(data.begin(), data.end())).toTensor());
+    }
+    schedule_.load_state(state.at("schedule"));
+    scaler_.load_state(state.at("scaler"));
+    epoch_ = state.at("epoch").get<int64_t>();
+    batch_in_epoch_ = state.at("batch_in_epoch").get<int64_t>();
+    global_step_ = state.at("global_step").get<int64_t>();
+    last_loss_ = state.value("last_loss", 0.0);
+    last_checkpoint_ = dir;
+    resumed_ = true;
+    log::info("resumed from ", dir.string(), " at epoch ", epoch_, ", batch ", batch_in_epoch_, ", step ",
+              global_step_);
+    return true;
+  }
+
+  // Final outputs as the seeds produce them: dir/model.safetensors and dir/backbone.pt (torch::save of the
+  // backbone module, loadable with torch::load), and the head's class centres as dir/centroids.npy.
+  void save_outputs(const std::filesystem::path& dir) const {
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (const auto& p : backbone_->named_parameters(true)) tensors.emplace_back(p.key(), p.value().detach());
+    for (const auto& b : backbone_->named_buffers(true)) tensors.emplace_back(b.key(), b.value().detach());
+    io::save_safetensors(dir / "model.safetensors", tensors,
+                         {{"format", "pt"}, {"producer", "taxon"}, {"global_step", std::to_string(global_step_)}});
+    io::write_atomically(dir / "backbone.pt", [&](std::ostream& out) {
+      torch::serialize::OutputArchive archive;
+      backbone_->save(archive);
+      archive.save_to(out);
+    });
+    io::save_npy(dir / "centroids.npy", head_->centroids().detach().to(at::kCPU, at::kFloat).contiguous());
+  }
+
+  // ---- state ------------------------------------------------------------------------------------------------
+
+  B& backbone() { return backbone_; }
+  H& head() { return head_; }
+  torch::optim::AdamW& optimizer() { return *optimizer_; }
+  const Schedule& schedule() const { return schedule_; }
+  const TrainerOptions& options() const { return options_; }
+  const GradScaler& grad_scaler() const { return scaler_; }
+  at::Device device() const { return device_; }
+  int64_t epoch() const { return epoch_; }
+  int64_t batch_in_epoch() const { return batch_in_epoch_; }
+  int64_t global_step() const { return global_step_; }
+  int64_t steps_per_epoch() const { return steps_per_epoch_; }
+  int64_t total_steps() const { return total_optimizer_steps(); }
+  double last_loss() const { return last_loss_; }
+  const std::optional<std::filesystem::path>& last_checkpoint() const { return last_checkpoint_; }
+
+  nlohmann::json state_json() const {
+    return {{"format", 1},
+            {"epoch", epoch_},
+            {"batch_in_epoch", batch_in_epoch_},
+            {"global_step", global_step_},
+            {"steps_per_epoch", steps_per_epoch_},
+            {"last_loss", last_loss_},
+            {"schedule", schedule_.state()},
+            {"scaler", scaler_.state()},
+            {"threads", at::get_num_threads()},
+            {"torch", TORCH_VERSION},
+            {"options", options_.to_json()}};
+  }
+
+ private:
+  int64_t total_optimizer_steps() const {
+    const int64_t per_epoch = (steps_per_epoch_ + options_.accumulation() - 1) / options_.accumulation();
+    return options_.epochs() * per_epoch;
+  }
+
+  template <typename Source>
+  auto epoch_range(Source& source, int64_t epoch, int64_t skip, bool& skipped_by_source) {
+    if constexpr (std::invocable<Source&, int64_t, int64_t>) {
+      skipped_by_source = true;
+      return source(epoch, skip);
+    } else if constexpr (std::invocable<Source&, int64_t>) {
+      skipped_by_source = false;
+      return source(epoch);
+    } else {
+      static_assert(std::ranges::range<Source&>,
+                    "Trainer::fit: the batch source must be a range of batches or a callable epoch -> range");
+      skipped_by_source = false;
+      return std::ranges::ref_view(source);
+    }
+  }
+
+  template <typename Source>
+  int64_t infer_steps(Source& source) {
+    bool ignored = false;
+    auto&& range = epoch_range(source, 0, 0, ignored);
+    using R = std::remove_cvref_t<decltype(range)>;
+    if constexpr (std::ranges::sized_range<R>) {
+      const auto n = static_cast<int64_t>(std::ranges::size(range));
+      TAXON_CHECK(n > 0, "train.empty-epoch", "the batch source yields no batches for epoch 0");
+      return n;
+    } else {
+      TAXON_FAIL("train.unknown-steps",
+                 "the batch source has no size; set TrainerOptions::steps_per_epoch to the number of batches per epoch");
+    }
+  }
+
+  at::Tensor select_labels(const at::Tensor& labels) const {
+    at::Tensor y;
+    if (labels.dim() == 1) {
+      TAXON_CHECK(options_.label_column() == 0, "train.label-column", "labels are [B] (", labels.sizes(),
+                  ") but label_column is ", options_.label_column());
+      y = labels;
+    } else {
+      TAXON_CHECK(labels.dim() == 2 && options_.label_column() < labels.size(1), "train.label-column",
+                  "label_column ", options_.label_column(), " (", options_.label_name(),
+                  ") does not exist in labels of shape ", labels.sizes());
+      y = labels.select(1, options_.label_column());
+    }
+    return y.to(device_, at::kLong);
+  }
+
+  template <typename Batch>
+  double forward_backward(const Batch& batch) {
+    static_assert(TrainBatch<Batch>, "Trainer::fit: each batch needs .images and .labels tensors");
+    const at::Tensor images = at::Tensor(batch.images).to(device_);
+    const at::Tensor labels = select_labels(at::Tensor(batch.labels));
+    at::Tensor embeddings;
+    {
+      AutocastScope autocast(device_, options_.precision());
+      embeddings = backbone_->forward(images);
+    }
+    // The head runs in fp32, as UNICOM's PartialFC (fp16=False) does.
+    if (embeddings.scalar_type() != at::kFloat) embeddings = embeddings.to(at::kFloat);
+    at::Tensor loss = head_->forward(embeddings, labels);
+    const double value = loss.item<double>();
+    if (!std::isfinite(value)) non_finite_loss(value);
+    if (options_.accumulation() > 1) loss = loss / static_cast<double>(options_.accumulation());
+    if (options_.precision() == Precision::fp16) loss = scaler_.scale(loss);
+    loss.backward();
+    images_in_step_ += images.size(0);
+    return value;
+  }
+
+  [[noreturn]] void non_finite_loss(double value) {
+    optimizer_->zero_grad();
+    micro_ = 0;
+    TAXON_FAIL("train.non-finite-loss", "loss is ", value, " at epoch ", epoch_, ", batch ", batch_in_epoch_,
+               " (optimizer step ", global_step_ + 1, " of ", total_optimizer_steps(), ", lr ", schedule_.lr(0),
+               "); stopped without updating the weights. Last good checkpoint: ",
+               last_checkpoint_ ? last_checkpoint_->string() : std::string("none saved"),
+               ". Lower the lr, enable clip_grad_norm or check the inputs for NaN.");
+  }
+
+  template <typename... Callbacks>
+  void optimizer_step(Callbacks&... callbacks) {
+    if (micro_ < options_.accumulation()) {  // partial group at epoch end: mean over the micro-batches it had
+      const double rescale = static_cast<double>(options_.accumulation()) / static_cast<double>(micro_);
+      torch::NoGradGuard no_grad;
+      for (auto& group : optimizer_->param_groups())
+        for (auto& p : group.params())
+          if (p.grad().defined()) p.mutable_grad().mul_(rescale);
+    }
+    schedule_.apply(*optimizer_);
+    StepReport r;
+    r.epoch = epoch_;
+    r.lr = schedule_.lr(0);
+    r.head_lr = schedule_.lr(1);
+    r.beta1 = std::get<0>(static_cast<torch::optim::AdamWOptions&>(optimizer_->param_groups()[0].options()).betas());
+    r.loss_scale = options_.precision() == Precision::fp16 ? scaler_.scale() : 1.0;
+    bool finite = true;
+    if (options_.precision() == Precision::fp16) finite = scaler_.unscale(*optimizer_);
+    if (options_.clip_grad_norm() > 0 && finite) {
+      std::vector<at::Tensor> params;
+      for (auto& group : optimizer_->param_groups())
+        for (auto& p : group.params()) params.push_back(p);
+      r.grad_norm = torch::nn::utils::clip_grad_norm_(params, options_.clip_grad_norm());
+    }
+    (hooks::gradients(callbacks, *this), ...);
+    if (options_.precision() == Precision::fp16) r.skipped = !scaler_.step(*optimizer_);
+    else optimizer_->step();
+    optimizer_->zero_grad();
+    schedule_.step();
+    ++global_step_;
+    r.step = global_step_;
+    r.total_steps = total_optimizer_steps();
+    r.loss = loss_sum_ / static_cast<double>(micro_);
+    r.images = images_in_step_;
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start_).count();
+    last_loss_ = r.loss;
+    micro_ = 0;
+    loss_sum_ = 0;
+    images_in_step_ = 0;
+    (hooks::step_end(callbacks, *this, r), ...);
+    if ((hooks::should_stop(callbacks, *this) || ...)) stop_ = true;
+  }
+
+  template <typename Source, typename... Callbacks>
+  void run_epoch(Source& source, Callbacks&... callbacks) {
+    bool skipped_by_source = false;
+    const int64_t skip = batch_in_epoch_;
+    auto&& range = epoch_range(source, epoch_, skip, skipped_by_source);
+    int64_t index = skipped_by_source ? skip : 0;
+    for (auto&& batch : range) {
+      if (index < skip) {  // resume mid-epoch: the source replays the epoch, we drop what was already trained on
+        ++index;
+        continue;
+      }
+      if (micro_ == 0) {
+        (hooks::step_begin(callbacks, *this, global_step_), ...);
+        step_start_ = std::chrono::steady_clock::now();
+      }
+      loss_sum_ += forward_backward(batch);
+      ++micro_;
+      batch_in_epoch_ = ++index;
+      if (micro_ == options_.accumulation()) {
+        optimizer_step(callbacks...);
+        if (stop_) return;
+      }
+    }
+    if (micro_ > 0) optimizer_step(callbacks...);
+    TAXON_CHECK(index > 0 || skip > 0, "train.empty-epoch", "the batch source yielded no batches for epoch ", epoch_);
+  }
+
+  template <typename... Callbacks>
+  void end_epoch(Callbacks&... callbacks) {
+    const int64_t finished = epoch_;
+    epoch_ = finished + 1;
+    batch_in_epoch_ = 0;
+    if constexpr ((hooks::has_evaluate<Callbacks, Trainer>() || ...)) {
+      Metrics metrics;
+      {
+        backbone_->train(false);
+        head_->train(false);
+        torch::NoGradGuard no_grad;
+        (hooks::evaluate(callbacks, *this, finished, metrics), ...);
+      }
+      backbone_->train(true);
+      head_->train(true);
+      if (!metrics.empty()) (hooks::evaluated(callbacks, *this, metrics), ...);
+    }
+    (hooks::epoch_end(callbacks, *this, finished), ...);
+    if ((hooks::should_stop(callbacks, *this) || ...)) stop_ = true;
+  }
+
+  B backbone_;
+  H head_;
+  TrainerOptions options_;
+  Schedule schedule_;
+  GradScaler scaler_;
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  at::Device device_ = at::kCPU;
+  int64_t epoch_ = 0;
+  int64_t batch_in_epoch_ = 0;  // batches of epoch_ already trained on
+  int64_t global_step_ = 0;     // optimizer steps done
+  int64_t steps_per_epoch_ = 0; // batches per epoch
+  int64_t micro_ = 0;
+  int64_t images_in_step_ = 0;
+  double loss_sum_ = 0;
+  double last_loss_ = 0;
+  bool stop_ = false;
+  bool resumed_ = false;
+  std::chrono::steady_clock::time_point step_start_;
+  std::optional<std::filesystem::path> last_checkpoint_;
+};
+
+}  // namespace taxon::train
