@@ -5,6 +5,7 @@
 #include "taxon/core/seed.hpp"
 #include "taxon/io/npy.hpp"
 #include "taxon/io/safetensors.hpp"
+#include "taxon/pfc/partial_fc.hpp"
 
 #include <ATen/ATen.h>
 #include <catch2/catch.hpp>
@@ -610,5 +611,60 @@ TEST_CASE("final outputs: model.safetensors, backbone.pt and centroids.npy", "[t
   archive.load_from((dir / "backbone.pt").string());
   loaded->load(archive);
   CHECK(at::equal(loaded->fc2->weight, b->fc2->weight));
+  fs::remove_all(dir);
+}
+
+namespace test_train {
+using Pfc = taxon::pfc::PartialFC<taxon::loss::ArcFace, taxon::pfc::UniformNegatives>;
+inline Pfc make_pfc(uint64_t seed) {
+  return Pfc(taxon::pfc::PartialFCOptions(8, 16).num_feat(12).seed(seed), taxon::loss::ArcFace(16.0, 0.1),
+             taxon::pfc::UniformNegatives(0.5));
+}
+}  // namespace test_train
+
+TEST_CASE("Trainer with the real PartialFC head (ArcFace, class sampling, num_feat): learns and resumes bit-exact",
+          "[train][pfc]") {
+  Blobs data(256, 8, 20);
+  const EpochSource source{data.x, data.y, 32, 3};  // 8 batches per epoch
+  const auto options = TrainerOptions().epochs(3).lr(3e-3).lr_pfc_weight(5).seed(4);
+  taxon::seed_everything(50);
+  TinyMlp b1(8, 32, 16, 0.1);
+  auto h1 = make_pfc(1);
+  Trainer full(b1, h1, options, Schedule::one_cycle());
+  CountingCallback counts;
+  full.fit(source, counts);
+  REQUIRE(counts.losses.size() == 24);
+  const double first = (counts.losses[0] + counts.losses[1]) / 2, last = (counts.losses[22] + counts.losses[23]) / 2;
+  INFO("first " << first << " last " << last);
+  CHECK(last < 0.7 * first);
+  {  // nearest-centre accuracy, chance is 1/8
+    torch::NoGradGuard ng;
+    b1->eval();
+    auto e = b1->forward(data.x);
+    e = e / e.norm(2, 1, true);
+    auto c = h1->centroids();
+    c = c / c.norm(2, 1, true);
+    const double acc = at::mm(e, c.t()).argmax(1).eq(data.y).to(at::kDouble).mean().item<double>();
+    b1->train();
+    INFO("accuracy " << acc);
+    CHECK(acc > 0.5);
+  }
+  auto dir = temp_dir("pfc");
+  {
+    taxon::seed_everything(50);
+    TinyMlp b2(8, 32, 16, 0.1);
+    auto h2 = make_pfc(1);
+    Trainer part(b2, h2, options, Schedule::one_cycle());
+    InterruptAt stop{11, dir};
+    part.fit(source, stop);
+    CHECK(part.global_step() == 11);
+  }
+  TinyMlp b3(8, 32, 16, 0.1);
+  auto h3 = make_pfc(777);  // another sampling seed: its generator state must come from the checkpoint
+  Trainer resumed(b3, h3, options, Schedule::one_cycle());
+  REQUIRE(resumed.resume(dir));
+  resumed.fit(source);
+  CHECK(at::equal(h1->weight, h3->weight));
+  for (size_t i = 0; i < b1->parameters().size(); ++i) CHECK(at::equal(b1->parameters()[i], b3->parameters()[i]));
   fs::remove_all(dir);
 }

@@ -140,4 +140,13 @@ inline void set_cpu_rng_state(const at::Tensor& state) {
   gen.set_state(state);
 }
 
+inline at::Tensor generator_state(at::Generator gen) {
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+inline void set_generator_state(at::Generator gen, const at::Tensor& state) {
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+}
+
 }  // namespace taxon::train

@@ -222,7 +222,7 @@ class Trainer {
         optimizer_->save(archive);
         archive.save_to(out);
       });
-      const std::vector<char> rng = torch::pickle_save(c10::IValue(cpu_rng_state()));
+      const std::vector<char> rng = torch::pickle_save(rng_states());
       io::write_atomically(d / "rng.pt", [&](std::ostream& out) { out.write(rng.data(), static_cast<std::streamsize>(rng.size())); });
       io::write_text_atomically(d / trainer_state_file, state_json().dump(2));
     });
@@ -262,7 +262,7 @@ class Trainer {
     }
     {
       const std::string data = io::read_file(dir / "rng.pt");
-      set_cpu_rng_state(torch::pickle_load(std::vector<char>(data.begin(), data.end())).toTensor());
+      set_rng_states(torch::pickle_load(std::vector<char>(data.begin(), data.end())), dir / "rng.pt");
     }
     schedule_.load_state(state.at("schedule"));
     scaler_.load_state(state.at("scaler"));
@@ -328,6 +328,33 @@ class Trainer {
   int64_t total_optimizer_steps() const {
     const int64_t per_epoch = (steps_per_epoch_ + options_.accumulation() - 1) / options_.accumulation();
     return options_.epochs() * per_epoch;
+  }
+
+  // Generators: LibTorch's default CPU one, plus the head's/backbone's own when they expose `generator()`
+  // (PartialFC draws its class samples and feature subsets from its own stream).
+  c10::Dict<std::string, at::Tensor> rng_states() {
+    c10::Dict<std::string, at::Tensor> states;
+    states.insert("cpu", cpu_rng_state());
+    if constexpr (requires { { head_->generator() } -> std::convertible_to<at::Generator>; })
+      states.insert("head", generator_state(head_->generator()));
+    if constexpr (requires { { backbone_->generator() } -> std::convertible_to<at::Generator>; })
+      states.insert("backbone", generator_state(backbone_->generator()));
+    return states;
+  }
+  void set_rng_states(const c10::IValue& value, const std::filesystem::path& file) {
+    TAXON_CHECK(value.isGenericDict(), "train.bad-checkpoint", file.string(), " is not a generator-state dictionary");
+    auto states = c10::impl::toTypedDict<std::string, at::Tensor>(value.toGenericDict());
+    auto get = [&](const std::string& key) {
+      auto it = states.find(key);
+      TAXON_CHECK(it != states.end(), "train.checkpoint-mismatch", file.string(), " has no '", key,
+                  "' generator state");
+      return it->value();
+    };
+    set_cpu_rng_state(get("cpu"));
+    if constexpr (requires { { head_->generator() } -> std::convertible_to<at::Generator>; })
+      set_generator_state(head_->generator(), get("head"));
+    if constexpr (requires { { backbone_->generator() } -> std::convertible_to<at::Generator>; })
+      set_generator_state(backbone_->generator(), get("backbone"));
   }
 
   template <typename Source>
