@@ -1,0 +1,84 @@
+#pragma once
+// Embedding a dataset: run any Backbone over a range of batches (each with `.images` [B, 3, H, W]) in inference
+// mode and gather the outputs as one [N, D] float CPU tensor, in batch order.
+#include "taxon/backbone/concepts.hpp"
+#include "taxon/core/error.hpp"
+#include "taxon/core/options.hpp"
+#include "taxon/core/progress.hpp"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <concepts>
+#include <optional>
+#include <ranges>
+#include <string>
+#include <vector>
+
+namespace taxon {
+
+template <typename T>
+concept ImageBatch = requires(const T& batch) {
+  { batch.images } -> std::convertible_to<at::Tensor>;
+};
+
+struct EmbedOptions {
+  // L2-normalise each embedding (cosine retrieval, k-means on the sphere).
+  TAXON_ARG(bool, normalize) = false;
+  // Where the images go; defaults to the device of the model's first parameter. The model must be there.
+  TAXON_ARG(std::optional<at::Device>, device);
+  // Expected number of images for the progress ETA (0 = unknown); progress is off with show_progress(false).
+  TAXON_ARG(int64_t, expected_images) = 0;
+  TAXON_ARG(bool, show_progress) = true;
+  TAXON_ARG(std::string, label) = "embed";
+};
+
+template <Backbone B, typename BatchRange>
+  requires std::ranges::input_range<BatchRange> && ImageBatch<std::ranges::range_value_t<BatchRange>>
+at::Tensor embed(B& model, BatchRange&& batches, EmbedOptions opts = {}) {
+  at::Device model_device = at::kCPU;
+  for (const auto& p : model->parameters()) {
+    model_device = p.device();
+    break;
+  }
+  const at::Device device = opts.device().value_or(model_device);
+  TAXON_CHECK(device == model_device || model->parameters().empty(), "backbone.device-mismatch",
+              "embed: images are to go to ", device, " but the model's parameters are on ", model_device,
+              "; move the model first (model->to(device))");
+
+  // Restore the caller's train/eval mode however we leave.
+  struct ModeRestore {
+    B& model;
+    bool was_training;
+    ~ModeRestore() { model->train(was_training); }
+  } restore{model, model->is_training()};
+  model->train(false);
+
+  std::optional<Progress> progress;
+  if (opts.show_progress()) progress.emplace(opts.label(), opts.expected_images(), "img");
+  std::vector<at::Tensor> outputs;
+  int64_t index = 0;
+  {
+    c10::InferenceMode guard;
+    for (auto&& batch : batches) {
+      const at::Tensor images = batch.images;
+      TAXON_CHECK(images.defined() && images.dim() == 4, "backbone.bad-input", "embed: batch ", index,
+                  " images must be [B, C, H, W], got ", images.defined() ? c10::str(images.sizes()) : "undefined");
+      at::Tensor out = model->forward(images.to(device, /*non_blocking=*/false));
+      TAXON_CHECK(out.dim() == 2 && out.size(0) == images.size(0), "backbone.bad-output", "embed: batch ", index,
+                  " of ", images.size(0), " images gave output ", out.sizes(), ", expected [", images.size(0),
+                  ", D]");
+      out = out.to(at::kFloat);
+      if (opts.normalize()) out = out / out.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
+      outputs.push_back(out.to(at::kCPU));
+      if (progress) progress->advance(images.size(0));
+      ++index;
+    }
+  }
+  if (progress) progress->finish();
+  TAXON_CHECK(!outputs.empty(), "backbone.empty-input", "embed: the batch range was empty");
+  // Inference tensors cannot be used in autograd later; clone into a normal tensor.
+  return at::cat(outputs, 0).clone();
+}
+
+}  // namespace taxon
