@@ -668,3 +668,36 @@ TEST_CASE("Trainer with the real PartialFC head (ArcFace, class sampling, num_fe
   for (size_t i = 0; i < b1->parameters().size(); ++i) CHECK(at::equal(b1->parameters()[i], b3->parameters()[i]));
   fs::remove_all(dir);
 }
+
+namespace test_train {
+struct StopAfter {
+  int64_t at;
+  template <typename T> bool should_stop(T& t) const { return t.global_step() == at; }
+};
+}  // namespace test_train
+
+TEST_CASE("a second fit() after a stop continues the same run (no schedule restart, no reseed)", "[train][resume]") {
+  Blobs data(96, 4, 21);
+  const EpochSource source{data.x, data.y, 16, 4};
+  const auto options = TrainerOptions().epochs(2).lr(5e-3).seed(8);
+  TinyMlp b1(8, 16, 8, 0.2);
+  CosineHead h1(4, 8);
+  auto b2 = TinyMlp(8, 16, 8, 0.2);
+  auto h2 = CosineHead(4, 8);
+  {
+    torch::NoGradGuard ng;
+    for (size_t i = 0; i < b1->parameters().size(); ++i) b2->parameters()[i].copy_(b1->parameters()[i]);
+    h2->weight.copy_(h1->weight);
+  }
+  Trainer full(b1, h1, options, Schedule::one_cycle());
+  full.fit(source);
+  Trainer twice(b2, h2, options, Schedule::one_cycle());
+  auto first = twice.fit(source, StopAfter{3});
+  CHECK(first.global_step == 3);
+  CHECK(first.stopped_early);
+  auto second = twice.fit(source);
+  CHECK(second.steps == 9);
+  CHECK(twice.schedule().step_count() == 12);
+  for (size_t i = 0; i < b1->parameters().size(); ++i) CHECK(at::equal(b1->parameters()[i], b2->parameters()[i]));
+  CHECK(at::equal(h1->weight, h2->weight));
+}

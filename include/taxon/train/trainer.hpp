@@ -174,14 +174,14 @@ class Trainer {
   TrainSummary fit(Source&& source, Callbacks&&... callbacks) {
     steps_per_epoch_ = options_.steps_per_epoch() > 0 ? options_.steps_per_epoch() : infer_steps(source);
     const int64_t total = total_optimizer_steps();
-    if (!resumed_) {
+    if (!started_) {
       schedule_.start(total, {options_.lr(), options_.lr() * options_.lr_pfc_weight()});
       seed_everything(options_.seed());
-    } else {
-      TAXON_CHECK(schedule_.total_steps() == total, "train.resume-mismatch", "the checkpoint's schedule has ",
+      started_ = true;
+    } else {  // resumed from a checkpoint, or a second fit() after a stop: continue from the current state
+      TAXON_CHECK(schedule_.total_steps() == total, "train.resume-mismatch", "the schedule was built for ",
                   schedule_.total_steps(), " optimizer steps but this run has ", total, " (epochs ", options_.epochs(),
                   " × ceil(", steps_per_epoch_, " batches / accumulation ", options_.accumulation(), "))");
-      resumed_ = false;  // a second fit() continues from the live state
     }
     backbone_->train(true);
     head_->train(true);
@@ -271,7 +271,7 @@ class Trainer {
     global_step_ = state.at("global_step").get<int64_t>();
     last_loss_ = state.value("last_loss", 0.0);
     last_checkpoint_ = dir;
-    resumed_ = true;
+    started_ = true;
     log::info("resumed from ", dir.string(), " at epoch ", epoch_, ", batch ", batch_in_epoch_, ", step ",
               global_step_);
     return true;
@@ -542,7 +542,7 @@ class Trainer {
   double loss_sum_ = 0;
   double last_loss_ = 0;
   bool stop_ = false;
-  bool resumed_ = false;
+  bool started_ = false;  // schedule built and generators seeded (fresh start or resume)
   std::chrono::steady_clock::time_point step_start_;
   std::optional<std::filesystem::path> last_checkpoint_;
 };
