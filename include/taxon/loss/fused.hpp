@@ -256,6 +256,13 @@ inline at::Tensor fused_margin_softmax_ce(const at::Tensor& embeddings, const at
   TAXON_CHECK(embeddings.scalar_type() == at::kFloat && centres.scalar_type() == at::kFloat, "loss.dtype",
               "the fused loss takes float32 embeddings and centres, got ", embeddings.scalar_type(), " and ",
               centres.scalar_type());
+#if !defined(TAXON_WITH_CUDA)
+  TAXON_CHECK(!embeddings.is_cuda() && !centres.is_cuda(), "loss.no-cuda",
+              "CUDA tensors need taxon built with TAXON_WITH_CUDA (the taxon::cuda component); got embeddings on ",
+              embeddings.device(), " and centres on ", centres.device());
+#endif
+  TAXON_CHECK(embeddings.device() == centres.device(), "loss.device-mismatch", "embeddings on ", embeddings.device(),
+              " but centres on ", centres.device());
   const at::Tensor en = l2_normalize_rows(embeddings).contiguous();
   return FusedMarginCE::apply(en, centres.contiguous(), y.to(embeddings.device()), p, options.chunk_size());
 }
