@@ -368,7 +368,8 @@ TEST_CASE("OpenAI CLIP TorchScript archive written from C++ loads and reproduces
   REQUIRE(loaded.count("visual.conv1.weight"));
   REQUIRE(loaded.at("visual.conv1.weight").scalar_type() == at::kHalf);
   auto model = load_openai_clip(dir / "ViT-tiny.pt");
-  REQUIRE(model->options == small_clip());  // width 128 → 2 heads, QuickGELU, 32 px, 2 layers, output 48
+  REQUIRE(model->options == small_clip());  // width 128 -> 2 heads, QuickGELU, 32 px, 2 layers, output 48
+  REQUIRE(load_pretrained(dir / "ViT-tiny.pt")->options == small_clip());
   const auto images = at::randn({2, 3, 32, 32});
   REQUIRE(at::equal(model->forward(images), reference->forward(images)));
   REQUIRE_TENSORS_CLOSE(model->forward(images), reference_clip(sd, images, 8, 2, 2, true), 1e-4, 1e-4);
@@ -376,6 +377,39 @@ TEST_CASE("OpenAI CLIP TorchScript archive written from C++ loads and reproduces
   REQUIRE_TAXON_ERROR(load_openai_clip(dir / "missing.pt"), "io.missing-file");
   taxon::io::write_text_atomically(dir / "garbage.pt", "not a zip archive");
   REQUIRE_TAXON_ERROR(load_openai_clip(dir / "garbage.pt"), "io.bad-torchscript");
+}
+
+TEST_CASE("torch.save-style .pt state dict (UNICOM FP16-ViT-*.pt) loads through load_pretrained",
+          "[backbone][checkpoint]") {
+  using namespace test_backbone;
+  TempDir dir;
+  VisionTransformer reference(small_unicom());
+  StateDict sd = random_state(reference, 11);
+  c10::Dict<std::string, at::Tensor> dict;
+  for (auto& [k, v] : sd) {
+    if (v.is_floating_point()) v = v.to(at::kHalf);
+    dict.insert(k, v);
+  }
+  load_state_dict(*reference, sd);
+  reference->eval();
+  // torch::pickle_save writes the zip format that Python's torch.save writes and torch.load reads.
+  c10::impl::GenericDict wrapped(c10::StringType::get(), c10::AnyType::get());
+  wrapped.insert("state_dict", dict);
+  wrapped.insert("epoch", int64_t{7});
+  const auto bytes = torch::jit::pickle_save(wrapped);
+  taxon::io::write_text_atomically(dir / "FP16-ViT-tiny.pt", std::string(bytes.begin(), bytes.end()));
+  auto model = load_pretrained(dir / "FP16-ViT-tiny.pt");
+  model->eval();
+  REQUIRE(model->options.layout() == Layout::unicom);
+  const auto images = at::randn({2, 3, 32, 32});
+  REQUIRE(at::equal(model->forward(images), reference->forward(images)));
+
+  taxon::io::write_text_atomically(dir / "garbage.pt", "not a zip archive");
+  REQUIRE_TAXON_ERROR(load_pretrained(dir / "garbage.pt"), "io.bad-checkpoint");
+  REQUIRE_TAXON_ERROR(load_pretrained(dir / "missing.pt"), "io.missing-file");
+  const auto list = torch::jit::pickle_save(c10::IValue(int64_t{3}));
+  taxon::io::write_text_atomically(dir / "int.pt", std::string(list.begin(), list.end()));
+  REQUIRE_TAXON_ERROR(load_pretrained(dir / "int.pt"), "io.bad-checkpoint");
 }
 
 TEST_CASE("strict loading lists every problem in one error; non-strict returns them", "[backbone][checkpoint]") {

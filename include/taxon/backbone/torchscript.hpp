@@ -1,15 +1,17 @@
 #pragma once
-// OpenAI CLIP's released .pt files are TorchScript archives; clip.load(jit=False) takes their state_dict() and
-// runs build_model. Same here: torch::jit::load, then the `visual.*` tensors into a VisionTransformer.
+// PyTorch .pt files: OpenAI CLIP's released TorchScript archives (clip.load(jit=False) takes their state_dict() and
+// runs build_model; same here) and torch.save'd state dicts such as UNICOM's FP16-ViT-*.pt (zip format).
 // Separate header because the jit headers add seconds to every translation unit that includes them.
 #include "taxon/backbone/checkpoint.hpp"
 #include "taxon/core/error.hpp"
 
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/serialization/import.h>
+#include <torch/csrc/jit/serialization/pickle.h>
 
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace taxon::backbone {
 
@@ -27,6 +29,63 @@ inline StateDict load_torchscript_state_dict(const std::filesystem::path& path) 
   for (const auto& p : module.named_parameters(/*recurse=*/true)) dict[p.name] = p.value.detach();
   for (const auto& b : module.named_buffers(/*recurse=*/true)) dict[b.name] = b.value.detach();
   return dict;
+}
+
+namespace torchscript_detail {
+
+// Tensors of a (possibly wrapped) pickled dict; {"state_dict": {...}} / {"model": {...}} wrappers are unwrapped,
+// non-tensor entries (epoch counters, args) skipped.
+inline void collect_tensors(const c10::IValue& value, const std::string& source, StateDict& out) {
+  TAXON_CHECK(value.isGenericDict(), "io.bad-checkpoint", source, " does not hold a dict of tensors (found ",
+              value.tagKind(), ")");
+  for (const auto& kv : value.toGenericDict()) {
+    if (!kv.key().isString()) continue;
+    const std::string key = kv.key().toStringRef();
+    if (kv.value().isTensor()) out[key] = kv.value().toTensor().detach();
+    else if ((key == "state_dict" || key == "model") && kv.value().isGenericDict()) collect_tensors(kv.value(), source, out);
+  }
+}
+
+}  // namespace torchscript_detail
+
+// A state dict written by Python's torch.save (zip format, e.g. UNICOM's FP16-ViT-B-32.pt), fp16 kept as stored.
+inline StateDict load_pickled_state_dict(const std::filesystem::path& path) {
+  const std::string bytes = io::read_file(path);
+  c10::IValue value;
+  try {
+    value = torch::jit::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
+  } catch (const c10::Error& e) {
+    TAXON_FAIL("io.bad-checkpoint", path.string(), " is not a torch.save archive: ", e.what_without_backtrace());
+  }
+  StateDict dict;
+  torchscript_detail::collect_tensors(value, path.string(), dict);
+  TAXON_CHECK(!dict.empty(), "io.bad-checkpoint", path.string(), " holds no tensors");
+  return dict;
+}
+
+// Any .pt: a TorchScript archive (OpenAI CLIP) or a torch.save'd state dict (UNICOM, fine-tuned checkpoints).
+inline StateDict load_pt_state_dict(const std::filesystem::path& path) {
+  TAXON_CHECK(std::filesystem::exists(path), "io.missing-file", "file not found: ", path.string());
+  std::string jit_error;
+  try {
+    return load_torchscript_state_dict(path);
+  } catch (const Error& e) {
+    jit_error = e.what();
+  }
+  try {
+    return load_pickled_state_dict(path);
+  } catch (const Error& e) {
+    TAXON_FAIL("io.bad-checkpoint", path.string(), " is neither a TorchScript archive nor a torch.save state dict:\n  ",
+               jit_error, "\n  ", e.what());
+  }
+}
+
+// A pretrained ViT from any supported file: our checkpoints and open_clip/UNICOM dicts in .safetensors, OpenAI
+// CLIP TorchScript .pt, torch.save'd UNICOM/open_clip .pt/.bin. The architecture comes from the config metadata or
+// is inferred from shapes; weights are cast to fp32.
+inline VisionTransformer load_pretrained(const std::filesystem::path& path, const InferOptions& infer = {}) {
+  if (path.extension() == ".safetensors") return load_checkpoint(path, infer);
+  return vit_from_state_dict(load_pt_state_dict(path), infer, path.string());
 }
 
 // An OpenAI CLIP .pt (e.g. ViT-B-32.pt) as a fp32 VisionTransformer with the inferred config (QuickGELU).
