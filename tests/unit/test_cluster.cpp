@@ -52,9 +52,7 @@ struct CaptureLog {
   }
 };
 
-}  // namespace test_cluster
-
-using namespace test_cluster;
+// The test cases live in the namespace too: its using-directives must not leak into the unity build.
 
 TEST_CASE("k-means recovers well-separated blobs with purity 1.0 on both backends", "[cluster]") {
   // Random init (faiss's) often starts two centroids in one blob and Lloyd cannot undo it; k-means++ does not.
@@ -237,3 +235,5 @@ TEST_CASE("LibTorch k-means on CUDA matches the CPU run", "[cluster][cuda]") {
   REQUIRE(at::equal(cpu.labels, gpu.labels));
   REQUIRE_TENSORS_CLOSE(gpu.centroids.cpu(), cpu.centroids, 1e-4, 1e-4);
 }
+
+}  // namespace test_cluster

@@ -75,9 +75,7 @@ inline Reference reference_metrics(const at::Tensor& x, const at::Tensor& labels
   return ref;
 }
 
-}  // namespace test_eval_retrieval
-
-using namespace test_eval_retrieval;
+// The test cases live in the namespace too: its using-directives must not leak into the unity build.
 
 TEST_CASE("retrieval metrics: hand-built leave-one-out answers with ties and a lone label", "[eval]") {
   // Rankings (inner product, ties by gallery index), R = same-label count - 1:
@@ -205,3 +203,5 @@ TEST_CASE("kNN-vote accuracy weights votes by exp(cos / T)", "[eval]") {
   REQUIRE(knn_vote_accuracy(x, labels, KnnVoteOptions().k(10)).top1 == 1.0);
   REQUIRE_TAXON_ERROR(knn_vote_accuracy(x, labels, KnnVoteOptions().temperature(0)), "eval.bad-temperature");
 }
+
+}  // namespace test_eval_retrieval

@@ -85,9 +85,7 @@ inline TaxonomyColumns synthetic(int64_t per_species, at::Tensor* emb, double no
   return TaxonomyColumns::from_species(taxa, species);
 }
 
-}  // namespace test_eval_taxonomy
-
-using namespace test_eval_taxonomy;
+// The test cases live in the namespace too: its using-directives must not leak into the unity build.
 
 TEST_CASE("taxonomy metrics: hand-built answers with ties and a class only in the test split", "[eval]") {
   // Gallery: g0 (1,0) "b x"; g1 (3,0) "a y" (same direction as g0: cosine tie); g2 (0,2) "c z".
@@ -272,3 +270,5 @@ TEST_CASE("TaxonomyEvaluator: noisy clusters, determinism, options and errors", 
                       "eval.empty-group");
   REQUIRE(TaxonomyColumns::extract_genus("Danaus plexippus plexippus") == "Danaus");
 }
+
+}  // namespace test_eval_taxonomy

@@ -269,7 +269,7 @@ inline std::vector<FourAccuracies> score_columns(
   }
   const int64_t nq = Q.size(0), ng = G.size(0);
   auto Qn = detail::l2_normalize(Q), Gn = detail::l2_normalize(G);
-  auto q_sq = Q.pow(2).sum(1, true), g_sq = G.pow(2).sum(1).unsqueeze(0);
+  auto q_sq = Q.pow(2).sum(1).unsqueeze(0), g_sq = G.pow(2).sum(1, true);  // [1, nq], [ng, 1]
 
   struct Column {
     at::Tensor gallery_ids, query_ids, counts, mean_unit;  // mean_unit[c] = mean of x̂_j over class c
@@ -305,15 +305,17 @@ inline std::vector<FourAccuracies> score_columns(
     const int64_t n = std::min(chunk, nq - s);
     auto qn = Qn.narrow(0, s, n), q = Q.narrow(0, s, n);
     auto nn_cos = at::mm(qn, Gn.t()).argmax(1);  // first maximum = first gallery row
-    auto dist = at::addmm(g_sq, q, G.t(), 1, -2).add_(q_sq.narrow(0, s, n)).clamp_min_(0).sqrt_();
-    auto nn_euc = dist.argmin(1);
+    // Distances gallery-major ([ng, n]) so the per-class sums are contiguous row adds (index_add_ on dim 0).
+    auto dist = at::addmm(g_sq, G, q.t(), 1, -2).add_(q_sq.narrow(1, s, n)).clamp_min_(0).sqrt_();
+    auto nn_euc = dist.argmin(0);
     for (auto& c : cols) {
       auto truth = c.query_ids.narrow(0, s, n);
       auto pred_ind = c.gallery_ids.index_select(0, nn_cos);
       auto pred_avg = at::mm(qn, c.mean_unit.t()).argmax(1);
       auto pred_dind = o.nfhm_compat() ? pred_ind : c.gallery_ids.index_select(0, nn_euc);
-      auto mean_dist = at::zeros({n, c.classes}, dist.options()).index_add_(1, c.gallery_ids, dist) / c.counts;
-      auto pred_davg = mean_dist.argmin(1);
+      auto mean_dist = at::zeros({c.classes, n}, dist.options()).index_add_(0, c.gallery_ids, dist) /
+                       c.counts.unsqueeze(1);
+      auto pred_davg = mean_dist.argmin(0);  // first minimum = lexicographically smallest label
       c.correct[0] += (pred_ind == truth).sum().item<double>();
       c.correct[1] += (pred_avg == truth).sum().item<double>();
       c.correct[2] += (pred_dind == truth).sum().item<double>();
