@@ -489,6 +489,25 @@ TEST_CASE("embed: batched inference-mode embeddings, normalisation, mode restore
   REQUIRE_TENSORS_CLOSE(unit.norm(2, {1}), at::ones({12}), 1e-5, 1e-5);
   REQUIRE_TENSORS_CLOSE(unit, expected / expected.norm(2, {1}, true), 1e-5, 1e-5);
 
+  // A single-pass source whose iterator is not a std::input_iterator (non-const operator*), like a loader epoch.
+  struct Epoch {
+    std::vector<Batch>* batches;
+    struct iterator {
+      std::vector<Batch>* v;
+      size_t i;
+      Batch& operator*() { return (*v)[i]; }
+      iterator& operator++() {
+        ++i;
+        return *this;
+      }
+      bool operator!=(const iterator& o) const { return i != o.i; }
+    };
+    iterator begin() { return {batches, 0}; }
+    iterator end() { return {batches, batches->size()}; }
+  };
+  const auto from_epoch = taxon::embed(model, Epoch{&batches}, taxon::EmbedOptions().show_progress(false));
+  REQUIRE(at::equal(from_epoch, out));
+
   std::vector<Batch> bad = {{at::randn({2, 3, 16, 16}), {}, {}}};
   model->train();
   REQUIRE_TAXON_ERROR(taxon::embed(model, bad, taxon::EmbedOptions().show_progress(false)), "backbone.bad-input");

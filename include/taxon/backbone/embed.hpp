@@ -13,6 +13,7 @@
 #include <optional>
 #include <ranges>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace taxon {
@@ -33,8 +34,19 @@ struct EmbedOptions {
   TAXON_ARG(std::string, label) = "embed";
 };
 
+// Anything a range-for can walk whose elements have `.images`: containers, views, and single-pass loaders whose
+// iterators are not full std::input_iterators (taxon::data's loader epochs).
+template <typename R>
+concept ImageBatchRange = requires(R& r) {
+  r.begin() != r.end();
+  { (*r.begin()).images } -> std::convertible_to<at::Tensor>;
+} || requires(R& r) {
+  std::ranges::begin(r) != std::ranges::end(r);
+  { (*std::ranges::begin(r)).images } -> std::convertible_to<at::Tensor>;
+};
+
 template <Backbone B, typename BatchRange>
-  requires std::ranges::input_range<BatchRange> && ImageBatch<std::ranges::range_value_t<BatchRange>>
+  requires ImageBatchRange<std::remove_reference_t<BatchRange>>
 at::Tensor embed(B& model, BatchRange&& batches, EmbedOptions opts = {}) {
   at::Device model_device = at::kCPU;
   for (const auto& p : model->parameters()) {
