@@ -20,6 +20,11 @@
 
 #include "support/tensor_compare.hpp"
 
+// LibTorch's logging header (reached through ATen's CPUGeneratorImpl.h) replaces Catch's CHECK with glog's,
+// which aborts instead of reporting; restore Catch's.
+#undef CHECK
+#define CHECK(...) INTERNAL_CATCH_TEST("CHECK", Catch::ResultDisposition::ContinueOnFailure, __VA_ARGS__)
+
 namespace test_data {
 
 namespace fs = std::filesystem;
@@ -320,11 +325,13 @@ TEST_CASE("decoding: truncated, random and empty files give an error naming the 
     CHECK(test_data::error_message([&] { read_image(dir.path / name); }).find(name) != std::string::npos);
   }
   // Garbage after a valid header must not crash or hang; it either decodes to the header's size or errors.
+  std::string outcome;
   try {
-    CHECK(decode_image(noisy_jpeg, "noisy.jpg").sizes() == at::IntArrayRef({40, 50, 3}));
+    outcome = decode_image(noisy_jpeg, "noisy.jpg").sizes() == at::IntArrayRef({40, 50, 3}) ? "decoded" : "wrong size";
   } catch (const taxon::Error& e) {
-    CHECK(e.id() == "data.corrupt-image");
+    outcome = e.id();
   }
+  CHECK((outcome == "decoded" || outcome == "data.corrupt-image"));
   REQUIRE_TAXON_ERROR(read_image(dir.path / "absent.jpg"), "io.missing-file");
 }
 

@@ -12,10 +12,15 @@
 
 #include <ATen/ATen.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <initializer_list>
 #include <random>
@@ -106,37 +111,162 @@ inline uint8_t clip8(int32_t v) {
 }
 
 template <int C>
-void resample_rows_horizontal(const uint8_t* src, int64_t src_stride, int64_t rows, const ResampleCoeffs& c,
-                              int64_t outputs, uint8_t* dst) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint8_t* in = src + r * src_stride;
-    uint8_t* out = dst + r * outputs * C;
-    for (int64_t i = 0; i < outputs; ++i) {
-      const int32_t* k = c.weights.data() + i * c.ksize;
-      const uint8_t* p = in + static_cast<int64_t>(c.first[static_cast<size_t>(i)]) * C;
-      const int n = c.count[static_cast<size_t>(i)];
-      int32_t s[C];
-      for (int ch = 0; ch < C; ++ch) s[ch] = 1 << (kPrecisionBits - 1);
-      for (int t = 0; t < n; ++t)
-        for (int ch = 0; ch < C; ++ch) s[ch] += static_cast<int32_t>(p[t * C + ch]) * k[t];
-      for (int ch = 0; ch < C; ++ch) out[i * C + ch] = clip8(s[ch]);
-    }
+void resample_row_horizontal(const uint8_t* in, const ResampleCoeffs& c, int64_t outputs, uint8_t* out) {
+  for (int64_t i = 0; i < outputs; ++i) {
+    const int32_t* k = c.weights.data() + i * c.ksize;
+    const uint8_t* p = in + static_cast<int64_t>(c.first[static_cast<size_t>(i)]) * C;
+    const int n = c.count[static_cast<size_t>(i)];
+    int32_t s[C];
+    for (int ch = 0; ch < C; ++ch) s[ch] = 1 << (kPrecisionBits - 1);
+    for (int t = 0; t < n; ++t)
+      for (int ch = 0; ch < C; ++ch) s[ch] += static_cast<int32_t>(p[t * C + ch]) * k[t];
+    for (int ch = 0; ch < C; ++ch) out[i * C + ch] = clip8(s[ch]);
   }
 }
 
+#if defined(__SSE2__)
+// SSE2 kernels. PIL's 22-bit weights do not fit int16, so each weight is split exactly as k = hi * 2^11 + lo
+// (lo in [0, 2048)) and sum(v * k) = 2^11 * sum(v * hi) + sum(v * lo), each half computed with pmaddwd on pairs
+// of taps. Integer arithmetic throughout, so results stay bit-identical to the scalar (= Pillow) path.
+inline constexpr int kSplitBits = 11;
+
+// Per output position, per pair of taps: 16-bit (hi, lo) weights laid out for pmaddwd.
+struct PairWeights {
+  std::vector<int16_t> hi, lo;  // [outputs, pairs, 8]
+  int pairs = 0;
+};
+
+inline PairWeights pair_weights(const ResampleCoeffs& c, int64_t outputs, int lanes_per_tap_pair) {
+  PairWeights w;
+  w.pairs = (c.ksize + 1) / 2;
+  w.hi.assign(static_cast<size_t>(outputs * w.pairs * 8), 0);
+  w.lo.assign(static_cast<size_t>(outputs * w.pairs * 8), 0);
+  for (int64_t i = 0; i < outputs; ++i) {
+    const int32_t* k = c.weights.data() + i * c.ksize;
+    const int n = c.count[static_cast<size_t>(i)];
+    for (int p = 0; p < w.pairs; ++p)
+      for (int lane = 0; lane < lanes_per_tap_pair; ++lane)
+        for (int half = 0; half < 2; ++half) {
+          const int t = 2 * p + half;
+          const int32_t kt = t < n ? k[t] : 0;
+          const size_t at = static_cast<size_t>((i * w.pairs + p) * 8 + lane * 2 + half);
+          w.hi[at] = static_cast<int16_t>(kt >> kSplitBits);
+          w.lo[at] = static_cast<int16_t>(kt & ((1 << kSplitBits) - 1));
+        }
+  }
+  return w;
+}
+
+inline __m128i load3px(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);  // 3 bytes used; the caller guarantees the 4th is readable
+  return _mm_cvtsi32_si128(v);
+}
+
+// One RGB row: lanes hold (R_t, R_t+1, G_t, G_t+1, B_t, B_t+1, -, -). Reads up to 4 bytes past the last tap.
+inline void resample_row_horizontal_rgb_sse2(const uint8_t* in, const ResampleCoeffs& c, const PairWeights& w,
+                                             int64_t outputs, uint8_t* out) {
+  const __m128i zero = _mm_setzero_si128();
+  for (int64_t i = 0; i < outputs; ++i) {
+    const uint8_t* p = in + static_cast<int64_t>(c.first[static_cast<size_t>(i)]) * 3;
+    const int pairs = (c.count[static_cast<size_t>(i)] + 1) / 2;
+    const int16_t* wh = w.hi.data() + i * w.pairs * 8;
+    const int16_t* wl = w.lo.data() + i * w.pairs * 8;
+    __m128i acc_hi = zero, acc_lo = zero;
+    for (int q = 0; q < pairs; ++q) {
+      const __m128i px = _mm_unpacklo_epi8(_mm_unpacklo_epi8(load3px(p + 6 * q), load3px(p + 6 * q + 3)), zero);
+      acc_hi = _mm_add_epi32(acc_hi, _mm_madd_epi16(px, _mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + 8 * q))));
+      acc_lo = _mm_add_epi32(acc_lo, _mm_madd_epi16(px, _mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + 8 * q))));
+    }
+    __m128i s = _mm_add_epi32(_mm_add_epi32(_mm_slli_epi32(acc_hi, kSplitBits), acc_lo), _mm_set1_epi32(1 << (kPrecisionBits - 1)));
+    s = _mm_srai_epi32(s, kPrecisionBits);
+    s = _mm_packus_epi16(_mm_packs_epi32(s, s), zero);  // saturation = Pillow's clip8
+    const int32_t rgb = _mm_cvtsi128_si32(s);
+    std::memcpy(out + i * 3, &rgb, 3);
+  }
+}
+
+// Vertical pass over a contiguous row strip of 16 bytes: rows (t, t+1) interleaved into pmaddwd pairs.
+inline void resample_vertical_sse2(const uint8_t* src, int64_t src_stride, int64_t row0, int64_t row_len,
+                                   const ResampleCoeffs& c, int64_t outputs, uint8_t* dst) {
+  const __m128i zero = _mm_setzero_si128();
+  const __m128i bias = _mm_set1_epi32(1 << (kPrecisionBits - 1));
+  const int64_t vec_end = row_len / 16 * 16;
+  for (int64_t i = 0; i < outputs; ++i) {
+    const int32_t* k = c.weights.data() + i * c.ksize;
+    const int64_t first = c.first[static_cast<size_t>(i)] - row0;
+    const int n = c.count[static_cast<size_t>(i)];
+    uint8_t* out = dst + i * row_len;
+    for (int64_t j = 0; j < vec_end; j += 16) {
+      __m128i hi[4] = {zero, zero, zero, zero}, lo[4] = {zero, zero, zero, zero};
+      for (int t = 0; t < n; t += 2) {
+        const int32_t k0 = k[t], k1 = t + 1 < n ? k[t + 1] : 0;
+        const uint8_t* ra = src + (first + t) * src_stride + j;
+        const uint8_t* rb = t + 1 < n ? ra + src_stride : ra;
+        const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ra));
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rb));
+        const __m128i wh = _mm_set1_epi32(static_cast<int32_t>((static_cast<uint32_t>(static_cast<uint16_t>(k1 >> kSplitBits)) << 16) |
+                                                               static_cast<uint16_t>(k0 >> kSplitBits)));
+        const __m128i wl = _mm_set1_epi32(static_cast<int32_t>((static_cast<uint32_t>(k1 & ((1 << kSplitBits) - 1)) << 16) |
+                                                               static_cast<uint32_t>(k0 & ((1 << kSplitBits) - 1))));
+        const __m128i ab_lo = _mm_unpacklo_epi8(a, b), ab_hi = _mm_unpackhi_epi8(a, b);
+        const __m128i v[4] = {_mm_unpacklo_epi8(ab_lo, zero), _mm_unpackhi_epi8(ab_lo, zero), _mm_unpacklo_epi8(ab_hi, zero),
+                              _mm_unpackhi_epi8(ab_hi, zero)};
+        for (int q = 0; q < 4; ++q) {
+          hi[q] = _mm_add_epi32(hi[q], _mm_madd_epi16(v[q], wh));
+          lo[q] = _mm_add_epi32(lo[q], _mm_madd_epi16(v[q], wl));
+        }
+      }
+      __m128i s[4];
+      for (int q = 0; q < 4; ++q)
+        s[q] = _mm_srai_epi32(_mm_add_epi32(_mm_add_epi32(_mm_slli_epi32(hi[q], kSplitBits), lo[q]), bias), kPrecisionBits);
+      const __m128i packed = _mm_packus_epi16(_mm_packs_epi32(s[0], s[1]), _mm_packs_epi32(s[2], s[3]));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), packed);
+    }
+    for (int64_t j = vec_end; j < row_len; ++j) {
+      int32_t acc = 1 << (kPrecisionBits - 1);
+      for (int t = 0; t < n; ++t) acc += static_cast<int32_t>(src[(first + t) * src_stride + j]) * k[t];
+      out[j] = clip8(acc);
+    }
+  }
+}
+#endif
+
+template <int C>
+void resample_rows_horizontal(const uint8_t* src, int64_t src_stride, int64_t rows, const ResampleCoeffs& c,
+                              int64_t outputs, uint8_t* dst, const uint8_t* readable_end) {
+#if defined(__SSE2__)
+  if constexpr (C == 3) {
+    const PairWeights w = pair_weights(c, outputs, 3);
+    int64_t max_end = 0;  // furthest byte the SIMD kernel touches, relative to the row start
+    for (int64_t i = 0; i < outputs; ++i)
+      max_end = std::max<int64_t>(max_end, (c.first[static_cast<size_t>(i)] + 2 * ((c.count[static_cast<size_t>(i)] + 1) / 2)) * 3 + 1);
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint8_t* in = src + r * src_stride;
+      if (in + max_end <= readable_end) resample_row_horizontal_rgb_sse2(in, c, w, outputs, dst + r * outputs * 3);
+      else resample_row_horizontal<3>(in, c, outputs, dst + r * outputs * 3);
+    }
+    return;
+  }
+#endif
+  (void)readable_end;
+  for (int64_t r = 0; r < rows; ++r) resample_row_horizontal<C>(src + r * src_stride, c, outputs, dst + r * outputs * C);
+}
+
+// `readable_end`: one past the last byte that may be read (the SIMD path reads a few bytes past a row's taps).
 inline void resample_horizontal(int64_t channels, const uint8_t* src, int64_t src_stride, int64_t rows,
-                                const ResampleCoeffs& c, int64_t outputs, uint8_t* dst) {
+                                const ResampleCoeffs& c, int64_t outputs, uint8_t* dst, const uint8_t* readable_end) {
   switch (channels) {
-    case 1: resample_rows_horizontal<1>(src, src_stride, rows, c, outputs, dst); break;
-    case 3: resample_rows_horizontal<3>(src, src_stride, rows, c, outputs, dst); break;
-    case 4: resample_rows_horizontal<4>(src, src_stride, rows, c, outputs, dst); break;
+    case 1: resample_rows_horizontal<1>(src, src_stride, rows, c, outputs, dst, readable_end); break;
+    case 3: resample_rows_horizontal<3>(src, src_stride, rows, c, outputs, dst, readable_end); break;
+    case 4: resample_rows_horizontal<4>(src, src_stride, rows, c, outputs, dst, readable_end); break;
     default: TAXON_FAIL("data.bad-image", "resize supports 1, 3 or 4 channels, got ", channels);
   }
 }
 
 // Vertical pass: `src` row r is input row (row0 + r); vectorises over the contiguous row.
-inline void resample_vertical(const uint8_t* src, int64_t src_stride, int64_t row0, int64_t row_len,
-                              const ResampleCoeffs& c, int64_t outputs, uint8_t* dst) {
+inline void resample_vertical_scalar(const uint8_t* src, int64_t src_stride, int64_t row0, int64_t row_len,
+                                     const ResampleCoeffs& c, int64_t outputs, uint8_t* dst) {
   std::vector<int32_t> acc(static_cast<size_t>(row_len));
   for (int64_t i = 0; i < outputs; ++i) {
     const int32_t* k = c.weights.data() + i * c.ksize;
@@ -152,6 +282,14 @@ inline void resample_vertical(const uint8_t* src, int64_t src_stride, int64_t ro
     uint8_t* out = dst + i * row_len;
     for (int64_t j = 0; j < row_len; ++j) out[j] = clip8(a[j]);
   }
+}
+
+inline void resample_vertical(const uint8_t* src, int64_t src_stride, int64_t row0, int64_t row_len,
+                              const ResampleCoeffs& c, int64_t outputs, uint8_t* dst) {
+#if defined(__SSE2__)
+  if (row_len >= 16) return resample_vertical_sse2(src, src_stride, row0, row_len, c, outputs, dst);
+#endif
+  resample_vertical_scalar(src, src_stride, row0, row_len, c, outputs, dst);
 }
 
 inline void check_hwc_u8(const at::Tensor& image, const char* what) {
@@ -179,6 +317,7 @@ inline at::Tensor resize_bicubic(const at::Tensor& image, int64_t out_h, int64_t
               window.width, ") outside the ", out_h, "x", out_w, " output");
   const int64_t stride = W * C;
   const uint8_t* base = img.data_ptr<uint8_t>() + source.top * stride + source.left * C;
+  const uint8_t* end = img.data_ptr<uint8_t>() + H * stride;
   const bool need_h = out_w != source.width, need_v = out_h != source.height;
   at::Tensor out = at::empty({window.height, window.width, C}, at::kByte);
 
@@ -197,11 +336,11 @@ inline at::Tensor resize_bicubic(const at::Tensor& image, int64_t out_h, int64_t
     const auto hc = detail::bicubic_coeffs(source.width, out_w, window.left, window.width);
     const int64_t n_rows = row_last - row_first;
     if (!need_v) {
-      detail::resample_horizontal(C, base + row_first * stride, stride, n_rows, hc, window.width, out.data_ptr<uint8_t>());
+      detail::resample_horizontal(C, base + row_first * stride, stride, n_rows, hc, window.width, out.data_ptr<uint8_t>(), end);
       return out;
     }
     tmp.resize(static_cast<size_t>(n_rows * window.width * C));
-    detail::resample_horizontal(C, base + row_first * stride, stride, n_rows, hc, window.width, tmp.data());
+    detail::resample_horizontal(C, base + row_first * stride, stride, n_rows, hc, window.width, tmp.data(), end);
     rows = tmp.data();
     rows_stride = window.width * C;
     rows_origin = row_first;
