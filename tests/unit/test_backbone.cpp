@@ -157,6 +157,18 @@ struct Batch {
   at::Tensor images, labels, indices;
 };
 
+// A user's own backbone (global-average-pool + linear), to show any module holder plugs into embed().
+class PoolNetImpl : public torch::nn::Module {
+ public:
+  PoolNetImpl() { fc = register_module("fc", torch::nn::Linear(3, 5)); }
+  at::Tensor forward(const at::Tensor& x) { return fc->forward(x.mean({2, 3})); }
+  torch::nn::Linear fc{nullptr};
+};
+TORCH_MODULE(PoolNet);
+
+static_assert(taxon::Backbone<taxon::backbone::VisionTransformer>);
+static_assert(taxon::Backbone<PoolNet>);
+
 }  // namespace test_backbone
 
 using namespace taxon::backbone;
@@ -507,6 +519,10 @@ TEST_CASE("embed: batched inference-mode embeddings, normalisation, mode restore
   };
   const auto from_epoch = taxon::embed(model, Epoch{&batches}, taxon::EmbedOptions().show_progress(false));
   REQUIRE(at::equal(from_epoch, out));
+
+  test_backbone::PoolNet own;
+  const auto pooled = taxon::embed(own, std::vector<Batch>{{at::randn({2, 3, 16, 16}), {}, {}}}, taxon::EmbedOptions().show_progress(false));
+  REQUIRE(pooled.sizes() == at::IntArrayRef({2, 5}));
 
   std::vector<Batch> bad = {{at::randn({2, 3, 16, 16}), {}, {}}};
   model->train();
