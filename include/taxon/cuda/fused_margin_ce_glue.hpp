@@ -16,7 +16,7 @@ inline void check_launch(cudaError_t err, const char* what) {
 inline void chunk_forward(at::Tensor& logits, std::int64_t n, std::int64_t c0, const at::Tensor& inv_norm,
                           const at::Tensor& labels, const MarginParams& p, at::Tensor row_max, at::Tensor row_sum,
                           at::Tensor& target_cos) {
-  check_launch(launch_chunk_forward(logits.data_ptr<float>(), logits.size(0), n, c0, inv_norm.data_ptr<float>() + c0,
+  check_launch(launch_chunk_forward(logits.data_ptr<float>(), logits.size(0), n, c0, inv_norm.data_ptr<float>(),
                                     labels.data_ptr<std::int64_t>(), p, row_max.data_ptr<float>(),
                                     row_sum.data_ptr<float>(), target_cos.data_ptr<float>(),
                                     at::cuda::getCurrentCUDAStream()),
@@ -25,7 +25,7 @@ inline void chunk_forward(at::Tensor& logits, std::int64_t n, std::int64_t c0, c
 
 inline void chunk_backward(at::Tensor& logits, std::int64_t n, std::int64_t c0, const at::Tensor& inv_norm,
                            const at::Tensor& labels, const MarginParams& p, const at::Tensor& lse, float scale) {
-  check_launch(launch_chunk_backward(logits.data_ptr<float>(), logits.size(0), n, c0, inv_norm.data_ptr<float>() + c0,
+  check_launch(launch_chunk_backward(logits.data_ptr<float>(), logits.size(0), n, c0, inv_norm.data_ptr<float>(),
                                      labels.data_ptr<std::int64_t>(), p, lse.data_ptr<float>(), scale,
                                      at::cuda::getCurrentCUDAStream()),
                "margin_ce_chunk_backward");

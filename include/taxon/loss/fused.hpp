@@ -1,8 +1,8 @@
 #pragma once
 // Fused margin-softmax cross-entropy: streams the class centres in chunks with an online log-sum-exp and never
 // materialises the B×C logits; backward recomputes each chunk's logits to form ∂L/∂embeddings and ∂L/∂centres.
-// The centre normalisation is folded in (only C inverse norms are kept), so no normalised [C, D] copy exists.
-// Extra memory: one [B, chunk] logit buffer plus O(C) and O(B·C/chunk) scalars.
+// The centre normalisation is folded in (norms are recomputed per chunk), so no normalised [C, D] copy exists.
+// Extra memory: one [B, chunk] logit buffer plus O(B·C/chunk) scalars (per-chunk row max and Σexp).
 #include "taxon/core/options.hpp"
 #include "taxon/loss/margin_math.hpp"
 #include "taxon/loss/reference.hpp"
@@ -127,8 +127,6 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
     const std::int64_t B = en.size(0), C = w.size(0);
     const std::int64_t ck = detail::fused_chunk_size(chunk, B, C);
     const std::int64_t nchunks = C == 0 ? 0 : (C + ck - 1) / ck;
-    const at::Tensor norm = w.norm(2, {1});
-    const at::Tensor inv_norm = 1.0 / norm.clamp_min(1e-12);
     at::Tensor stats_max = at::empty({std::max<std::int64_t>(nchunks, 1), B}, en.options());
     at::Tensor stats_sum = at::zeros({std::max<std::int64_t>(nchunks, 1), B}, en.options());
     stats_max.fill_(-std::numeric_limits<float>::infinity());
@@ -136,8 +134,11 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
     at::Tensor buf = at::empty({B * ck}, en.options());
     for (std::int64_t k = 0; k < nchunks; ++k) {
       const std::int64_t c0 = k * ck, n = std::min(ck, C - c0);
+      const at::Tensor wk = w.narrow(0, c0, n);
+      // Chunk-local norms keep the extra memory independent of C (no [C] arrays).
+      const at::Tensor inv_norm = 1.0 / wk.norm(2, {1}).clamp_min(1e-12);
       at::Tensor logits = buf.narrow(0, 0, B * n).view({B, n});
-      at::mm_out(logits, en, w.narrow(0, c0, n).t());
+      at::mm_out(logits, en, wk.t());
       run_chunk_forward(logits, n, c0, inv_norm, labels, p, stats_max[k], stats_sum[k], target_cos);
     }
     buf = at::Tensor();
@@ -150,8 +151,6 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
     ctx->save_for_backward({en, w});
     ctx->saved_data["labels"] = labels;
     ctx->saved_data["lse"] = lse;
-    ctx->saved_data["norm"] = norm;
-    ctx->saved_data["inv_norm"] = inv_norm;
     ctx->saved_data["chunk"] = ck;
     ctx->saved_data["s"] = static_cast<double>(p.s);
     ctx->saved_data["m1"] = static_cast<double>(p.m1);
@@ -169,8 +168,6 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
     const at::Tensor& w = saved[1];
     const at::Tensor labels = ctx->saved_data["labels"].toTensor();
     const at::Tensor lse = ctx->saved_data["lse"].toTensor().contiguous();
-    const at::Tensor norm = ctx->saved_data["norm"].toTensor().contiguous();
-    const at::Tensor inv_norm = ctx->saved_data["inv_norm"].toTensor().contiguous();
     const std::int64_t ck = ctx->saved_data["chunk"].toInt();
     MarginParams p;
     p.s = static_cast<float>(ctx->saved_data["s"].toDouble());
@@ -188,6 +185,8 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
     for (std::int64_t c0 = 0; c0 < C; c0 += ck) {
       const std::int64_t n = std::min(ck, C - c0);
       const at::Tensor wk = w.narrow(0, c0, n);
+      const at::Tensor norm = wk.norm(2, {1});
+      const at::Tensor inv_norm = 1.0 / norm.clamp_min(1e-12);
       at::Tensor logits = buf.narrow(0, 0, B * n).view({B, n});
       at::mm_out(logits, en, wk.t());
       run_chunk_backward(logits, n, c0, inv_norm, labels, p, lse, scale);
@@ -195,7 +194,7 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
       if (need_w) {
         at::Tensor gw = grad_w.narrow(0, c0, n);
         at::mm_out(gw, logits.t(), en);
-        run_normalize_backward(gw, wk, inv_norm.narrow(0, c0, n), norm.narrow(0, c0, n));
+        run_normalize_backward(gw, wk, inv_norm, norm);
       }
     }
     return {grad_en, grad_w, at::Tensor(), at::Tensor(), at::Tensor()};
@@ -217,7 +216,7 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
       return;
     }
 #endif
-    detail::cpu_chunk_forward(logits.data_ptr<float>(), logits.size(0), n, c0, inv_norm.data_ptr<float>() + c0,
+    detail::cpu_chunk_forward(logits.data_ptr<float>(), logits.size(0), n, c0, inv_norm.data_ptr<float>(),
                               labels.data_ptr<std::int64_t>(), p, row_max.data_ptr<float>(),
                               row_sum.data_ptr<float>(), target_cos.data_ptr<float>());
   }
@@ -231,7 +230,7 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
       return;
     }
 #endif
-    detail::cpu_chunk_backward(logits.data_ptr<float>(), logits.size(0), n, c0, inv_norm.data_ptr<float>() + c0,
+    detail::cpu_chunk_backward(logits.data_ptr<float>(), logits.size(0), n, c0, inv_norm.data_ptr<float>(),
                                labels.data_ptr<std::int64_t>(), p, lse.data_ptr<float>(), scale);
   }
 
