@@ -169,9 +169,7 @@ struct NormCheck {
   template <typename T> void on_step_end(T&, const taxon::train::StepReport& r) { reported.push_back(r.grad_norm); }
 };
 
-}  // namespace test_train
-
-using namespace test_train;
+// Test cases live in the namespace too: the test target is a unity build, so no using-directives at global scope.
 
 // Wrong plugs are rejected by the concepts (and Trainer's static_asserts say which).
 static_assert(taxon::Backbone<TinyMlp>);
@@ -614,13 +612,11 @@ TEST_CASE("final outputs: model.safetensors, backbone.pt and centroids.npy", "[t
   fs::remove_all(dir);
 }
 
-namespace test_train {
 using Pfc = taxon::pfc::PartialFC<taxon::loss::ArcFace, taxon::pfc::UniformNegatives>;
 inline Pfc make_pfc(uint64_t seed) {
   return Pfc(taxon::pfc::PartialFCOptions(8, 16).num_feat(12).seed(seed), taxon::loss::ArcFace(16.0, 0.1),
              taxon::pfc::UniformNegatives(0.5));
 }
-}  // namespace test_train
 
 TEST_CASE("Trainer with the real PartialFC head (ArcFace, class sampling, num_feat): learns and resumes bit-exact",
           "[train][pfc]") {
@@ -669,12 +665,10 @@ TEST_CASE("Trainer with the real PartialFC head (ArcFace, class sampling, num_fe
   fs::remove_all(dir);
 }
 
-namespace test_train {
 struct StopAfter {
   int64_t at;
   template <typename T> bool should_stop(T& t) const { return t.global_step() == at; }
 };
-}  // namespace test_train
 
 TEST_CASE("a second fit() after a stop continues the same run (no schedule restart, no reseed)", "[train][resume]") {
   Blobs data(96, 4, 21);
@@ -701,3 +695,35 @@ TEST_CASE("a second fit() after a stop continues the same run (no schedule resta
   for (size_t i = 0; i < b1->parameters().size(); ++i) CHECK(at::equal(b1->parameters()[i], b2->parameters()[i]));
   CHECK(at::equal(h1->weight, h2->weight));
 }
+
+TEST_CASE("resume restores the run config and the metrics log reads like one run", "[train][resume][callbacks]") {
+  auto dir = temp_dir("metrics_resume");
+  Blobs data(64, 4, 22);
+  const EpochSource source{data.x, data.y, 16, 6};  // 4 steps per epoch
+  const auto options = TrainerOptions().epochs(2).lr(1e-2);
+  {
+    TinyMlp b(8, 16, 8);
+    CosineHead h(4, 8);
+    Trainer t(b, h, options, Schedule::constant());
+    t.set_config({{"dataset", "blobs"}, {"clusters", 4}});
+    taxon::train::MetricsLog log(dir / "metrics.jsonl");
+    taxon::train::Checkpointing ckpt(dir / "ckpt", /*every_steps=*/3, /*every_epochs=*/0);
+    t.fit(source, log, ckpt, StopAfter{5});  // checkpoint at step 3, log written up to step 5, then "killed"
+  }
+  TinyMlp b(8, 16, 8);
+  CosineHead h(4, 8);
+  Trainer t(b, h, options, Schedule::constant());
+  REQUIRE(t.resume(dir / "ckpt"));
+  CHECK(t.global_step() == 3);
+  CHECK(t.config().at("dataset") == "blobs");
+  taxon::train::MetricsLog log(dir / "metrics.jsonl");
+  t.fit(source, log);
+  std::ifstream in(dir / "metrics.jsonl");
+  std::string line;
+  std::vector<int64_t> steps;
+  while (std::getline(in, line)) steps.push_back(nlohmann::json::parse(line).at("step").get<int64_t>());
+  CHECK(steps == (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
+  fs::remove_all(dir);
+}
+
+}  // namespace test_train

@@ -11,6 +11,26 @@
 //   its gradient rescaled to the mean over the micro-batches it had.
 // - The schedule advances once per optimizer step (upstream: per micro-batch) and is built for exactly the number
 //   of optimizer steps the run makes (upstream's `N // bs + 1` never reaches the final lr).
+//
+// Usage (a main program; ViT backbone + PartialFC head, OneCycle, callbacks, resumable):
+//
+//   auto backbone = taxon::backbone::VisionTransformer(vit_options);
+//   auto head = taxon::pfc::PartialFC<taxon::loss::ArcFace>(
+//       taxon::pfc::PartialFCOptions(num_clusters, embed_dim).num_feat(512), taxon::loss::ArcFace(32, 0.25));
+//   taxon::train::Trainer trainer(backbone, head,
+//       taxon::train::TrainerOptions().epochs(32).lr(1e-4).lr_pfc_weight(10).label_column(0).label_name("cluster")
+//           .precision(taxon::train::Precision::bf16).steps_per_epoch(loader_batches_per_epoch),
+//       taxon::train::Schedule::one_cycle(taxon::train::OneCycleOptions().pct_start(0.1)));
+//   trainer.set_config(cli_flags_as_json);               // stored in every checkpoint's trainer.json
+//   trainer.resume(run_dir / "checkpoints");             // no-op (returns false) on a fresh run
+//   taxon::train::Checkpointing ckpt(run_dir / "checkpoints", /*every_steps=*/500, /*every_epochs=*/1);
+//   taxon::train::MetricsLog log(run_dir / "metrics.jsonl");
+//   taxon::train::ProgressBar bar;
+//   taxon::train::Evaluate eval([&](auto& t) { return my_retrieval_metrics(t.backbone()); });
+//   taxon::train::StopFlag ctrl_c(&g_sigint_flag);
+//   trainer.fit([&](int64_t epoch) { return loader.epoch(epoch); }, ckpt, log, bar, eval, ctrl_c);
+//   if (interrupted) trainer.save_checkpoint(run_dir / "checkpoints");
+//   trainer.save_outputs(run_dir);                       // model.safetensors, backbone.pt, centroids.npy
 #include "taxon/backbone/concepts.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/core/log.hpp"
@@ -270,6 +290,7 @@ class Trainer {
     batch_in_epoch_ = state.at("batch_in_epoch").get<int64_t>();
     global_step_ = state.at("global_step").get<int64_t>();
     last_loss_ = state.value("last_loss", 0.0);
+    if (state.contains("config")) config_ = state.at("config");
     last_checkpoint_ = dir;
     started_ = true;
     log::info("resumed from ", dir.string(), " at epoch ", epoch_, ", batch ", batch_in_epoch_, ", step ",
@@ -292,6 +313,10 @@ class Trainer {
     });
     io::save_npy(dir / "centroids.npy", head_->centroids().detach().to(at::kCPU, at::kFloat).contiguous());
   }
+
+  // Free-form run configuration (e.g. the CLI flags) saved in every checkpoint; restored by resume().
+  void set_config(nlohmann::json config) { config_ = std::move(config); }
+  const nlohmann::json& config() const { return config_; }
 
   // ---- state ------------------------------------------------------------------------------------------------
 
@@ -321,7 +346,8 @@ class Trainer {
             {"scaler", scaler_.state()},
             {"threads", at::get_num_threads()},
             {"torch", TORCH_VERSION},
-            {"options", options_.to_json()}};
+            {"options", options_.to_json()},
+            {"config", config_}};
   }
 
  private:
@@ -545,6 +571,7 @@ class Trainer {
   bool started_ = false;  // schedule built and generators seeded (fresh start or resume)
   std::chrono::steady_clock::time_point step_start_;
   std::optional<std::filesystem::path> last_checkpoint_;
+  nlohmann::json config_ = nlohmann::json::object();
 };
 
 }  // namespace taxon::train
