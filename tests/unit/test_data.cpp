@@ -396,6 +396,14 @@ TEST_CASE("loader: identical batches with 0, 1 and 4 workers; each index once pe
   // A different epoch gives a different order and different augmentations; drop_last drops the tail.
   const auto e3 = test_data::collect(l4, 3);
   CHECK_FALSE(at::equal(e3[0].indices, b4[0].indices));
+  // Batch buffers are recycled only when nobody holds them: kept batches and kept views stay intact.
+  for (size_t i = 0; i < b4.size(); ++i) CHECK(at::equal(b4[i].images, b1[i].images));
+  at::Tensor kept_view;
+  for (auto& b : l4.epoch(2)) {
+    if (!kept_view.defined()) kept_view = b.images[0];
+  }
+  for (int e = 4; e < 6; ++e) (void)test_data::collect(l4, e);
+  CHECK(at::equal(kept_view, b1[0].images[0]));
   const Loader<test_data::SyntheticDataset> dl(ds, train, LoaderOptions(opts).workers(2).drop_last(true));
   const auto bd = test_data::collect(dl, 2);
   CHECK(bd.size() == 7);
