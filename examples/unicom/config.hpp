@@ -1,0 +1,105 @@
+#pragma once
+// Every knob of taxon-unicom in one struct, mirrored 1:1 by the command line (CLI11) and by an optional
+// JSON config file, so a run directory's config.json reproduces the run.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace unicom {
+
+struct Config {
+  // data
+  std::string dataset = "fashion-mnist";  // fashion-mnist | csv | folder
+  std::string csv, images, path_column = "fileNameAsDelivered";
+  std::vector<std::string> ranks;         // "species=scientificName", "genus=@genus(species)", "taxa=Fish"
+  std::string group_rank;                 // rank whose values form the per-group rows of the table
+  int64_t train_limit = 0, eval_limit = 0;  // 0 = all samples
+  int image_size = 28;
+  int workers = 2;
+  // backbone
+  std::string model = "demo28";
+  std::string weights;
+  // clustering
+  int64_t clusters = 0;
+  double cluster_ratio = 0.1;
+  int kmeans_iters = 20;
+  std::string labels_from;  // train on a metadata rank instead of clusters
+  std::string cluster_on = "pixels";  // round 0 features: model embeddings, or raw pixels (bootstrap from random init)
+  int rounds = 1;
+  // training
+  int epochs = 3, batch_size = 128, accumulation = 1;
+  double lr = 1e-3, lr_pfc_weight = 10.0, weight_decay = 0.05, clip_grad_norm = 5.0;
+  double scale = 32, m1 = 1.0, m2 = 0.3, m3 = 0.0, filter = 0.0, sample_rate = 1.0;
+  int64_t num_feat = 0;
+  std::string schedule = "onecycle";  // onecycle | cosine | constant
+  std::string amp = "off";            // off | bf16 | fp16
+  bool augment = true;
+  // run
+  std::string run_dir = "runs/unicom";
+  std::string resume;
+  uint64_t seed = 0;
+  int threads = 0;
+  double eval_fraction = 0.2;
+
+  NLOHMANN_DEFINE_TYPE_INTRUSIVE(Config, dataset, csv, images, path_column, ranks, group_rank, train_limit,
+                                 eval_limit, image_size, workers, model, weights, clusters, cluster_ratio,
+                                 kmeans_iters, labels_from, cluster_on, rounds, epochs, batch_size, accumulation, lr,
+                                 lr_pfc_weight, weight_decay, clip_grad_norm, scale, m1, m2, m3, filter,
+                                 sample_rate, num_feat, schedule, amp, augment, run_dir, resume, seed, threads,
+                                 eval_fraction)
+};
+
+inline void add_options(CLI::App& app, Config& c) {
+  app.add_option("--dataset", c.dataset, "fashion-mnist (Debian's dataset-fashion-mnist), csv, or folder")
+      ->check(CLI::IsMember({"fashion-mnist", "csv", "folder"}))->capture_default_str();
+  app.add_option("--csv", c.csv, "metadata CSV (with --dataset csv)");
+  app.add_option("--images", c.images, "image root directory (csv: paths are relative to it; folder: one sub-folder per class)");
+  app.add_option("--path-column", c.path_column, "CSV column holding the image path")->capture_default_str();
+  app.add_option("--rank", c.ranks,
+                 "rank=COLUMN for a label rank (repeatable); rank=@genus(OTHER) derives the genus from a binomial; "
+                 "rank==VALUE sets a constant");
+  app.add_option("--group-rank", c.group_rank, "rank whose values get their own table rows (e.g. taxa), plus All");
+  app.add_option("--train-limit", c.train_limit, "use at most this many training samples (0 = all)")->capture_default_str();
+  app.add_option("--eval-limit", c.eval_limit, "use at most this many evaluation samples (0 = all)")->capture_default_str();
+  app.add_option("--image-size", c.image_size, "input resolution fed to the backbone")->capture_default_str();
+  app.add_option("--workers", c.workers, "data loader threads")->capture_default_str();
+  app.add_option("--model", c.model, "backbone zoo name")->capture_default_str();
+  app.add_option("--weights", c.weights, "pretrained weights: OpenAI .pt, open_clip/UNICOM safetensors, or a taxon checkpoint");
+  app.add_option("--clusters", c.clusters, "number of pseudo-classes (overrides --cluster-ratio)");
+  app.add_option("--cluster-ratio", c.cluster_ratio, "pseudo-classes as a fraction of the training samples")->capture_default_str();
+  app.add_option("--kmeans-iters", c.kmeans_iters, "k-means iterations")->capture_default_str();
+  app.add_option("--cluster-on", c.cluster_on,
+                 "features clustered in round 0: model embeddings, or raw pixels (a better start than a random-init model)")
+      ->check(CLI::IsMember({"model", "pixels"}))->capture_default_str();
+  app.add_option("--labels-from", c.labels_from, "train on this metadata rank instead of cluster pseudo-labels");
+  app.add_option("--rounds", c.rounds, "cluster+train rounds, re-embedding in between (DeepCluster-style)")->capture_default_str();
+  app.add_option("--epochs", c.epochs, "epochs per round")->capture_default_str();
+  app.add_option("--batch-size", c.batch_size, "micro-batch size")->capture_default_str();
+  app.add_option("--accumulation", c.accumulation, "micro-batches per optimizer step")->capture_default_str();
+  app.add_option("--lr", c.lr, "backbone peak learning rate")->capture_default_str();
+  app.add_option("--lr-pfc-weight", c.lr_pfc_weight, "head learning rate = lr x this")->capture_default_str();
+  app.add_option("--weight-decay", c.weight_decay, "AdamW weight decay")->capture_default_str();
+  app.add_option("--clip-grad-norm", c.clip_grad_norm, "clip the gradient norm (0 = off)")->capture_default_str();
+  app.add_option("--scale", c.scale, "margin softmax scale s")->capture_default_str();
+  app.add_option("--m1", c.m1, "multiplicative angular margin (SphereFace)")->capture_default_str();
+  app.add_option("--m2", c.m2, "additive angular margin (ArcFace)")->capture_default_str();
+  app.add_option("--m3", c.m3, "additive cosine margin (CosFace)")->capture_default_str();
+  app.add_option("--filter", c.filter, "inter-class filtering threshold (0 = off)")->capture_default_str();
+  app.add_option("--sample-rate", c.sample_rate, "PartialFC class sampling rate")->capture_default_str();
+  app.add_option("--num-feat", c.num_feat, "random feature sub-selection size (0 = off)")->capture_default_str();
+  app.add_option("--schedule", c.schedule, "onecycle, cosine or constant")
+      ->check(CLI::IsMember({"onecycle", "cosine", "constant"}))->capture_default_str();
+  app.add_option("--amp", c.amp, "mixed precision: off, bf16 (CPU/CUDA) or fp16 (CUDA)")
+      ->check(CLI::IsMember({"off", "bf16", "fp16"}))->capture_default_str();
+  app.add_option("--augment", c.augment, "train-time augmentation (random resized crop + flip)")->capture_default_str();
+  app.add_option("--run-dir", c.run_dir, "where checkpoints, tables and embeddings go")->capture_default_str();
+  app.add_option("--resume", c.resume, "continue the interrupted run in this directory");
+  app.add_option("--seed", c.seed, "seed for splits, clustering, sampling and augmentation")->capture_default_str();
+  app.add_option("--threads", c.threads, "intra-op threads (0 = TAXON_NUM_THREADS / all cores)")->capture_default_str();
+  app.add_option("--eval-fraction", c.eval_fraction, "query share of the evaluation split")->capture_default_str();
+}
+
+}  // namespace unicom

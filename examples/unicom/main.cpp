@@ -1,0 +1,352 @@
+// taxon-unicom: the UNICOM recipe as one program.
+//
+//   embed (backbone) -> k-means pseudo-classes -> margin-softmax fine-tuning with PartialFC -> re-embed
+//   (repeated --rounds times), with the seeds' taxonomy table, Recall@1 and MAP@R before and after.
+//
+// Copy this file to start your own trainer. Everything in it is public taxon API; the run directory holds
+// config.json, per-round clusters and checkpoints, model.safetensors, centroids.npy, embeddings.npy, labels.npy,
+// eval tables (CSV + Markdown), retrieval.json and metrics.jsonl. `--resume RUN_DIR` continues a stopped run.
+#include <taxon/taxon.hpp>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "config.hpp"
+
+namespace fs = std::filesystem;
+using namespace taxon;
+using Dataset = data::AnyDataset;
+using UnicomHead = pfc::PartialFC<loss::Combined, pfc::UniformNegatives>;
+
+namespace {
+
+volatile std::sig_atomic_t interrupted = 0;
+extern "C" void on_sigint(int) { interrupted = 1; }
+
+struct Datasets {
+  std::shared_ptr<const Dataset> train, eval;
+  data::TransformFn train_transform, eval_transform;
+  bool small_images = false;  // raw-pixel baseline only makes sense for small images
+  std::string group_rank;     // dataset's default for --group-rank
+};
+
+// "species=scientificName", "genus=@genus(scientificName)", "taxa==Fish" -> how a CSV rank is read.
+data::RankSpec parse_rank(const std::string& spec) {
+  const auto eq = spec.find('=');
+  TAXON_CHECK(eq != std::string::npos && eq > 0, "cli.bad-rank", "--rank '", spec, "' is not RANK=COLUMN");
+  const std::string rank = spec.substr(0, eq), rest = spec.substr(eq + 1);
+  if (!rest.empty() && rest[0] == '=') return data::RankSpec::constant(rank, rest.substr(1));
+  if (rest.rfind("@genus(", 0) == 0 && rest.back() == ')')
+    return data::RankSpec::genus_from(rank, rest.substr(7, rest.size() - 8));
+  return data::RankSpec::column(rank, rest);
+}
+
+template <data::Dataset D>
+std::shared_ptr<const Dataset> limited(std::shared_ptr<const D> d, int64_t limit, uint64_t seed) {
+  if (limit <= 0 || limit >= d->size()) return std::make_shared<const Dataset>(d);
+  auto split = data::train_test_split(d->size(), 1.0 - static_cast<double>(limit) / d->size(), seed);
+  return std::make_shared<const Dataset>(std::make_shared<const data::Subset<D>>(d, split.train));
+}
+
+Datasets load_datasets(const unicom::Config& c) {
+  Datasets out;
+  const int64_t size = c.image_size;
+  if (c.dataset == "fashion-mnist") {
+    auto train = std::make_shared<const data::IdxDataset>(data::IdxDataset::fashion_mnist(true));
+    auto test = std::make_shared<const data::IdxDataset>(data::IdxDataset::fashion_mnist(false));
+    out.train = limited(train, c.train_limit, c.seed);
+    out.eval = limited(test, c.eval_limit, c.seed + 1);
+    const std::vector<double> mean{0.2860, 0.2860, 0.2860}, stdev{0.3530, 0.3530, 0.3530};  // Fashion-MNIST stats
+    out.eval_transform = data::small_image(size, mean, stdev);
+    out.train_transform = c.augment ? data::Compose({data::random_resized_crop(size, {0.6, 1.0}),
+                                                     data::horizontal_flip(), data::normalize(mean, stdev)})
+                                    : data::small_image(size, mean, stdev);
+    out.small_images = true;
+    if (c.group_rank.empty()) out.group_rank = "group";
+    return out;
+  }
+  std::shared_ptr<const data::ImageFileDataset> all;
+  if (c.dataset == "csv") {
+    TAXON_CHECK(!c.csv.empty(), "cli.missing-option", "--dataset csv needs --csv FILE");
+    TAXON_CHECK(!c.ranks.empty(), "cli.missing-option", "--dataset csv needs at least one --rank RANK=COLUMN");
+    std::vector<data::RankSpec> ranks;
+    for (const auto& r : c.ranks) ranks.push_back(parse_rank(r));
+    all = std::make_shared<const data::CsvImageDataset>(data::CsvImageDatasetOptions()
+                                                            .sources({{c.csv, c.images.empty() ? fs::path(c.csv).parent_path() : fs::path(c.images), {}}})
+                                                            .path_column(c.path_column)
+                                                            .ranks(ranks)
+                                                            .decode_min_side(static_cast<int>(size)));
+  } else {
+    TAXON_CHECK(!c.images.empty(), "cli.missing-option", "--dataset folder needs --images DIR");
+    all = std::make_shared<const data::ImageFolderDataset>(c.images);
+  }
+  // Held-out images for evaluation; the encoder never trains on them.
+  auto split = data::train_test_split(all->size(), c.eval_fraction, c.seed);
+  out.train = limited(std::make_shared<const data::Subset<data::ImageFileDataset>>(all, split.train), c.train_limit, c.seed);
+  out.eval = limited(std::make_shared<const data::Subset<data::ImageFileDataset>>(all, split.test), c.eval_limit, c.seed + 1);
+  out.eval_transform = data::clip_eval(size);
+  out.train_transform = c.augment ? data::clip_train(size, 0.0, {0.5, 1.0}) : data::clip_eval(size);
+  return out;
+}
+
+backbone::VisionTransformer load_backbone(const unicom::Config& c) {
+  if (c.weights.empty()) return backbone::make_vit(c.model);
+  const fs::path w = c.weights;
+  if (w.extension() == ".pt" || w.extension() == ".pth") return backbone::load_pretrained(w);
+  return backbone::load_checkpoint(w);
+}
+
+data::Loader<Dataset> make_loader(std::shared_ptr<const Dataset> d, data::TransformFn t, const unicom::Config& c,
+                                  bool shuffle) {
+  return data::Loader<Dataset>(std::move(d), std::move(t),
+                               data::LoaderOptions().batch_size(c.batch_size).workers(c.workers).shuffle(shuffle)
+                                   .seed(c.seed).on_error(data::ErrorPolicy::skip));
+}
+
+at::Tensor embed_all(backbone::VisionTransformer& model, std::shared_ptr<const Dataset> d, data::TransformFn t,
+                     const unicom::Config& c, const std::string& label) {
+  const int64_t d_size = d->size();
+  auto loader = make_loader(std::move(d), std::move(t), c, /*shuffle=*/false);
+  auto batches = loader.epoch(0);
+  return taxon::embed(model, batches, EmbedOptions().label(label).expected_images(d_size));
+}
+
+// Flattened preprocessed images: the raw-pixel baseline, and round-0 clustering features from random init.
+at::Tensor pixels(std::shared_ptr<const Dataset> d, data::TransformFn t, const unicom::Config& c) {
+  auto loader = make_loader(std::move(d), std::move(t), c, /*shuffle=*/false);
+  std::vector<at::Tensor> rows;
+  for (auto& batch : loader.epoch(0)) rows.push_back(batch.images.flatten(1));
+  return at::cat(rows);
+}
+
+// The eval set's labels as strings, split into the table's group column and rank columns.
+eval::TaxonomyColumns eval_columns(const Dataset& d, const std::string& group_rank) {
+  const auto& tax = d.taxonomy();
+  eval::TaxonomyColumns cols;
+  std::vector<std::vector<std::string>> ranks(tax.num_ranks());
+  for (int64_t i = 0; i < d.size(); ++i) {
+    const auto ids = d.labels(i);
+    for (int64_t r = 0; r < tax.num_ranks(); ++r)
+      ranks[r].push_back(ids[r] < 0 ? std::string() : tax.labels(r).name(ids[r]));
+  }
+  for (int64_t r = 0; r < tax.num_ranks(); ++r) {
+    if (tax.ranks()[r] == group_rank) cols.taxa = ranks[r];
+    else cols.ranks.emplace_back(tax.ranks()[r], ranks[r]);
+  }
+  if (cols.taxa.empty()) cols.taxa.assign(static_cast<size_t>(d.size()), "All");
+  return cols;
+}
+
+struct Report {
+  nlohmann::json json = nlohmann::json::object();
+  eval::TaxonomyTable table;
+};
+
+// The seeds' 4-metric table (raw embeddings, seeded 80/20 split) plus leave-one-out Recall@1 / MAP@R on the
+// finest rank, for one set of embeddings.
+void evaluate(Report& report, const std::string& name, const at::Tensor& embeddings, const Dataset& d,
+              const unicom::Config& c) {
+  const auto cols = eval_columns(d, c.group_rank);
+  auto opts = eval::TaxonomyEvalOptions().model(name).seed(c.seed).test_size(0.2);
+  if (!c.group_rank.empty()) opts.taxa_column_name(c.group_rank);
+  else opts.groups({"All"}).include_all(false);  // one group: every row is "All"
+  const auto table = eval::TaxonomyEvaluator(opts).evaluate(embeddings, cols);
+  report.table.rows.insert(report.table.rows.end(), table.rows.begin(), table.rows.end());
+
+  const auto& [rank, names] = cols.ranks.front();
+  const auto encoded = eval::encode_labels(names);
+  const auto m = eval::evaluate_retrieval(embeddings, encoded.ids);
+  report.json[name] = {{"rank", rank},
+                       {"precision_at_1", m.precision_at_1},
+                       {"recall_at_1", m.recall_at(1)},
+                       {"recall_at_5", m.recall_at(5)},
+                       {"map_at_r", m.map_at_r},
+                       {"r_precision", m.r_precision},
+                       {"accuracy_individual_all", table.at("All", rank).accuracy_individual}};
+  log::info(name, ": ", rank, " accuracy_individual ", eval::format_percent(table.at("All", rank).accuracy_individual),
+            ", Recall@1 ", eval::format_percent(m.recall_at(1)), ", MAP@R ", eval::format_percent(m.map_at_r));
+}
+
+// Training labels for one round: a metadata rank (--labels-from) or k-means pseudo-classes on the embeddings.
+at::Tensor round_labels(const fs::path& dir, const at::Tensor& train_embeddings, const Dataset& train,
+                        const unicom::Config& c) {
+  if (!c.labels_from.empty()) return at::tensor(data::rank_labels(train, c.labels_from), at::kLong);
+  if (fs::exists(dir / "labels.npy")) return cluster::load_clustering(dir).labels;  // resumed round
+  auto result = cluster::KMeans(cluster::KMeansOptions()
+                                    .k(c.clusters)
+                                    .k_fraction(c.clusters > 0 ? 0.0 : c.cluster_ratio)
+                                    .niter(c.kmeans_iters)
+                                    .spherical(true)
+                                    .seed(c.seed))
+                    .fit(train_embeddings / train_embeddings.norm(2, {1}, true).clamp_min(1e-12));
+  cluster::compact_labels(result);
+  cluster::save_clustering(dir, result);
+  return result.labels;
+}
+
+train::Schedule make_schedule(const unicom::Config& c) {
+  if (c.schedule == "cosine") return train::Schedule::cosine_warmup();
+  if (c.schedule == "constant") return train::Schedule::constant();
+  return train::Schedule::one_cycle();
+}
+
+// One cluster+train round; returns false if interrupted (the checkpoint makes it resumable).
+bool train_round(backbone::VisionTransformer& model, const fs::path& dir, const at::Tensor& labels,
+                 const Datasets& data, const unicom::Config& c) {
+  const int64_t num_classes = labels.max().item<int64_t>() + 1;
+  const int64_t dim = model->options.output_dim();
+  // ArcFace keeps upstream's straight-through gradient; other margin combinations use the exact gradient.
+  const bool arcface = c.m1 == 1.0 && c.m3 == 0.0;
+  UnicomHead head(pfc::PartialFCOptions(num_classes, dim).num_feat(c.num_feat).seed(c.seed),
+            loss::Combined(loss::CombinedOptions(c.scale, c.m1, c.m2, c.m3)
+                               .filter(c.filter)
+                               .grad_mode(arcface ? loss::GradMode::straight_through : loss::GradMode::exact)),
+            pfc::UniformNegatives(c.sample_rate));
+
+  auto options = train::TrainerOptions()
+                     .epochs(c.epochs)
+                     .lr(c.lr)
+                     .lr_pfc_weight(c.lr_pfc_weight)
+                     .weight_decay(c.weight_decay)
+                     .accumulation(c.accumulation)
+                     .clip_grad_norm(c.clip_grad_norm)
+                     .precision(c.amp == "bf16" ? train::Precision::bf16
+                                : c.amp == "fp16" ? train::Precision::fp16
+                                                  : train::Precision::fp32)
+                     .label_name(c.labels_from.empty() ? "cluster" : c.labels_from)
+                     .seed(c.seed);
+  train::Trainer<backbone::VisionTransformer, UnicomHead> trainer(model, head, options, make_schedule(c));
+  if (trainer.resume(dir / "checkpoints")) log::info("resumed ", dir.string(), " at step ", trainer.global_step());
+
+  auto train_set = std::make_shared<const Dataset>(std::make_shared<const data::Relabeled<Dataset>>(data.train, labels));
+  data::Loader<Dataset> loader(train_set, data.train_transform,
+                               data::LoaderOptions().batch_size(c.batch_size).workers(c.workers).shuffle(true)
+                                   .drop_last(true).seed(c.seed).on_error(data::ErrorPolicy::skip));
+  auto source = [&](int64_t epoch) { return loader.epoch(epoch); };
+
+  const auto summary = trainer.fit(source, train::ProgressBar("train " + dir.filename().string()),
+                                   train::MetricsLog(fs::path(c.run_dir) / "metrics.jsonl", 10),
+                                   train::Checkpointing(dir / "checkpoints", 0, 1, 1), train::StopFlag(&interrupted));
+  if (summary.stopped_early) {
+    trainer.save_checkpoint(dir / "checkpoints", 1);
+    return false;
+  }
+  trainer.save_outputs(dir);                                  // backbone.pt, centroids.npy
+  backbone::save_checkpoint(dir / "model.safetensors", model);  // with its config, so it rebuilds alone
+  io::write_text_atomically(dir / "done", "ok\n");
+  return true;
+}
+
+unicom::Config parse(int argc, char** argv) {
+  unicom::Config c;
+  CLI::App app{"taxon-unicom: embed -> k-means pseudo-classes -> margin-softmax fine-tuning -> evaluate"};
+  std::string config_file;
+  app.add_option("--config", config_file, "JSON file with any of the options below (flags override it)");
+  unicom::add_options(app, c);
+  // Options from a JSON config first, then the command line on top.
+  for (int i = 1; i + 1 < argc; ++i)
+    if (std::string(argv[i]) == "--config") c = nlohmann::json::parse(io::read_file(argv[i + 1])).get<unicom::Config>();
+  for (int i = 1; i + 1 < argc; ++i)
+    if (std::string(argv[i]) == "--resume") {
+      const fs::path saved = fs::path(argv[i + 1]) / "config.json";
+      TAXON_CHECK(fs::exists(saved), "cli.bad-resume", "--resume ", argv[i + 1], ": no config.json there");
+      c = nlohmann::json::parse(io::read_file(saved)).get<unicom::Config>();
+    }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e));
+  }
+  if (!c.resume.empty()) c.run_dir = c.resume;
+  TAXON_CHECK(c.rounds >= 1 && c.epochs >= 1 && c.batch_size >= 1, "cli.bad-option",
+              "--rounds, --epochs and --batch-size must be >= 1");
+  return c;
+}
+
+int run(unicom::Config c) {
+  configure_threads(c.threads);
+  seed_everything(c.seed);
+  const fs::path run_dir = c.run_dir;
+  io::write_text_atomically(run_dir / "config.json", nlohmann::json(c).dump(2));
+  std::signal(SIGINT, on_sigint);
+
+  const auto data = load_datasets(c);
+  if (c.group_rank.empty()) c.group_rank = data.group_rank;
+  log::info("train: ", data.train->size(), " images, eval: ", data.eval->size(), " images");
+  auto model = load_backbone(c);
+  Report report;
+  const fs::path eval_cache = run_dir / "eval-before.json";
+
+  if (!fs::exists(eval_cache)) {  // the baselines, once per run
+    if (data.small_images) evaluate(report, "raw-pixels", pixels(data.eval, data.eval_transform, c), *data.eval, c);
+    evaluate(report, "before", embed_all(model, data.eval, data.eval_transform, c, "embed eval"), *data.eval, c);
+    io::write_text_atomically(eval_cache, nlohmann::json{{"metrics", report.json}, {"table", report.table.to_csv()}}.dump(2));
+  }
+
+  for (int round = 0; round < c.rounds; ++round) {
+    const fs::path dir = run_dir / ("round-" + std::to_string(round));
+    if (fs::exists(dir / "done")) {  // finished earlier: continue from its weights
+      model = backbone::load_checkpoint(dir / "model.safetensors");
+      continue;
+    }
+    fs::create_directories(dir);
+    at::Tensor labels;
+    if (c.labels_from.empty() && !fs::exists(dir / "labels.npy"))
+      labels = round_labels(dir,
+                            round == 0 && c.cluster_on == "pixels"
+                                ? pixels(data.train, data.eval_transform, c)
+                                : embed_all(model, data.train, data.eval_transform, c, "embed train"),
+                            *data.train, c);
+    else
+      labels = round_labels(dir, at::Tensor(), *data.train, c);
+    if (!train_round(model, dir, labels, data, c)) {
+      log::warn("interrupted: checkpoint saved; continue with --resume ", run_dir.string());
+      return 130;
+    }
+  }
+
+  // Final outputs where the seeds put them, and the after-training evaluation.
+  const fs::path last = run_dir / ("round-" + std::to_string(c.rounds - 1));
+  fs::copy_file(last / "model.safetensors", run_dir / "model.safetensors", fs::copy_options::overwrite_existing);
+  fs::copy_file(last / "centroids.npy", run_dir / "centroids.npy", fs::copy_options::overwrite_existing);
+  const auto before = nlohmann::json::parse(io::read_file(eval_cache));
+  report.json = before["metrics"];
+  report.table = eval::TaxonomyTable{};
+  const auto embeddings = embed_all(model, data.eval, data.eval_transform, c, "embed eval");
+  io::save_npy(run_dir / "embeddings.npy", embeddings);
+  std::vector<int64_t> eval_labels;
+  for (int64_t i = 0; i < data.eval->size(); ++i) eval_labels.push_back(data.eval->labels(i).front());
+  io::save_npy(run_dir / "labels.npy", at::tensor(eval_labels, at::kLong));
+  evaluate(report, "after", embeddings, *data.eval, c);
+
+  const std::string table_csv = before["table"].get<std::string>() + report.table.to_csv().substr(report.table.to_csv().find('\n') + 1);
+  io::write_text_atomically(run_dir / "eval_table.csv", table_csv);
+  report.table.write_markdown(run_dir / "eval_table_after.md");
+  io::write_text_atomically(run_dir / "retrieval.json", report.json.dump(2));
+  std::cout << "\n" << table_csv << "\nretrieval (leave-one-out on the eval set):\n";
+  for (auto& [name, m] : report.json.items())
+    std::printf("  %-11s accuracy_individual %6.2f%%  Recall@1 %6.2f%%  MAP@R %6.2f%%\n", name.c_str(),
+                100 * m["accuracy_individual_all"].get<double>(), 100 * m["recall_at_1"].get<double>(),
+                100 * m["map_at_r"].get<double>());
+  std::cout << "outputs in " << run_dir.string() << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(parse(argc, argv));
+  } catch (const taxon::Error& e) {
+    std::cerr << "taxon-unicom: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "taxon-unicom: unexpected error: " << e.what() << "\n";
+    return 1;
+  }
+}
