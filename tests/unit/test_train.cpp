@@ -3,6 +3,7 @@
 #include "taxon/train/train.hpp"
 
 #include "taxon/core/seed.hpp"
+#include "taxon/data/dataset.hpp"
 #include "taxon/io/npy.hpp"
 #include "taxon/io/safetensors.hpp"
 #include "taxon/pfc/partial_fc.hpp"
@@ -180,6 +181,7 @@ static_assert(!taxon::Head<TinyMlp>);      // forward takes one tensor, no centr
 static_assert(!taxon::Backbone<CosineHead>);  // forward needs labels
 static_assert(taxon::train::TrainBatch<Batch>);
 static_assert(!taxon::train::TrainBatch<NotAModule>);
+static_assert(taxon::train::TrainBatch<taxon::data::Batch>);  // the data loader's batches plug in directly
 
 TEST_CASE("OneCycle matches the closed form of PyTorch OneCycleLR incl. beta1 cycling", "[train][schedule]") {
   auto s = Schedule::one_cycle();
