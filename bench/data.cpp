@@ -1,6 +1,8 @@
 // Decode + CLIP preprocessing throughput (images/s) to 224x224 from 500x375 JPEGs that the benchmark writes
 // itself, through the Loader with 1 and 2 workers, next to raw single-thread libjpeg-turbo decode of the same
 // files (read + decode only). Target: Loader at 2 workers >= 80% of 2x the raw single-thread decode rate.
+// All rates are wall-clock (UseRealTime); on a shared VM compare them only at similar /proc/loadavg (recorded
+// in the context block). BM_ClipPreprocessOnly shows the preprocessing share of the per-image CPU cost.
 #include "support/context.hpp"
 
 #include "taxon/data/data.hpp"

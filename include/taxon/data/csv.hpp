@@ -29,7 +29,7 @@ class CsvTable {
     std::vector<std::vector<std::string>> records;
     std::vector<std::string> record;
     std::string field;
-    std::size_t i = 0, line = 1, record_line = 1;
+    std::size_t i = 0, line = 1;
     bool any = false;  // current record has content (so a trailing newline does not make an empty record)
     const auto end_record = [&] {
       record.push_back(std::move(field));
@@ -76,7 +76,6 @@ class CsvTable {
         if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') ++i;
         ++i;
         ++line;
-        record_line = line;
       } else {
         any = true;
         field += c;
@@ -84,7 +83,6 @@ class CsvTable {
       }
     }
     if (any || !field.empty()) end_record();
-    (void)record_line;
     TAXON_CHECK(!records.empty(), "data.bad-csv", source, ": empty CSV (no header row)");
     std::vector<std::string> header = std::move(records.front());
     records.erase(records.begin());
