@@ -72,7 +72,8 @@ class PartialFCImpl : public torch::nn::Module {
     ClassSample sample = sampler_.sample(local, shard_.num_local, generator_);
     last_sample_ = sample;
     at::Tensor w = sample.all() ? weight : weight.index_select(0, sample.index);
-    at::Tensor e = embeddings.to(weight.device());
+    // Upstream gathers embeddings into fp32 buffers; the head computes in the centres' dtype (fp32) as well.
+    at::Tensor e = embeddings.to(weight.device(), weight.scalar_type());
     const std::int64_t D = options_.embedding_dim();
     if (options_.num_feat() > 0 && options_.num_feat() < D) {
       const at::Tensor ids =
