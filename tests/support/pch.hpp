@@ -10,5 +10,6 @@
 #include <catch2/catch.hpp>
 
 #include "support/tensor_compare.hpp"
+#include "support/temp_dir.hpp"
 #include "support/types.hpp"
 #include "taxon/core/error.hpp"

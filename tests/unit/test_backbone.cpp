@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <string>
 
+#include "support/temp_dir.hpp"
 #include "support/tensor_compare.hpp"
 
 namespace test_backbone {
@@ -22,18 +23,8 @@ namespace test_backbone {
 namespace fs = std::filesystem;
 using taxon::backbone::StateDict;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("taxon_test_backbone_" + std::to_string(::getpid()) + "_" +
-                                        std::to_string(reinterpret_cast<uintptr_t>(this)));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path / name; }
+struct TempDir : taxon::test::TempDir {
+  TempDir() : taxon::test::TempDir("taxon_test_backbone") {}
 };
 
 inline at::Tensor ln(const at::Tensor& x, const StateDict& sd, const std::string& p, double eps = 1e-5) {

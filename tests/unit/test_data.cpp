@@ -18,6 +18,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "support/temp_dir.hpp"
 #include "support/tensor_compare.hpp"
 
 // LibTorch's logging header (reached through ATen's CPUGeneratorImpl.h) replaces Catch's CHECK with glog's,
@@ -29,19 +30,8 @@ namespace test_data {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("taxon_test_data_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
+struct TempDir : taxon::test::TempDir {
+  TempDir() : taxon::test::TempDir("taxon_test_data") {}
 };
 
 inline void write_bytes(const fs::path& p, const std::string& bytes) {

@@ -9,24 +9,15 @@
 #include <fstream>
 #include <string>
 
+#include "support/temp_dir.hpp"
 #include "support/tensor_compare.hpp"
 
 namespace test_io {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("taxon_test_io_" + std::to_string(::getpid()) + "_" +
-                                        std::to_string(reinterpret_cast<uintptr_t>(this)));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path / name; }
+struct TempDir : taxon::test::TempDir {
+  TempDir() : taxon::test::TempDir("taxon_test_io") {}
 };
 
 inline void write_bytes(const fs::path& p, const std::string& bytes) {
