@@ -153,7 +153,11 @@ TEST_CASE("PartialFC bad inputs produce their error ids", "[pfc]") {
   REQUIRE_TAXON_ERROR(head->forward(bad, at::tensor({0, 1, 2}, at::kLong)), "pfc.non-finite-embeddings");
   REQUIRE_TAXON_ERROR(head->forward(emb, at::tensor({0, 1}, at::kLong)), "pfc.batch-mismatch");
   REQUIRE_TAXON_ERROR(taxon::pfc::PartialFC<taxon::loss::ArcFace>(taxon::pfc::PartialFCOptions(0, 8)), "pfc.bad-options");
-  REQUIRE_TAXON_ERROR(taxon::pfc::PartialFC<taxon::loss::ArcFace>(taxon::pfc::PartialFCOptions(10, 8).num_feat(9)), "pfc.bad-options");
+  REQUIRE_TAXON_ERROR(taxon::pfc::PartialFC<taxon::loss::ArcFace>(taxon::pfc::PartialFCOptions(10, 8).num_feat(-1)), "pfc.bad-options");
+  // num_feat >= D selects every feature, as upstream: identical to num_feat 0.
+  taxon::pfc::PartialFC<taxon::loss::ArcFace> all(taxon::pfc::PartialFCOptions(10, 8).num_feat(9), taxon::loss::ArcFace(32, 0.3));
+  taxon::pfc::PartialFC<taxon::loss::ArcFace> none(taxon::pfc::PartialFCOptions(10, 8), taxon::loss::ArcFace(32, 0.3));
+  REQUIRE_TENSORS_CLOSE(all->forward(emb, at::tensor({0, 1, 2}, at::kLong)), none->forward(emb, at::tensor({0, 1, 2}, at::kLong)), 0, 0);
   try {
     head->forward(emb, at::tensor({0, 10, 1}, at::kLong));
   } catch (const taxon::Error& e) {

@@ -31,7 +31,7 @@ struct PartialFCOptions {
       : num_classes_(num_classes), embedding_dim_(embedding_dim) {}
   TAXON_ARG(std::int64_t, num_classes);
   TAXON_ARG(std::int64_t, embedding_dim);
-  TAXON_ARG(std::int64_t, num_feat) = 0;  // random feature sub-selection (UNICOM sample_num_feat); 0 = all D
+  TAXON_ARG(std::int64_t, num_feat) = 0;  // random feature sub-selection (UNICOM sample_num_feat); 0 or >= D = all
   TAXON_ARG(loss::Impl, impl) = loss::Impl::fused;
   TAXON_ARG(std::int64_t, chunk_size) = 0;  // fused kernel classes per chunk; 0 = automatic
   TAXON_ARG(std::int64_t, rank) = 0;
@@ -48,8 +48,9 @@ class PartialFCImpl : public torch::nn::Module {
                 options_.num_classes());
     TAXON_CHECK(options_.embedding_dim() > 0, "pfc.bad-options", "embedding_dim must be > 0, got ",
                 options_.embedding_dim());
-    TAXON_CHECK(options_.num_feat() >= 0 && options_.num_feat() <= options_.embedding_dim(), "pfc.bad-options",
-                "num_feat must be in [0, embedding_dim = ", options_.embedding_dim(), "], got ", options_.num_feat());
+    // As upstream, num_feat >= D (e.g. the scripts' 512 with a 512-d head) means no sub-selection.
+    TAXON_CHECK(options_.num_feat() >= 0, "pfc.bad-options", "num_feat must be >= 0 (0 = all features), got ",
+                options_.num_feat());
     shard_ = dist::class_shard(options_.num_classes(), options_.rank(), options_.world_size());
     generator_ = make_generator(options_.seed(), {0x5046435ULL, static_cast<std::uint64_t>(options_.rank())});
     reset();
