@@ -6,6 +6,7 @@
 #include "taxon/core/log.hpp"
 #include "taxon/core/seed.hpp"
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 
 #include <cstdlib>
@@ -16,5 +17,9 @@ int main(int argc, char* argv[]) {
   at::set_num_threads(threads);
   taxon::seed_everything(20241108);
   if (!std::getenv("TAXON_LOG_LEVEL")) taxon::log::set_level(taxon::log::Level::warn);
-  return Catch::Session().run(argc, argv);
+  Catch::Session session;
+  if (const int rc = session.applyCommandLine(argc, argv); rc != 0) return rc;
+  // Without a GPU, a plain run skips [cuda] tests, as ctest does (name them explicitly to force them).
+  if (session.configData().testsOrTags.empty() && !at::hasCUDA()) session.configData().testsOrTags = {"~[cuda]"};
+  return session.run();
 }
