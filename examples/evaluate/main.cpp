@@ -1,6 +1,6 @@
 // taxon-eval: embeddings (.npy) + a labels CSV in, the seeds' taxonomy table (and Recall@K / MAP@R) out.
 //
-//   taxon-eval --embeddings emb.npy --labels meta.csv --group-column taxa \
+//   taxon-eval --embeddings emb.npy --labels meta.csv --group-column taxa
 //              --rank species=scientificName --rank genus=@genus(scientificName) --out table.csv
 //
 // Row i of the CSV labels row i of the embeddings. The table is the NFHM/BioCosmos one: per group plus All, a
