@@ -415,7 +415,7 @@ TEST_CASE("torch.save-style .pt state dict (UNICOM FP16-ViT-*.pt) loads through 
   REQUIRE_TAXON_ERROR(load_pretrained(dir / "int.pt"), "io.bad-checkpoint");
 }
 
-TEST_CASE("strict loading lists every problem in one error; non-strict returns them", "[backbone][checkpoint]") {
+TEST_CASE("strict loading lists every problem in one error, non-strict returns them", "[backbone][checkpoint]") {
   using namespace test_backbone;
   VisionTransformer model(small_clip());
   StateDict sd = random_state(model, 9);

@@ -214,7 +214,7 @@ TEST_CASE("CsvImageDataset: VLM4Bio columns, per-file taxa constant, derived gen
   CHECK((g.labels(0) == std::vector<int64_t>{0, 1}));
 }
 
-TEST_CASE("ImageFolderDataset: nested folders become ranks; other files are ignored", "[data]") {
+TEST_CASE("ImageFolderDataset: nested folders become ranks, other files are ignored", "[data]") {
   using namespace taxon::data;
   test_data::TempDir dir;
   write_image(dir.path / "Salmo" / "trutta" / "1.png", test_data::gradient(5, 7, 1));
@@ -350,7 +350,7 @@ TEST_CASE("loader: corrupt files are skipped and counted, or surface with the fi
   CHECK(msg.find("bad_") != std::string::npos);
 }
 
-TEST_CASE("loader: identical batches with 0, 1 and 4 workers; each index once per epoch", "[data][loader]") {
+TEST_CASE("loader: identical batches with 0, 1 and 4 workers, each index once per epoch", "[data][loader]") {
   using namespace taxon::data;
   const auto ds = std::make_shared<const test_data::SyntheticDataset>(50);
   const Compose train = clip_train(8, 0.3);
@@ -431,7 +431,7 @@ TEST_CASE("loader: shards of 2 ranks partition the epoch", "[data][loader]") {
   REQUIRE_TAXON_ERROR(epoch_order(10, 0, LoaderOptions().rank(2).world_size(2)), "data.bad-shard");
 }
 
-TEST_CASE("loader: an exception inside a worker surfaces in the caller; early exit joins cleanly", "[data][loader]") {
+TEST_CASE("loader: an exception inside a worker surfaces in the caller, early exit joins cleanly", "[data][loader]") {
   using namespace taxon::data;
   const auto bad = std::make_shared<const test_data::SyntheticDataset>(40, /*fail_at=*/13);
   for (int workers : {0, 1, 3}) {
@@ -456,7 +456,7 @@ TEST_CASE("loader: an exception inside a worker surfaces in the caller; early ex
   REQUIRE_TAXON_ERROR(test_data::collect(ragged, 0), "data.ragged-batch");
 }
 
-TEST_CASE("Fashion-MNIST loader at 32 px produces normalised [B,3,32,32] batches", "[data][idx][loader]") {
+TEST_CASE("Fashion-MNIST loader at 32 px produces normalised Bx3x32x32 batches", "[data][idx][loader]") {
   using namespace taxon::data;
   const auto full = std::make_shared<const IdxDataset>(IdxDataset::fashion_mnist(false));
   std::vector<int64_t> first(100);

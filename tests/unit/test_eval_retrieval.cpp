@@ -144,7 +144,7 @@ TEST_CASE("retrieval metrics: query/gallery mode", "[eval]") {
   }
 }
 
-TEST_CASE("retrieval metrics match a brute-force PML reference; faiss, LibTorch and chunking agree", "[eval]") {
+TEST_CASE("retrieval metrics match a brute-force PML reference, and faiss, LibTorch and chunking agree", "[eval]") {
   at::Tensor labels;
   auto x = clustered(600, 16, 25, 7, &labels);
   const auto ref = reference_metrics(x, labels);

@@ -127,7 +127,7 @@ TEST_CASE("accuracy_avg is the mean cosine over the class, not the cosine to a c
   REQUIRE(s2[0].accuracy_avg == 0.0);
 }
 
-TEST_CASE("taxonomy metrics match a brute-force reference; nfhm_compat and normalisation", "[eval]") {
+TEST_CASE("taxonomy metrics match a brute-force reference, with nfhm_compat and normalisation", "[eval]") {
   auto gen = taxon::make_generator(11);
   // Raw embeddings with very different norms, so cosine and Euclidean neighbours disagree often.
   auto G = at::randn({120, 6}, gen) * at::rand({120, 1}, gen).mul(4).add(0.1);
@@ -157,7 +157,7 @@ TEST_CASE("taxonomy metrics match a brute-force reference; nfhm_compat and norma
   REQUIRE(n[0].distance_individual == n[0].accuracy_individual);
 }
 
-TEST_CASE("taxonomy split: seeded, sized like sklearn, disjoint; stratified keeps every species on both sides",
+TEST_CASE("taxonomy split: seeded, sized like sklearn, disjoint, and stratified keeps every species on both sides",
           "[eval]") {
   std::vector<int64_t> rows(103);
   std::iota(rows.begin(), rows.end(), 0);

@@ -22,7 +22,7 @@ inline std::filesystem::path temp_dir() {
 
 }  // namespace test_pfc
 
-TEST_CASE("class shards tile [0, C) as spec 2.1", "[pfc]") {
+TEST_CASE("class shards tile 0..C-1 as spec 2.1", "[pfc]") {
   for (std::int64_t C : {1, 7, 10, 1000003}) {
     for (std::int64_t W : {1, 2, 3, 8}) {
       std::int64_t next = 0;
@@ -130,7 +130,7 @@ TEST_CASE("PartialFC with all classes equals the plain loss on the whole centre 
   REQUIRE_TENSORS_CLOSE(head->forward(emb, y), expected, 1e-5, 0);
 }
 
-TEST_CASE("PartialFC accepts a smaller last batch and [B, 1] labels", "[pfc]") {
+TEST_CASE("PartialFC accepts a smaller last batch and Bx1 labels", "[pfc]") {
   taxon::pfc::PartialFC<taxon::loss::ArcFace, taxon::pfc::UniformNegatives> head(taxon::pfc::PartialFCOptions(200, 8).seed(1), taxon::loss::ArcFace(32, 0.3), taxon::pfc::UniformNegatives(0.5));
   at::manual_seed(2);
   for (std::int64_t B : {16, 16, 5, 1}) {

@@ -271,7 +271,7 @@ TEST_CASE("TrainerOptions are validated once with error ids", "[train][options]"
   REQUIRE_TAXON_ERROR(taxon::train::precision_from_string("fp8"), "train.bad-option");
 }
 
-TEST_CASE("Trainer: loss decreases and accuracy beats chance; callbacks see every hook", "[train]") {
+TEST_CASE("Trainer: loss decreases and accuracy beats chance, callbacks see every hook", "[train]") {
   taxon::seed_everything(1);
   Blobs data(512, 4, 11);
   TinyMlp b(8, 32, 16);
@@ -298,7 +298,7 @@ TEST_CASE("Trainer: loss decreases and accuracy beats chance; callbacks see ever
   CHECK(trainer.schedule().step_count() == 64);
 }
 
-TEST_CASE("Trainer takes a label column of [B,R] labels (clusters or a metadata rank)", "[train]") {
+TEST_CASE("Trainer takes a label column of BxR labels (clusters or a metadata rank)", "[train]") {
   taxon::seed_everything(2);
   Blobs data(128, 4, 12);
   TinyMlp b(8, 16, 8);
