@@ -236,8 +236,7 @@ bool train_round(backbone::VisionTransformer& model, const fs::path& dir, const 
     trainer.save_checkpoint(dir / "checkpoints", 1);
     return false;
   }
-  trainer.save_outputs(dir);                                  // backbone.pt, centroids.npy
-  backbone::save_checkpoint(dir / "model.safetensors", model);  // with its config, so it rebuilds alone
+  trainer.save_outputs(dir);  // model.safetensors (with its config), backbone.pt, centroids.npy
   io::write_text_atomically(dir / "done", "ok\n");
   return true;
 }

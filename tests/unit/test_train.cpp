@@ -2,6 +2,8 @@
 // bit-exact resume, on a tiny MLP backbone and a normalized-softmax head defined here.
 #include "taxon/train/train.hpp"
 
+#include "taxon/backbone/checkpoint.hpp"
+#include "taxon/backbone/zoo.hpp"
 #include "taxon/core/seed.hpp"
 #include "taxon/data/dataset.hpp"
 #include "taxon/io/npy.hpp"
@@ -611,6 +613,24 @@ TEST_CASE("final outputs: model.safetensors, backbone.pt and centroids.npy", "[t
   archive.load_from((dir / "backbone.pt").string());
   loaded->load(archive);
   CHECK(at::equal(loaded->fc2->weight, b->fc2->weight));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("final outputs of a ViT record its config, so model.safetensors rebuilds the module alone",
+          "[train][outputs]") {
+  auto dir = temp_dir("vit_outputs");
+  taxon::seed_everything(11);
+  auto vit = taxon::backbone::make_vit("tiny");
+  CosineHead h(4, vit->options.output_dim());
+  Trainer trainer(vit, h, TrainerOptions().epochs(1), Schedule::constant());
+  trainer.save_outputs(dir);
+  auto rebuilt = taxon::backbone::load_checkpoint(dir / "model.safetensors");
+  CHECK(nlohmann::json(rebuilt->options) == nlohmann::json(vit->options));
+  vit->eval();
+  rebuilt->eval();
+  torch::NoGradGuard no_grad;
+  auto x = at::randn({2, 3, 32, 32});
+  REQUIRE_TENSORS_CLOSE(rebuilt->forward(x), vit->forward(x), 0, 0);
   fs::remove_all(dir);
 }
 

@@ -304,8 +304,14 @@ class Trainer {
     std::vector<std::pair<std::string, at::Tensor>> tensors;
     for (const auto& p : backbone_->named_parameters(true)) tensors.emplace_back(p.key(), p.value().detach());
     for (const auto& b : backbone_->named_buffers(true)) tensors.emplace_back(b.key(), b.value().detach());
-    io::save_safetensors(dir / "model.safetensors", tensors,
-                         {{"format", "pt"}, {"producer", "taxon"}, {"global_step", std::to_string(global_step_)}});
+    std::map<std::string, std::string> metadata{
+        {"format", "pt"}, {"producer", "taxon"}, {"global_step", std::to_string(global_step_)}};
+    // A backbone with JSON-serialisable options (taxon's ViTs) records them, so the file rebuilds its module alone.
+    if constexpr (requires { nlohmann::json(backbone_->options); }) {
+      metadata["config"] = nlohmann::json(backbone_->options).dump();
+      metadata["taxon.format"] = "vit";
+    }
+    io::save_safetensors(dir / "model.safetensors", tensors, metadata);
     io::write_atomically(dir / "backbone.pt", [&](std::ostream& out) {
       torch::serialize::OutputArchive archive;
       backbone_->save(archive);
