@@ -18,7 +18,7 @@ foreach(i RANGE ${_last})
   file(APPEND ${_csv} "g${_group},class${_id} sp\n")
 endforeach()
 execute_process(COMMAND ${EXE} --embeddings ${RUN}/embeddings.npy --labels ${_csv} --group-column taxa
-                        --rank species=species --rank genus=@genus(species) --model after --out ${RUN}/eval-table.csv
+                        --rank species=species "--rank" "genus=@genus(species)" --model after --out ${RUN}/eval-table.csv
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 message("${out}")
 if(rc)

@@ -27,7 +27,7 @@ struct Config {
   double cluster_ratio = 0.1;
   int kmeans_iters = 20;
   std::string labels_from;  // train on a metadata rank instead of clusters
-  std::string cluster_on = "pixels";  // round 0 features: model embeddings, or raw pixels (bootstrap from random init)
+  std::string cluster_on = "model";  // round 0 features: model embeddings, or raw pixels (bootstrap from random init)
   int rounds = 1;
   // training
   int epochs = 3, batch_size = 128, accumulation = 1;

@@ -168,7 +168,7 @@ TEST_CASE("zoo configs build with the published parameter counts", "[backbone][z
   // Counts of the real models' visual towers (CLIP ViT-B/32: 87,849,216 = sum(p.numel() for p in
   // model.visual.parameters()) of the OpenAI model); UNICOM counts follow §3.2's layer list.
   const std::vector<std::pair<std::string, int64_t>> expected = {
-      {"ViT-B/32", 87849216}, {"tiny", 115712}, {"tiny-unicom", 180864}, {"demo32", 816384}};
+      {"ViT-B/32", 87849216}, {"tiny", 115712}, {"tiny-unicom", 180864}, {"demo32", 816384}, {"demo28", 822912}};
   for (const auto& [name, count] : expected) {
     INFO(name);
     auto model = make_vit(name);
@@ -205,7 +205,7 @@ TEST_CASE("zoo configs build with the published parameter counts", "[backbone][z
     REQUIRE(o.output_dim() == r.emb);
     REQUIRE(o.drop_path_rate() == 0.1);
   }
-  REQUIRE(zoo_names().size() == 11);
+  REQUIRE(zoo_names().size() == 12);
   REQUIRE(zoo_config("ViT-L/14@336px").image_size() == 336);
   REQUIRE(zoo_config("unicom/ViT-B/16").output_dim() == 768);
   REQUIRE_TAXON_ERROR(zoo_config("ViT-H/14"), "backbone.unknown-model");
