@@ -53,6 +53,7 @@ struct Config {
 };
 
 inline void add_options(CLI::App& app, Config& c) {
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // later flags override earlier ones
   app.add_option("--dataset", c.dataset, "fashion-mnist (Debian's dataset-fashion-mnist), csv, or folder")
       ->check(CLI::IsMember({"fashion-mnist", "csv", "folder"}))->capture_default_str();
   app.add_option("--csv", c.csv, "metadata CSV (with --dataset csv)");
