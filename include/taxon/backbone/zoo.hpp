@@ -16,29 +16,24 @@ struct Entry {
   VisionTransformerOptions options;
 };
 
-inline VisionTransformerOptions clip(int64_t res, int64_t patch, int64_t width, int64_t layers, int64_t out) {
+inline VisionTransformerOptions sized(Layout layout, int64_t res, int64_t patch, int64_t width, int64_t layers,
+                                      int64_t out) {
   return VisionTransformerOptions()
-      .layout(Layout::clip)
+      .layout(layout)
       .image_size(res)
       .patch_size(patch)
       .width(width)
       .layers(layers)
       .heads(width / 64)
-      .output_dim(out)
-      .activation(Activation::quick_gelu);
+      .output_dim(out);
+}
+
+inline VisionTransformerOptions clip(int64_t res, int64_t patch, int64_t width, int64_t layers, int64_t out) {
+  return sized(Layout::clip, res, patch, width, layers, out).activation(Activation::quick_gelu);
 }
 
 inline VisionTransformerOptions unicom(int64_t res, int64_t patch, int64_t width, int64_t layers, int64_t out) {
-  return VisionTransformerOptions()
-      .layout(Layout::unicom)
-      .image_size(res)
-      .patch_size(patch)
-      .width(width)
-      .layers(layers)
-      .heads(width / 64)
-      .output_dim(out)
-      .activation(Activation::relu6)
-      .drop_path_rate(0.1);
+  return sized(Layout::unicom, res, patch, width, layers, out).activation(Activation::relu6).drop_path_rate(0.1);
 }
 
 inline const std::vector<Entry>& entries() {

@@ -78,12 +78,17 @@ inline at::Tensor count_in_gallery(const at::Tensor& query_labels, const at::Ten
   return at::where(found, counts.index_select(0, pos), at::zeros_like(pos));
 }
 
-inline RetrievalMetrics retrieval_core(at::Tensor queries, at::Tensor query_labels, at::Tensor gallery,
-                                       at::Tensor gallery_labels, bool leave_one_out, const RetrievalOptions& o) {
+inline void check_inputs(const at::Tensor& queries, const at::Tensor& query_labels, const at::Tensor& gallery,
+                         const at::Tensor& gallery_labels) {
   check_matrix(queries, "queries");
   check_matrix(gallery, "gallery");
   check_labels(query_labels, queries.size(0), "query_labels");
   check_labels(gallery_labels, gallery.size(0), "gallery_labels");
+}
+
+inline RetrievalMetrics retrieval_core(at::Tensor queries, at::Tensor query_labels, at::Tensor gallery,
+                                       at::Tensor gallery_labels, bool leave_one_out, const RetrievalOptions& o) {
+  check_inputs(queries, query_labels, gallery, gallery_labels);
   query_labels = query_labels.to(at::kCPU, at::kLong);
   gallery_labels = gallery_labels.to(at::kCPU, at::kLong);
   if (o.normalize()) {
@@ -173,10 +178,7 @@ struct KnnVoteAccuracy {
 namespace detail {
 inline KnnVoteAccuracy knn_vote_core(at::Tensor queries, at::Tensor query_labels, at::Tensor gallery,
                                      at::Tensor gallery_labels, bool leave_one_out, const KnnVoteOptions& o) {
-  check_matrix(queries, "queries");
-  check_matrix(gallery, "gallery");
-  check_labels(query_labels, queries.size(0), "query_labels");
-  check_labels(gallery_labels, gallery.size(0), "gallery_labels");
+  check_inputs(queries, query_labels, gallery, gallery_labels);
   TAXON_CHECK(o.temperature() > 0, "eval.bad-temperature", "kNN-vote temperature must be > 0, got ",
               o.temperature());
   // Dense class ids over both label sets so votes can be accumulated with scatter_add.
