@@ -43,6 +43,7 @@ struct Config {
   uint64_t seed = 0;
   int threads = 0;
   double eval_fraction = 0.2;
+  bool model_explicit = false;  // --model given on the command line: --weights must fit it exactly (not saved)
 
   NLOHMANN_DEFINE_TYPE_INTRUSIVE(Config, dataset, csv, images, path_column, ranks, group_rank, train_limit,
                                  eval_limit, image_size, workers, model, weights, clusters, cluster_ratio,
@@ -67,8 +68,8 @@ inline void add_options(CLI::App& app, Config& c) {
   app.add_option("--eval-limit", c.eval_limit, "use at most this many evaluation samples (0 = all)")->capture_default_str();
   app.add_option("--image-size", c.image_size, "input resolution fed to the backbone")->capture_default_str();
   app.add_option("--workers", c.workers, "data loader threads")->capture_default_str();
-  app.add_option("--model", c.model, "backbone zoo name")->capture_default_str();
-  app.add_option("--weights", c.weights, "pretrained weights: OpenAI .pt, open_clip/UNICOM safetensors, or a taxon checkpoint");
+  app.add_option("--model", c.model, "backbone zoo name; with --weights, the weights must fit it exactly")->capture_default_str();
+  app.add_option("--weights", c.weights, "pretrained weights: OpenAI .pt, open_clip/UNICOM safetensors/.pt, or a taxon checkpoint (architecture from the file unless --model is given)");
   app.add_option("--clusters", c.clusters, "number of pseudo-classes (overrides --cluster-ratio)");
   app.add_option("--cluster-ratio", c.cluster_ratio, "pseudo-classes as a fraction of the training samples")->capture_default_str();
   app.add_option("--kmeans-iters", c.kmeans_iters, "k-means iterations")->capture_default_str();

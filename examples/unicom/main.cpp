@@ -94,11 +94,23 @@ Datasets load_datasets(const unicom::Config& c) {
   return out;
 }
 
+// Without --model the weights' own architecture is used (config metadata, or inferred from shapes); with an
+// explicit --model the weights must fit that zoo config exactly, and every mismatched key is reported.
 backbone::VisionTransformer load_backbone(const unicom::Config& c) {
   if (c.weights.empty()) return backbone::make_vit(c.model);
   const fs::path w = c.weights;
-  if (w.extension() == ".pt" || w.extension() == ".pth") return backbone::load_pretrained(w);
-  return backbone::load_checkpoint(w);
+  const bool pt = w.extension() == ".pt" || w.extension() == ".pth" || w.extension() == ".bin";
+  if (!c.model_explicit) return pt ? backbone::load_pretrained(w) : backbone::load_checkpoint(w);
+  backbone::StateDict dict;
+  if (pt) {
+    dict = backbone::load_pt_state_dict(w);
+  } else {
+    const auto file = io::load_safetensors(w);
+    dict.insert(file.tensors.begin(), file.tensors.end());
+  }
+  auto model = backbone::make_vit(c.model);
+  backbone::load_state_dict(*model, backbone::visual_state_dict(dict), /*strict=*/true, w.string());
+  return model;
 }
 
 data::Loader<Dataset> make_loader(std::shared_ptr<const Dataset> d, data::TransformFn t, const unicom::Config& c,
@@ -262,6 +274,7 @@ unicom::Config parse(int argc, char** argv) {
     std::exit(app.exit(e));
   }
   if (!c.resume.empty()) c.run_dir = c.resume;
+  c.model_explicit = app.count("--model") > 0;
   TAXON_CHECK(c.rounds >= 1 && c.epochs >= 1 && c.batch_size >= 1, "cli.bad-option",
               "--rounds, --epochs and --batch-size must be >= 1");
   return c;
