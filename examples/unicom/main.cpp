@@ -113,24 +113,25 @@ backbone::VisionTransformer load_backbone(const unicom::Config& c) {
   return model;
 }
 
+// Training loaders shuffle and drop the last partial batch; embedding loaders keep dataset order and every image.
 data::Loader<Dataset> make_loader(std::shared_ptr<const Dataset> d, data::TransformFn t, const unicom::Config& c,
-                                  bool shuffle) {
+                                  bool training) {
   return data::Loader<Dataset>(std::move(d), std::move(t),
-                               data::LoaderOptions().batch_size(c.batch_size).workers(c.workers).shuffle(shuffle)
-                                   .seed(c.seed).on_error(data::ErrorPolicy::skip));
+                               data::LoaderOptions().batch_size(c.batch_size).workers(c.workers).shuffle(training)
+                                   .drop_last(training).seed(c.seed).on_error(data::ErrorPolicy::skip));
 }
 
 at::Tensor embed_all(backbone::VisionTransformer& model, std::shared_ptr<const Dataset> d, data::TransformFn t,
                      const unicom::Config& c, const std::string& label) {
   const int64_t d_size = d->size();
-  auto loader = make_loader(std::move(d), std::move(t), c, /*shuffle=*/false);
+  auto loader = make_loader(std::move(d), std::move(t), c, /*training=*/false);
   auto batches = loader.epoch(0);
   return taxon::embed(model, batches, EmbedOptions().label(label).expected_images(d_size));
 }
 
 // Flattened preprocessed images: the raw-pixel baseline, and round-0 clustering features from random init.
 at::Tensor pixels(std::shared_ptr<const Dataset> d, data::TransformFn t, const unicom::Config& c) {
-  auto loader = make_loader(std::move(d), std::move(t), c, /*shuffle=*/false);
+  auto loader = make_loader(std::move(d), std::move(t), c, /*training=*/false);
   std::vector<at::Tensor> rows;
   for (auto& batch : loader.epoch(0)) rows.push_back(batch.images.flatten(1));
   return at::cat(rows);
@@ -236,9 +237,7 @@ bool train_round(backbone::VisionTransformer& model, const fs::path& dir, const 
   if (trainer.resume(dir / "checkpoints")) log::info("resumed ", dir.string(), " at step ", trainer.global_step());
 
   auto train_set = std::make_shared<const Dataset>(std::make_shared<const data::Relabeled<Dataset>>(data.train, labels));
-  data::Loader<Dataset> loader(train_set, data.train_transform,
-                               data::LoaderOptions().batch_size(c.batch_size).workers(c.workers).shuffle(true)
-                                   .drop_last(true).seed(c.seed).on_error(data::ErrorPolicy::skip));
+  auto loader = make_loader(train_set, data.train_transform, c, /*training=*/true);
   auto source = [&](int64_t epoch) { return loader.epoch(epoch); };
 
   const auto summary = trainer.fit(source, train::ProgressBar("train " + dir.filename().string()),
