@@ -22,7 +22,9 @@ inline bool register_context() {
   const int threads = taxon::configure_threads(taxon::default_thread_count(), false);
   benchmark::AddCustomContext("torch", taxon::compat::torch_version);
   benchmark::AddCustomContext("intra_op_threads", std::to_string(threads));
-  benchmark::AddCustomContext("blas", taxon::blas_name() + " (" + taxon::blas_library() + ")");
+  benchmark::AddCustomContext("blas", taxon::blas_description() + " " + taxon::blas_library());
+  const std::string hint = taxon::blas_core_hint();
+  if (!hint.empty()) benchmark::AddCustomContext("blas_hint", hint);
   benchmark::AddCustomContext("loadavg", load_average());
   return true;
 }

@@ -117,6 +117,17 @@ TEST_CASE("threads and BLAS are reported", "[core]") {
   INFO("BLAS library: " << blas);
   CHECK(blas != "none");
   CHECK(!taxon::blas_name().empty());
+  // OpenBLAS names its kernel family; the packaging test guarantees OpenBLAS serves libblas.so.3 here.
+  if (taxon::blas_name() == "OpenBLAS") CHECK(!taxon::blas_core().empty());
+}
+
+TEST_CASE("OpenBLAS core advice only for AVX2 kernels on an AVX-512 CPU", "[core]") {
+  CHECK(taxon::openblas_core_hint("Haswell", true).find("OPENBLAS_CORETYPE=SkylakeX") != std::string::npos);
+  CHECK(!taxon::openblas_core_hint("zen", true).empty());
+  CHECK(taxon::openblas_core_hint("Haswell", false).empty());
+  CHECK(taxon::openblas_core_hint("SkylakeX", true).empty());
+  CHECK(taxon::openblas_core_hint("", true).empty());
+  CHECK(taxon::openblas_core_hint("Haswell", true, "Haswell").find("OPENBLAS_CORETYPE=Haswell selects") != std::string::npos);
 }
 
 TEST_CASE("version header matches the CMake project version", "[core]") {

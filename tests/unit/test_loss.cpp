@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -36,10 +37,11 @@ struct Result {
 };
 
 inline Result run(bool fused, const at::Tensor& emb, const at::Tensor& w, const at::Tensor& y, const MarginParams& p,
-                  std::int64_t chunk) {
+                  std::int64_t chunk, std::int64_t cache_bytes = taxon::loss::FusedOptions().cache_bytes()) {
   at::Tensor e = emb.detach().clone().requires_grad_(true);
   at::Tensor c = w.detach().clone().requires_grad_(true);
-  at::Tensor loss = fused ? taxon::loss::fused_margin_softmax_ce(e, c, y, p, taxon::loss::FusedOptions().chunk_size(chunk))
+  const auto options = taxon::loss::FusedOptions().chunk_size(chunk).cache_bytes(cache_bytes);
+  at::Tensor loss = fused ? taxon::loss::fused_margin_softmax_ce(e, c, y, p, options)
                           : taxon::loss::reference_margin_softmax_ce(e, c, y, p);
   loss.backward();
   return {loss.detach(), e.grad(), c.grad()};
@@ -50,6 +52,21 @@ inline void require_close_rel(const at::Tensor& a, const at::Tensor& e, double r
   const double scale = e.abs().max().item<double>();
   REQUIRE_TENSORS_CLOSE(a, e, rtol, rtol * scale + 1e-12);
 }
+
+// Every SIMD variant of the CPU kernels this machine can run.
+inline std::vector<taxon::loss::cpu::Isa> runnable_isas() {
+  using taxon::loss::cpu::Isa;
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::baseline, Isa::avx2, Isa::avx512})
+    if (taxon::loss::cpu::isa_supported(isa)) out.push_back(isa);
+  return out;
+}
+
+// Pins one kernel variant for a scope.
+struct IsaScope {
+  explicit IsaScope(taxon::loss::cpu::Isa isa) { taxon::loss::cpu::override_isa(isa); }
+  ~IsaScope() { taxon::loss::cpu::override_isa(taxon::loss::cpu::detect_isa()); }
+};
 
 }  // namespace test_loss
 
@@ -168,17 +185,91 @@ TEST_CASE("fused equals reference: loss and both gradients over a grid", "[loss]
   for (float filter : {0.0f, 0.15f}) {
     for (const auto& c : test_loss::margin_cases(filter)) {
       for (const auto& s : shapes) {
-        INFO(c.name << " filter=" << filter << " B=" << s.B << " C=" << s.C << " D=" << s.D << " chunk=" << s.chunk);
         at::manual_seed(17 + n++);
         auto emb = at::randn({s.B, s.D});
         auto w = at::randn({s.C, s.D}) * 0.01;
         auto y = at::randint(0, s.C, {s.B}, at::kLong);
         if (s.B > 2) y[1] = -1;
         auto ref = test_loss::run(false, emb, w, y, c.p, s.chunk);
-        auto fus = test_loss::run(true, emb, w, y, c.p, s.chunk);
-        test_loss::require_close_rel(fus.loss, ref.loss, 1e-5);
-        test_loss::require_close_rel(fus.grad_emb, ref.grad_emb, 1e-5);
-        test_loss::require_close_rel(fus.grad_w, ref.grad_w, 1e-5);
+        // Chunk caches: one slot (every other chunk recomputed), two slots, and the default (all chunks kept).
+        const std::int64_t chunk = taxon::loss::detail::fused_chunk_size(s.chunk, s.B, s.C);
+        const std::int64_t slot_bytes = s.B * chunk * static_cast<std::int64_t>(sizeof(float));
+        for (std::int64_t cache : {std::int64_t{0}, 2 * slot_bytes, taxon::loss::FusedOptions().cache_bytes()}) {
+          for (auto isa : test_loss::runnable_isas()) {
+            INFO(c.name << " filter=" << filter << " B=" << s.B << " C=" << s.C << " D=" << s.D << " chunk="
+                        << s.chunk << " cache=" << cache << " isa=" << taxon::loss::cpu::isa_name(isa));
+            test_loss::IsaScope scope(isa);
+            auto fus = test_loss::run(true, emb, w, y, c.p, s.chunk, cache);
+            test_loss::require_close_rel(fus.loss, ref.loss, 1e-5);
+            test_loss::require_close_rel(fus.grad_emb, ref.grad_emb, 1e-5);
+            test_loss::require_close_rel(fus.grad_w, ref.grad_w, 1e-5);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("fused loss gives the same gradients on a second backward of a retained graph", "[loss]") {
+  at::manual_seed(3);
+  auto emb = at::randn({9, 16}).requires_grad_(true);
+  auto w = (at::randn({50, 16}) * 0.01).requires_grad_(true);
+  auto y = at::randint(0, 50, {9}, at::kLong);
+  const auto p = taxon::loss::ArcFace(32, 0.3).params();
+  // chunk 8 with a 3-chunk cache: backward consumes (overwrites) the cached chunks, so the second pass must recompute.
+  auto loss = taxon::loss::fused_margin_softmax_ce(emb, w, y, p,
+                                                   taxon::loss::FusedOptions().chunk_size(8).cache_bytes(3 * 9 * 8 * 4));
+  loss.backward({}, /*retain_graph=*/true);
+  const auto g_emb = emb.grad().clone(), g_w = w.grad().clone();
+  loss.backward();
+  test_loss::require_close_rel(emb.grad(), 2 * g_emb, 1e-6);
+  test_loss::require_close_rel(w.grad(), 2 * g_w, 1e-6);
+}
+
+TEST_CASE("CPU loss kernels: the vector exp is within 3 ulp of exp over the range the kernels use", "[loss]") {
+  using S = taxon::loss::cpu::baseline::S;
+  double worst = 0.0;
+  for (int k = 0; k <= 200000; ++k) {
+    const float x = -87.0f * static_cast<float>(k) / 200000.0f;
+    const double expect = std::exp(static_cast<double>(x));
+    worst = std::max(worst, std::abs(S::exp(S::set(x))[0] - expect) / expect);
+  }
+  INFO("worst relative error " << worst);
+  REQUIRE(worst < 3.0 * 5.97e-8);  // 3 ulp of float
+  REQUIRE(S::exp(S::set(0.0f))[0] == 1.0f);
+  REQUIRE(S::exp(S::set(-100.0f))[0] == 0.0f);
+}
+
+TEST_CASE("CPU loss kernels: every SIMD variant matches a double-precision row reduction", "[loss]") {
+  using namespace taxon::loss;
+  // Logits from −s to s: Σexp(z − max) spans the whole float range, so exp underflow and the scalar tails show.
+  const std::int64_t B = 3, n = 77;
+  std::vector<float> dots(B * n), inv(n, 1.0f);
+  for (std::int64_t i = 0; i < B; ++i)
+    for (std::int64_t j = 0; j < n; ++j) dots[i * n + j] = -1.0f + 2.0f * static_cast<float>((j * 37 + i * 11) % n) / (n - 1);
+  const std::vector<std::int64_t> labels = {5, -1, 76};
+  for (const auto& c : test_loss::margin_cases(0.2f)) {
+    MarginParams p = c.p;
+    p.s = 64.0f;
+    for (auto isa : test_loss::runnable_isas()) {
+      INFO(c.name << " isa=" << cpu::isa_name(isa));
+      test_loss::IsaScope scope(isa);
+      std::vector<float> mx(B), sum(B), tcos(B, 2.0f);
+      const cpu::ChunkView view{inv.data(), labels.data(), n, 0, p};
+      cpu::forward_rows(dots.data(), 0, B, view, mx.data(), sum.data(), tcos.data());
+      for (std::int64_t i = 0; i < B; ++i) {
+        std::vector<double> z(n);
+        for (std::int64_t j = 0; j < n; ++j) {
+          double cj = std::clamp(static_cast<double>(dots[i * n + j]), -1.0, 1.0);
+          if (p.filter > 0 && cj > p.filter && j != labels[i]) cj = 0.0;
+          z[j] = p.s * (j == labels[i] ? margin_target(p, cj) : cj);
+        }
+        const double m = *std::max_element(z.begin(), z.end());
+        double expect = 0.0;
+        for (double v : z) expect += std::exp(v - m);
+        REQUIRE(mx[i] == Approx(m).epsilon(1e-6));
+        REQUIRE(sum[i] == Approx(expect).epsilon(2e-6));
+        if (labels[i] >= 0) REQUIRE(tcos[i] == Approx(dots[i * n + labels[i]]).epsilon(1e-6));
       }
     }
   }

@@ -2,7 +2,7 @@
 // CUDA kernels for the fused margin-softmax CE (plain CUDA, raw pointers, no LibTorch; C++17 for nvcc).
 // The GEMMs (chunk logits, ∂L/∂E, ∂L/∂W) run in cuBLAS through the LibTorch glue; these kernels do the
 // per-chunk elementwise work and row reductions so the B×C logits are never materialised:
-//   forward:  raw dots → margin logits, per-row chunk max and Σexp(z − max), target cosine;
+//   forward:  raw dots (left intact) → per-row chunk max and Σexp(z − max) of the margin logits, target cosine;
 //   backward: raw dots → ∂L/∂dot (recomputed logits, softmax from the saved log-sum-exp);
 //   normalize_backward: ∂L/∂W_j = G_j − (G_j·w_j)·w_j/‖w_j‖² for the folded centre normalisation.
 #include <cuda_runtime.h>
@@ -46,33 +46,32 @@ __device__ inline float block_reduce(float v, float* shared) {
 
 __device__ inline float clamp_cos(float x) { return fminf(fmaxf(x, -1.0f), 1.0f); }
 
-// One block per row i of the [B, n] chunk; inv_norm points at the chunk's first class.
+// Margin logit of column j (t = target column or −1); the target column is never filtered.
+__device__ inline float chunk_logit(const float* row, std::int64_t j, std::int64_t t, const float* inv_norm,
+                                    const MarginParams& p) {
+  float c = clamp_cos(row[j] * inv_norm[j]);
+  if (j == t) return p.s * taxon::loss::margin_target(p, c);
+  if (taxon::loss::is_filtered(p, c)) c = 0.0f;
+  return p.s * c;
+}
+
+// One block per row i of the [B, n] chunk; inv_norm points at the chunk's first class. The raw dots are left
+// intact: backward reuses the chunks that are still resident instead of recomputing them.
 template <typename T>
-__global__ void margin_ce_chunk_forward(T* __restrict__ logits, std::int64_t n, std::int64_t c0,
+__global__ void margin_ce_chunk_forward(const T* __restrict__ logits, std::int64_t n, std::int64_t c0,
                                         const float* __restrict__ inv_norm, const std::int64_t* __restrict__ labels,
                                         MarginParams p, float* __restrict__ row_max, float* __restrict__ row_sum,
                                         float* __restrict__ target_cos) {
   __shared__ float shared[kRowThreads / 32];
   const std::int64_t i = blockIdx.x;
-  float* row = logits + i * n;
+  const float* row = logits + i * n;
   const std::int64_t t = labels[i] >= 0 ? labels[i] - c0 : -1;
+  if (threadIdx.x == 0 && t >= 0 && t < n) target_cos[i] = clamp_cos(row[t] * inv_norm[t]);
   float m = -INFINITY;
-  for (std::int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-    float c = clamp_cos(row[j] * inv_norm[j]);
-    float z;
-    if (j == t) {
-      target_cos[i] = c;
-      z = p.s * taxon::loss::margin_target(p, c);
-    } else {
-      if (taxon::loss::is_filtered(p, c)) c = 0.0f;
-      z = p.s * c;
-    }
-    row[j] = z;
-    m = fmaxf(m, z);
-  }
+  for (std::int64_t j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, chunk_logit(row, j, t, inv_norm, p));
   m = block_reduce<true>(m, shared);
   float s = 0.0f;
-  for (std::int64_t j = threadIdx.x; j < n; j += blockDim.x) s += __expf(row[j] - m);
+  for (std::int64_t j = threadIdx.x; j < n; j += blockDim.x) s += __expf(chunk_logit(row, j, t, inv_norm, p) - m);
   s = block_reduce<false>(s, shared);
   if (threadIdx.x == 0) {
     row_max[i] = m;
@@ -127,7 +126,7 @@ __global__ void normalize_rows_backward(float* __restrict__ grad, const float* _
 
 // Host launchers (stream-ordered; they return the launch error). Kernels are templates (float only) so the
 // header can be included by several translation units without duplicate symbols.
-inline cudaError_t launch_chunk_forward(float* logits, std::int64_t B, std::int64_t n, std::int64_t c0,
+inline cudaError_t launch_chunk_forward(const float* logits, std::int64_t B, std::int64_t n, std::int64_t c0,
                                         const float* inv_norm, const std::int64_t* labels, const MarginParams& p,
                                         float* row_max, float* row_sum, float* target_cos, cudaStream_t stream) {
   if (B == 0 || n == 0) return cudaSuccess;

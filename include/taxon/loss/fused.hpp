@@ -1,9 +1,11 @@
 #pragma once
 // Fused margin-softmax cross-entropy: streams the class centres in chunks with an online log-sum-exp and never
-// materialises the B×C logits; backward recomputes each chunk's logits to form ∂L/∂embeddings and ∂L/∂centres.
-// The centre normalisation is folded in (norms are recomputed per chunk), so no normalised [C, D] copy exists.
-// Extra memory: one [B, chunk] logit buffer plus O(B·C/chunk) scalars (per-chunk row max and Σexp).
+// materialises the B×C logits; backward recomputes each chunk's logits to form ∂L/∂embeddings and ∂L/∂centres,
+// except for the last chunks, whose dot products a fixed cache (FusedOptions::cache_bytes) keeps from forward.
+// The centre normalisation is folded in (per-chunk norms, kept as [C] floats), so no normalised [C, D] copy exists.
+// Extra memory: the chunk cache (≥ one [B, chunk] buffer), [C] norms and O(B·C/chunk) row statistics.
 #include "taxon/core/options.hpp"
+#include "taxon/loss/cpu_kernels.hpp"
 #include "taxon/loss/margin_math.hpp"
 #include "taxon/loss/reference.hpp"
 #include "taxon/loss/validate.hpp"
@@ -25,6 +27,10 @@ namespace taxon::loss {
 
 struct FusedOptions {
   TAXON_ARG(std::int64_t, chunk_size) = 0;  // classes per chunk; 0 = about 4 MiB of logits per chunk
+  // Dot products of the last chunks kept from forward for backward (which runs in reverse chunk order), so those
+  // chunks skip the recompute GEMM. A fixed budget, independent of C; at least one chunk (the scratch buffer
+  // itself) is always reused. 0 = pure streaming.
+  TAXON_ARG(std::int64_t, cache_bytes) = std::int64_t{32} << 20;
 };
 
 namespace detail {
@@ -34,114 +40,82 @@ inline std::int64_t fused_chunk_size(std::int64_t requested, std::int64_t B, std
   return std::max<std::int64_t>(1, std::min(ck, C));
 }
 
-// Forward rows of one chunk on the CPU: turns raw dot products into margin logits in place and writes the
-// chunk's row max and Σexp(z − max); records the clamped target cosine when the target lies in this chunk.
-inline void cpu_chunk_forward(float* logits, std::int64_t B, std::int64_t n, std::int64_t c0, const float* inv_norm,
-                              const std::int64_t* labels, const MarginParams& p, float* row_max, float* row_sum,
-                              float* target_cos) {
+// Chunk buffers ("slots") the forward pass cycles through: enough for `cache_bytes`, at least 1, at most all chunks.
+inline std::int64_t fused_slot_count(std::int64_t cache_bytes, std::int64_t B, std::int64_t ck, std::int64_t nchunks) {
+  const std::int64_t slot_bytes = std::max<std::int64_t>(B * ck, 1) * static_cast<std::int64_t>(sizeof(float));
+  return std::clamp<std::int64_t>(cache_bytes / slot_bytes, 1, std::max<std::int64_t>(nchunks, 1));
+}
+
+// The CPU chunk kernels split rows (or centre rows) over the intra-op threads; the per-row work is SIMD code
+// in cpu_kernels.hpp.
+inline void cpu_chunk_forward(const float* dots, std::int64_t B, const cpu::ChunkView& v, float* row_max,
+                              float* row_sum, float* target_cos) {
   at::parallel_for(0, B, 8, [&](std::int64_t b0, std::int64_t b1) {
-    for (std::int64_t i = b0; i < b1; ++i) {
-      float* row = logits + i * n;
-      const std::int64_t t = labels[i] - c0;
-      const bool has_target = labels[i] >= 0 && t >= 0 && t < n;
-      const float raw_t = has_target ? row[t] * inv_norm[t] : 0.0f;
-      float m = -std::numeric_limits<float>::infinity();
-      for (std::int64_t j = 0; j < n; ++j) {
-        float c = std::clamp(row[j] * inv_norm[j], -1.0f, 1.0f);
-        if (is_filtered(p, c)) c = 0.0f;
-        const float z = p.s * c;
-        row[j] = z;
-        m = std::max(m, z);
-      }
-      if (has_target) {  // the target column is never filtered
-        const float c = std::clamp(raw_t, -1.0f, 1.0f);
-        target_cos[i] = c;
-        row[t] = p.s * margin_target(p, c);
-        m = std::max(m, row[t]);
-      }
-      float s = 0.0f;
-      for (std::int64_t j = 0; j < n; ++j) s += std::exp(row[j] - m);
-      row_max[i] = m;
-      row_sum[i] = s;
-    }
+    cpu::forward_rows(dots, b0, b1, v, row_max, row_sum, target_cos);
   });
 }
 
-// Backward rows of one chunk on the CPU: turns raw dot products into ∂L/∂dot (= ∂L/∂cos / ‖w_j‖) in place.
-// `scale` is grad_output / B; ignored rows get zero gradient.
-inline void cpu_chunk_backward(float* logits, std::int64_t B, std::int64_t n, std::int64_t c0, const float* inv_norm,
-                               const std::int64_t* labels, const MarginParams& p, const float* lse, float scale) {
-  at::parallel_for(0, B, 8, [&](std::int64_t b0, std::int64_t b1) {
-    for (std::int64_t i = b0; i < b1; ++i) {
-      float* row = logits + i * n;
-      if (labels[i] < 0) {
-        std::fill(row, row + n, 0.0f);
-        continue;
-      }
-      const std::int64_t t = labels[i] - c0;
-      const bool has_target = t >= 0 && t < n;
-      const float raw_t = has_target ? row[t] * inv_norm[t] : 0.0f;
-      const float l = lse[i];
-      const float gs = scale * p.s;
-      for (std::int64_t j = 0; j < n; ++j) {
-        const float raw = row[j] * inv_norm[j];
-        const bool in_range = raw >= -1.0f && raw <= 1.0f;  // clamp passes gradient on [-1, 1]
-        const float c = std::clamp(raw, -1.0f, 1.0f);
-        const bool filtered = is_filtered(p, c);
-        const float g = (filtered || !in_range) ? 0.0f : std::exp(p.s * c - l) * gs;
-        row[j] = g * inv_norm[j];
-      }
-      if (has_target) {
-        const float c = std::clamp(raw_t, -1.0f, 1.0f);
-        const bool in_range = raw_t >= -1.0f && raw_t <= 1.0f;
-        const float prob = std::exp(p.s * margin_target(p, c) - l);
-        const float g = in_range ? (prob - 1.0f) * gs * margin_target_grad(p, c) : 0.0f;
-        row[t] = g * inv_norm[t];
-      }
-    }
-  });
+inline void cpu_chunk_backward(float* dots, std::int64_t B, const cpu::ChunkView& v, const float* lse, float scale) {
+  at::parallel_for(0, B, 8, [&](std::int64_t b0, std::int64_t b1) { cpu::backward_rows(dots, b0, b1, v, lse, scale); });
 }
 
-// ∂L/∂W_j from G_j = Σ_i ∂L/∂dot_ij · ê_i, through w ↦ w / max(‖w‖, 1e-12): G_j − (G_j·w_j)·w_j / ‖w_j‖².
 inline void cpu_normalize_backward(float* grad, const float* w, const float* inv_norm, const float* norm,
                                    std::int64_t n, std::int64_t D) {
   at::parallel_for(0, n, 64, [&](std::int64_t r0, std::int64_t r1) {
-    for (std::int64_t r = r0; r < r1; ++r) {
-      if (norm[r] < 1e-12f) continue;  // below eps the map is w / eps: identity up to the factor already applied
-      float* g = grad + r * D;
-      const float* x = w + r * D;
-      float dot = 0.0f;
-      for (std::int64_t k = 0; k < D; ++k) dot += g[k] * x[k];
-      const float f = dot * inv_norm[r] * inv_norm[r];
-      for (std::int64_t k = 0; k < D; ++k) g[k] -= f * x[k];
-    }
+    cpu::normalize_backward_rows(grad, w, inv_norm, norm, r0, r1, D);
   });
+}
+
+// The per-thread buffer behind the chunk cache (see chunk_slots).
+inline at::Tensor& chunk_slot_pool() {
+  thread_local at::Tensor pool;
+  return pool;
+}
+
+// The chunk cache for one call. Fresh large CPU buffers pay ~12 µs per 4 KiB page on first touch, so a per-thread
+// buffer is reused whenever no earlier call's autograd graph still holds it.
+inline at::Tensor chunk_slots(std::int64_t nslots, std::int64_t slot_elems, const at::TensorOptions& options) {
+  const std::int64_t need = nslots * slot_elems;
+  if (!options.device().is_cpu()) return at::empty({nslots, slot_elems}, options);
+  at::Tensor& pool = chunk_slot_pool();
+  if (pool.defined() && pool.storage().use_count() > 1)  // an earlier graph still holds it
+    return at::empty({nslots, slot_elems}, options);
+  if (!pool.defined() || pool.numel() < need) {
+    pool = at::Tensor();  // give the smaller buffer back before taking the larger one
+    pool = at::empty({std::max<std::int64_t>(need, 1)}, options);
+  }
+  return pool.narrow(0, 0, need).view({nslots, slot_elems});
 }
 
 }  // namespace detail
 
 // Autograd function over normalised embeddings [B, D] (fp32) and raw centres [C, D] (fp32).
+// Forward cycles chunk k through slot k mod S; backward walks the chunks in reverse, so the last S chunks still hold
+// their dot products (the forward kernels never overwrite them) and skip the recompute GEMM; a consumed slot then
+// serves as the scratch buffer for the remaining chunks. The centre norms ([C] floats) are kept for backward.
 struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& en, const at::Tensor& w,
-                            const at::Tensor& labels, MarginParams p, std::int64_t chunk) {
+                            const at::Tensor& labels, MarginParams p, std::int64_t chunk, std::int64_t cache_bytes) {
     const std::int64_t B = en.size(0), C = w.size(0);
     const std::int64_t ck = detail::fused_chunk_size(chunk, B, C);
     const std::int64_t nchunks = C == 0 ? 0 : (C + ck - 1) / ck;
+    const std::int64_t nslots = detail::fused_slot_count(cache_bytes, B, ck, nchunks);
     at::Tensor stats_max = at::empty({std::max<std::int64_t>(nchunks, 1), B}, en.options());
     at::Tensor stats_sum = at::zeros({std::max<std::int64_t>(nchunks, 1), B}, en.options());
     stats_max.fill_(-std::numeric_limits<float>::infinity());
     at::Tensor target_cos = at::zeros({B}, en.options());
-    at::Tensor buf = at::empty({B * ck}, en.options());
+    at::Tensor slots = detail::chunk_slots(nslots, B * ck, en.options());
+    at::Tensor norms = at::empty({C}, en.options());
     for (std::int64_t k = 0; k < nchunks; ++k) {
       const std::int64_t c0 = k * ck, n = std::min(ck, C - c0);
       const at::Tensor wk = w.narrow(0, c0, n);
-      // Chunk-local norms keep the extra memory independent of C (no [C] arrays).
-      const at::Tensor inv_norm = 1.0 / wk.norm(2, {1}).clamp_min(1e-12);
-      at::Tensor logits = buf.narrow(0, 0, B * n).view({B, n});
+      at::Tensor norm = norms.narrow(0, c0, n);
+      at::norm_out(norm, wk, 2, {1});
+      const at::Tensor inv_norm = 1.0 / norm.clamp_min(1e-12);
+      at::Tensor logits = slots[k % nslots].narrow(0, 0, B * n).view({B, n});
       at::mm_out(logits, en, wk.t());
       run_chunk_forward(logits, n, c0, inv_norm, labels, p, stats_max[k], stats_sum[k], target_cos);
     }
-    buf = at::Tensor();
     // Merge the per-chunk (max, Σexp) pairs into one log-sum-exp per row.
     const at::Tensor M = std::get<0>(stats_max.max(0));
     const at::Tensor lse = M + at::log((stats_sum * at::exp(stats_max - M)).sum(0));
@@ -151,6 +125,9 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
     ctx->save_for_backward({en, w});
     ctx->saved_data["labels"] = labels;
     ctx->saved_data["lse"] = lse;
+    ctx->saved_data["slots"] = slots;
+    ctx->saved_data["cache_live"] = true;  // backward overwrites the slots; a second backward must recompute
+    ctx->saved_data["norms"] = norms;
     ctx->saved_data["chunk"] = ck;
     ctx->saved_data["s"] = static_cast<double>(p.s);
     ctx->saved_data["m1"] = static_cast<double>(p.m1);
@@ -168,6 +145,10 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
     const at::Tensor& w = saved[1];
     const at::Tensor labels = ctx->saved_data["labels"].toTensor();
     const at::Tensor lse = ctx->saved_data["lse"].toTensor().contiguous();
+    at::Tensor slots = ctx->saved_data["slots"].toTensor();
+    const bool cache_live = ctx->saved_data["cache_live"].toBool();
+    ctx->saved_data["cache_live"] = false;
+    const at::Tensor norms = ctx->saved_data["norms"].toTensor();
     const std::int64_t ck = ctx->saved_data["chunk"].toInt();
     MarginParams p;
     p.s = static_cast<float>(ctx->saved_data["s"].toDouble());
@@ -177,18 +158,21 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
     p.filter = static_cast<float>(ctx->saved_data["filter"].toDouble());
     p.exact = ctx->saved_data["exact"].toBool();
     const std::int64_t B = en.size(0), C = w.size(0), D = en.size(1);
+    const std::int64_t nchunks = C == 0 ? 0 : (C + ck - 1) / ck;
+    const std::int64_t nslots = slots.size(0);
     const float scale = grads[0].item<float>() / static_cast<float>(std::max<std::int64_t>(B, 1));
     const bool need_w = ctx->needs_input_grad(1);
     at::Tensor grad_en = at::zeros({B, D}, en.options());
     at::Tensor grad_w = need_w ? at::empty({C, D}, w.options()) : at::Tensor();
-    at::Tensor buf = at::empty({B * ck}, en.options());
-    for (std::int64_t c0 = 0; c0 < C; c0 += ck) {
-      const std::int64_t n = std::min(ck, C - c0);
+    for (std::int64_t k = nchunks - 1; k >= 0; --k) {
+      const std::int64_t c0 = k * ck, n = std::min(ck, C - c0);
       const at::Tensor wk = w.narrow(0, c0, n);
-      const at::Tensor norm = wk.norm(2, {1});
+      const at::Tensor norm = norms.narrow(0, c0, n);
       const at::Tensor inv_norm = 1.0 / norm.clamp_min(1e-12);
-      at::Tensor logits = buf.narrow(0, 0, B * n).view({B, n});
-      at::mm_out(logits, en, wk.t());
+      const bool cached = cache_live && k >= nchunks - nslots;
+      // Uncached chunks recompute into the slot that chunk k + nslots (already consumed) occupied.
+      at::Tensor logits = slots[k % nslots].narrow(0, 0, B * n).view({B, n});
+      if (!cached) at::mm_out(logits, en, wk.t());
       run_chunk_backward(logits, n, c0, inv_norm, labels, p, lse, scale);
       grad_en.addmm_(logits, wk);
       if (need_w) {
@@ -197,7 +181,7 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
         run_normalize_backward(gw, wk, inv_norm, norm);
       }
     }
-    return {grad_en, grad_w, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_en, grad_w, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 
  private:
@@ -216,8 +200,8 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
       return;
     }
 #endif
-    detail::cpu_chunk_forward(logits.data_ptr<float>(), logits.size(0), n, c0, inv_norm.data_ptr<float>(),
-                              labels.data_ptr<std::int64_t>(), p, row_max.data_ptr<float>(),
+    const cpu::ChunkView view{inv_norm.data_ptr<float>(), labels.data_ptr<std::int64_t>(), n, c0, p};
+    detail::cpu_chunk_forward(logits.data_ptr<float>(), logits.size(0), view, row_max.data_ptr<float>(),
                               row_sum.data_ptr<float>(), target_cos.data_ptr<float>());
   }
 
@@ -230,8 +214,8 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
       return;
     }
 #endif
-    detail::cpu_chunk_backward(logits.data_ptr<float>(), logits.size(0), n, c0, inv_norm.data_ptr<float>(),
-                               labels.data_ptr<std::int64_t>(), p, lse.data_ptr<float>(), scale);
+    const cpu::ChunkView view{inv_norm.data_ptr<float>(), labels.data_ptr<std::int64_t>(), n, c0, p};
+    detail::cpu_chunk_backward(logits.data_ptr<float>(), logits.size(0), view, lse.data_ptr<float>(), scale);
   }
 
   static void run_normalize_backward(at::Tensor& gw, const at::Tensor& wk, const at::Tensor& inv_norm,
@@ -263,8 +247,14 @@ inline at::Tensor fused_margin_softmax_ce(const at::Tensor& embeddings, const at
   TAXON_CHECK(embeddings.device() == centres.device(), "loss.device-mismatch", "embeddings on ", embeddings.device(),
               " but centres on ", centres.device());
   const at::Tensor en = l2_normalize_rows(embeddings).contiguous();
-  return FusedMarginCE::apply(en, centres.contiguous(), y.to(embeddings.device()), p, options.chunk_size());
+  // Without a backward pass to serve, one scratch slot is all the forward needs.
+  const bool grad = at::GradMode::is_enabled() && (embeddings.requires_grad() || centres.requires_grad());
+  return FusedMarginCE::apply(en, centres.contiguous(), y.to(embeddings.device()), p, options.chunk_size(),
+                              grad ? options.cache_bytes() : std::int64_t{0});
 }
+
+// Frees this thread's reusable chunk-cache buffer (at most FusedOptions::cache_bytes, kept between calls).
+inline void release_fused_workspace() { detail::chunk_slot_pool() = at::Tensor(); }
 
 enum class Impl { reference, fused };
 
