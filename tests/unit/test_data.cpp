@@ -4,6 +4,7 @@
 #include "taxon/io/npy.hpp"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -295,6 +296,73 @@ TEST_CASE("decoding: JPEG/PNG round trips, grey to RGB, scaled JPEG decode", "[d
   CHECK(decode_jpeg(encode_jpeg(img), "s.jpg", 100).sizes() == at::IntArrayRef({48, 64, 3}));
 }
 
+namespace test_data {
+// Noisy photo-like content, so JPEG blocks differ and chroma upsampling has real neighbours.
+inline at::Tensor textured(int64_t h, int64_t w, int seed) {
+  at::Tensor img = (test_data::gradient(h, w, seed).to(at::kInt) +
+                    at::randint(0, 40, {h, w, 3}, at::make_generator<at::CPUGeneratorImpl>(seed), at::kInt))
+                       .clamp(0, 255)
+                       .to(at::kByte);
+  return img;
+}
+}  // namespace test_data
+
+TEST_CASE("decoding: a region decode is bit-identical to the full decode inside the region", "[data][decode]") {
+  using namespace taxon::data;
+  struct Case {
+    int64_t h, w;
+    bool grey;
+    Box box;
+  };
+  const std::vector<Case> cases = {{375, 500, false, {0, 62, 375, 380}},  {375, 500, false, {40, 0, 100, 33}},
+                                   {123, 457, false, {17, 201, 90, 256}}, {500, 375, false, {75, 0, 350, 375}},
+                                   {64, 80, true, {5, 7, 50, 60}},        {333, 257, false, {332, 256, 1, 1}}};
+  int n = 0;
+  for (const auto& c : cases) {
+    at::Tensor img = test_data::textured(c.h, c.w, 11 + n++);
+    if (c.grey) img = img.select(2, 0).unsqueeze(2).contiguous();
+    const std::string bytes = encode_jpeg(img, 90);
+    const at::Tensor full = decode_image(bytes, "full.jpg");
+    const DecodedRegion region = decode_region(bytes, "part.jpg", [&](int64_t H, int64_t W) {
+      CHECK(H == c.h);
+      CHECK(W == c.w);
+      return c.box;
+    });
+    INFO(c.h << "x" << c.w << " box " << c.box.top << "," << c.box.left << " " << c.box.height << "x" << c.box.width);
+    REQUIRE(region.top <= c.box.top);
+    REQUIRE(region.left <= c.box.left);
+    REQUIRE(region.top + region.pixels.size(0) >= c.box.top + c.box.height);
+    REQUIRE(region.left + region.pixels.size(1) >= c.box.left + c.box.width);
+    const at::Tensor got = region.pixels.slice(0, c.box.top - region.top, c.box.top - region.top + c.box.height)
+                               .slice(1, c.box.left - region.left, c.box.left - region.left + c.box.width);
+    CHECK(at::equal(got, full.slice(0, c.box.top, c.box.top + c.box.height).slice(1, c.box.left, c.box.left + c.box.width)));
+  }
+  // A file truncated below the region still fails: the rows after it are entropy-decoded.
+  const std::string bytes = encode_jpeg(test_data::textured(200, 100, 3), 90);
+  REQUIRE_TAXON_ERROR(decode_region(bytes.substr(0, bytes.size() * 2 / 3), "cut.jpg",
+                                    [](int64_t, int64_t) { return Box{0, 0, 10, 10}; }),
+                      "data.corrupt-image");
+}
+
+TEST_CASE("decoding: decode_resize_center_crop equals resize_center_crop of the full decode", "[data][decode]") {
+  using namespace taxon::data;
+  Rng rng(0);
+  const int64_t shapes[][2] = {{375, 500}, {500, 375}, {224, 224}, {240, 320}, {231, 997}, {300, 300}};
+  int n = 0;
+  for (const auto& hw : shapes) {
+    const at::Tensor img = test_data::textured(hw[0], hw[1], 40 + n++);
+    for (const std::string& bytes : {encode_jpeg(img, 90), encode_png(img)}) {
+      INFO(hw[0] << "x" << hw[1] << (bytes == encode_png(img) ? " png" : " jpeg"));
+      const at::Tensor expect = resize_center_crop(224, 224)(decode_image(bytes, "full"), rng);
+      CHECK(at::equal(decode_resize_center_crop(bytes, "fused", 224, 224), expect));
+      const at::Tensor timm = resize_center_crop(256, 224)(decode_image(bytes, "full"), rng);
+      CHECK(at::equal(decode_resize_center_crop(bytes, "fused", 256, 224), timm));
+    }
+  }
+  REQUIRE_TAXON_ERROR(decode_resize_center_crop(encode_jpeg(test_data::textured(100, 120, 1)), "tiny.jpg", 64, 80),
+                      "data.bad-box");
+}
+
 TEST_CASE("decoding: truncated, random and empty files give an error naming the file", "[data][decode]") {
   using namespace taxon::data;
   test_data::TempDir dir;
@@ -398,6 +466,17 @@ TEST_CASE("loader: identical batches with 0, 1 and 4 workers, each index once pe
   const auto bd = test_data::collect(dl, 2);
   CHECK(bd.size() == 7);
   CHECK(at::equal(bd[6].indices, b1[6].indices));
+  // Two epochs alive at once: the second runs on its own threads while the first holds the persistent workers.
+  {
+    auto first = l4.epoch(2);
+    auto second = l4.epoch(3);
+    std::vector<Batch> from_first, from_second;
+    for (auto& b : second) from_second.push_back(b);
+    for (auto& b : first) from_first.push_back(b);
+    CHECK(at::equal(from_second[0].images, e3[0].images));
+    CHECK(from_first.size() == b4.size());
+  }
+  CHECK(at::equal(test_data::collect(l4, 2)[1].images, test_data::collect(l1, 2)[1].images));  // the pool is free again
   // pin_memory is honoured only with CUDA; it must not break CPU-only runs.
   const Loader<test_data::SyntheticDataset> pinned(ds, train, LoaderOptions(opts).workers(2).pin_memory(true));
   CHECK(at::equal(test_data::collect(pinned, 2)[3].images, b1[3].images));

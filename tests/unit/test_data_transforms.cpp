@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "support/cpu_variants.hpp"
 #include "support/tensor_compare.hpp"
 
 // LibTorch's logging header (reached through ATen's CPUGeneratorImpl.h) replaces Catch's CHECK with glog's,
@@ -207,21 +208,68 @@ inline at::Tensor scalar_resize(const at::Tensor& img, int64_t oh, int64_t ow) {
   std::vector<uint8_t> tmp(static_cast<size_t>(H * ow * 3));
   for (int64_t r = 0; r < H; ++r) resample_row_horizontal<3>(img.data_ptr<uint8_t>() + r * W * 3, hc, ow, tmp.data() + r * ow * 3);
   at::Tensor out = at::empty({oh, ow, 3}, at::kByte);
-  resample_vertical_scalar(tmp.data(), ow * 3, 0, ow * 3, vc, oh, out.data_ptr<uint8_t>());
+  resample_vertical_scalar(tmp.data(), ow * 3, 0, ow * 3, 0, vc, oh, out.data_ptr<uint8_t>());
   return out;
 }
 }  // namespace test_data_transforms
 
 TEST_CASE("vectorised resize equals the scalar Pillow algorithm on random images", "[data][transforms]") {
   const auto gen = at::make_generator<at::CPUGeneratorImpl>(17);
-  const int64_t cases[][4] = {{375, 500, 224, 298}, {37, 61, 9, 17}, {20, 20, 33, 47}, {7, 300, 5, 3}, {101, 13, 64, 64}, {5, 6, 5, 13}};
+  // Odd row counts and row lengths that are not multiples of 64/32/16 bytes exercise every kernel's hand-off.
+  const int64_t cases[][4] = {{375, 500, 224, 298}, {37, 61, 9, 17}, {20, 20, 33, 47}, {7, 300, 5, 3}, {101, 13, 64, 64},
+                              {5, 6, 5, 13}, {235, 313, 224, 298}, {63, 700, 31, 250}};
   int checked = 0;
   for (const auto& cs : cases) {
     const int64_t h = cs[0], w = cs[1], oh = cs[2], ow = cs[3];
-    ++checked;
     const at::Tensor img = at::randint(0, 256, {h, w, 3}, gen, at::kByte);
-    INFO(h << "x" << w << " -> " << oh << "x" << ow);
-    CHECK(at::equal(taxon::data::resize_bicubic(img, oh, ow), test_data_transforms::scalar_resize(img, oh, ow)));
+    const at::Tensor expect = test_data_transforms::scalar_resize(img, oh, ow);
+    for (auto isa : taxon::test::runnable_isas()) {
+      INFO(h << "x" << w << " -> " << oh << "x" << ow << " isa=" << taxon::cpu::isa_name(isa));
+      taxon::test::IsaScope scope(isa);
+      CHECK(at::equal(taxon::data::resize_bicubic(img, oh, ow), expect));
+      // A window (center crop) computes only its pixels, bit-identical to cropping the full result.
+      const int64_t top = oh / 4, left = ow / 3, wh = std::max<int64_t>(1, oh / 2), ww = std::max<int64_t>(1, ow / 2);
+      CHECK(at::equal(taxon::data::resize_bicubic(img, oh, ow, {}, taxon::data::Box{top, left, wh, ww}),
+                      expect.slice(0, top, top + wh).slice(1, left, left + ww)));
+      ++checked;
+    }
   }
-  CHECK(checked == 6);
+  CHECK(checked == 8 * static_cast<int>(taxon::test::runnable_isas().size()));
+}
+
+TEST_CASE("vectorised normalize equals the scalar formula", "[data][transforms]") {
+  const auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  for (int64_t side : {1, 3, 17, 224}) {
+    const at::Tensor img = at::randint(0, 256, {side, side + 2, 3}, gen, at::kByte);
+    at::Tensor expect = at::empty({3, side, side + 2});
+    for (int c = 0; c < 3; ++c) {
+      const auto scale = static_cast<float>(1.0 / (255.0 * taxon::data::kClipStd[static_cast<size_t>(c)]));
+      const auto shift = static_cast<float>(taxon::data::kClipMean[static_cast<size_t>(c)] / taxon::data::kClipStd[static_cast<size_t>(c)]);
+      expect[c] = img.select(2, c).to(at::kFloat) * scale - shift;
+    }
+    for (auto isa : taxon::test::runnable_isas()) {
+      INFO("side " << side << " isa=" << taxon::cpu::isa_name(isa));
+      taxon::test::IsaScope scope(isa);
+      taxon::data::Rng rng(0);
+      CHECK(at::equal(taxon::data::normalize(taxon::data::kClipMean, taxon::data::kClipStd)(img, rng), expect));
+    }
+  }
+}
+
+TEST_CASE("a transform writes into an offered output slot only when it fits", "[data][transforms]") {
+  using namespace taxon::data;
+  Rng rng(0);
+  const at::Tensor img = at::randint(0, 256, {8, 8, 3}, at::kByte);
+  const auto norm = normalize(kClipMean, kClipStd);
+  at::Tensor slot = at::zeros({3, 8, 8});
+  {
+    OfferOutput offer(slot);
+    const at::Tensor out = norm(img, rng);
+    CHECK(out.data_ptr() == slot.data_ptr());
+    CHECK(at::equal(slot, norm(img, rng)));  // the slot is taken once; this call allocates
+  }
+  at::Tensor wrong = at::zeros({3, 4, 4});
+  OfferOutput offer(wrong);
+  CHECK(norm(img, rng).data_ptr() != wrong.data_ptr());
+  CHECK(wrong.abs().sum().item<double>() == 0.0);
 }

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <vector>
 
+#include "support/cpu_variants.hpp"
 #include "support/tensor_compare.hpp"
 
 namespace test_loss {
@@ -53,20 +54,8 @@ inline void require_close_rel(const at::Tensor& a, const at::Tensor& e, double r
   REQUIRE_TENSORS_CLOSE(a, e, rtol, rtol * scale + 1e-12);
 }
 
-// Every SIMD variant of the CPU kernels this machine can run.
-inline std::vector<taxon::loss::cpu::Isa> runnable_isas() {
-  using taxon::loss::cpu::Isa;
-  std::vector<Isa> out;
-  for (Isa isa : {Isa::baseline, Isa::avx2, Isa::avx512})
-    if (taxon::loss::cpu::isa_supported(isa)) out.push_back(isa);
-  return out;
-}
-
-// Pins one kernel variant for a scope.
-struct IsaScope {
-  explicit IsaScope(taxon::loss::cpu::Isa isa) { taxon::loss::cpu::override_isa(isa); }
-  ~IsaScope() { taxon::loss::cpu::override_isa(taxon::loss::cpu::detect_isa()); }
-};
+using taxon::test::IsaScope;
+using taxon::test::runnable_isas;
 
 }  // namespace test_loss
 
@@ -197,7 +186,7 @@ TEST_CASE("fused equals reference: loss and both gradients over a grid", "[loss]
         for (std::int64_t cache : {std::int64_t{0}, 2 * slot_bytes, taxon::loss::FusedOptions().cache_bytes()}) {
           for (auto isa : test_loss::runnable_isas()) {
             INFO(c.name << " filter=" << filter << " B=" << s.B << " C=" << s.C << " D=" << s.D << " chunk="
-                        << s.chunk << " cache=" << cache << " isa=" << taxon::loss::cpu::isa_name(isa));
+                        << s.chunk << " cache=" << cache << " isa=" << taxon::cpu::isa_name(isa));
             test_loss::IsaScope scope(isa);
             auto fus = test_loss::run(true, emb, w, y, c.p, s.chunk, cache);
             test_loss::require_close_rel(fus.loss, ref.loss, 1e-5);
@@ -252,7 +241,7 @@ TEST_CASE("CPU loss kernels: every SIMD variant matches a double-precision row r
     MarginParams p = c.p;
     p.s = 64.0f;
     for (auto isa : test_loss::runnable_isas()) {
-      INFO(c.name << " isa=" << cpu::isa_name(isa));
+      INFO(c.name << " isa=" << taxon::cpu::isa_name(isa));
       test_loss::IsaScope scope(isa);
       std::vector<float> mx(B), sum(B), tcos(B, 2.0f);
       const cpu::ChunkView view{inv.data(), labels.data(), n, 0, p};

@@ -7,6 +7,7 @@
 #include "taxon/data/csv.hpp"
 #include "taxon/data/dataset.hpp"
 #include "taxon/data/decode.hpp"
+#include "taxon/data/decode_crop.hpp"
 #include "taxon/data/taxonomy.hpp"
 
 #include <algorithm>
@@ -23,13 +24,24 @@ namespace taxon::data {
 // What to do with rows whose image file does not exist: drop them (reported: count + first few), or fail.
 enum class MissingFilePolicy { skip, reject };
 
+// Decode straight to resize_center_crop(resize_to, crop) — CLIP eval's first step, e.g. {224, 224} — reading
+// only the pixels the crop needs; bit-identical to decoding in full and then cropping. {0, 0} = off.
+struct DecodeResizeCrop {
+  std::int64_t resize_to = 0, crop = 0;
+  bool enabled() const { return resize_to > 0 && crop > 0; }
+};
+
 // Image files with per-rank label ids; get() reads and decodes (thread-safe: no shared mutable state).
 class ImageFileDataset {
  public:
   std::int64_t size() const { return static_cast<std::int64_t>(paths_.size()); }
   Sample get(std::int64_t i) const {
     check_index(i, size(), "image dataset");
-    return Sample{read_image(paths_[static_cast<size_t>(i)], decode_min_side_), labels(i)};
+    const auto& path = paths_[static_cast<size_t>(i)];
+    if (decode_crop_.enabled())
+      return Sample{decode_resize_center_crop(io::read_file(path), path.string(), decode_crop_.resize_to, decode_crop_.crop),
+                    labels(i)};
+    return Sample{read_image(path, decode_min_side_), labels(i)};
   }
   std::vector<std::int64_t> labels(std::int64_t i) const {
     check_index(i, size(), "image dataset");
@@ -44,6 +56,7 @@ class ImageFileDataset {
   const std::vector<std::string>& missing_examples() const noexcept { return missing_examples_; }
   // Let libjpeg decode at 1/2..1/8 scale while the shorter side stays >= this (0: always full size).
   void set_decode_min_side(int side) { decode_min_side_ = side; }
+  void set_decode_resize_crop(DecodeResizeCrop rc) { decode_crop_ = rc; }
 
  protected:
   static constexpr std::size_t kExamples = 5;
@@ -82,6 +95,7 @@ class ImageFileDataset {
   std::int64_t missing_count_ = 0;
   std::vector<std::string> missing_examples_;
   int decode_min_side_ = 0;
+  DecodeResizeCrop decode_crop_;
 };
 
 // How one rank's label is obtained from a CSV row.
@@ -119,6 +133,7 @@ class CsvImageDatasetOptions {
   // Trim surrounding whitespace of label cells (whitespace-only cells are missing labels either way).
   TAXON_ARG(bool, strip_labels) = false;
   TAXON_ARG(int, decode_min_side) = 0;
+  TAXON_ARG(DecodeResizeCrop, decode_resize_crop);
 
  public:
   CsvImageDatasetOptions& add_source(std::filesystem::path csv, std::filesystem::path image_root,
@@ -192,6 +207,7 @@ class CsvImageDataset : public ImageFileDataset {
     report_missing(what, options.missing_files());
     finish(std::move(ranks), names);
     decode_min_side_ = options.decode_min_side();
+    decode_crop_ = options.decode_resize_crop();
   }
 
  private:
@@ -208,6 +224,7 @@ class ImageFolderDatasetOptions {
   TAXON_ARG(std::vector<std::string>, ranks) = std::vector<std::string>{"class"};
   TAXON_ARG(std::vector<std::string>, extensions) = std::vector<std::string>{".jpg", ".jpeg", ".png"};
   TAXON_ARG(int, decode_min_side) = 0;
+  TAXON_ARG(DecodeResizeCrop, decode_resize_crop);
 };
 
 class ImageFolderDataset : public ImageFileDataset {
@@ -240,6 +257,7 @@ class ImageFolderDataset : public ImageFileDataset {
     TAXON_CHECK(!paths_.empty(), "data.empty-dataset", "no images found ", depth, " folder level(s) below ", root.string());
     finish(options.ranks(), names);
     decode_min_side_ = options.decode_min_side();
+    decode_crop_ = options.decode_resize_crop();
   }
 };
 

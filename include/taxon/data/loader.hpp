@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -81,6 +82,72 @@ inline bool skippable(const Error& e) {
   return e.id() == "data.corrupt-image" || e.id() == "io.missing-file" || e.id() == "io.cannot-read";
 }
 
+// Worker threads that outlive an epoch (PyTorch's persistent_workers): thread start-up and each thread's warm
+// buffers (decode scratch, resampling rows, malloc arena) are paid once per Loader, not once per epoch.
+class WorkerPool {
+ public:
+  explicit WorkerPool(int threads) : size_(threads) {}
+  ~WorkerPool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      quit_ = true;
+    }
+    start_cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+
+  // Runs `job` once on every pool thread; false (nothing started) while an earlier job is still running.
+  bool try_start(std::function<void()> job) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (pending_ > 0) return false;
+    if (threads_.empty())
+      for (int i = 0; i < size_; ++i) threads_.emplace_back([this] { loop(); });
+    job_ = std::move(job);
+    pending_ = size_;
+    ++generation_;
+    start_cv_.notify_all();
+    return true;
+  }
+  // Blocks until every thread has finished the current job.
+  void wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_cv_.wait(lock, [&] { return pending_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  void loop() {
+    std::uint64_t seen = 0;
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        start_cv_.wait(lock, [&] { return quit_ || generation_ != seen; });
+        if (quit_) return;
+        seen = generation_;
+        job = job_;
+      }
+      job();
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        --pending_;
+      }
+      done_cv_.notify_all();
+    }
+  }
+
+  const int size_;
+  std::mutex mutex_;
+  std::condition_variable start_cv_, done_cv_;
+  std::function<void()> job_;
+  std::uint64_t generation_ = 0;
+  int pending_ = 0;
+  bool quit_ = false;
+  std::vector<std::thread> threads_;
+};
+
 template <Dataset D>
 class Loader {
  public:
@@ -125,20 +192,46 @@ class Loader {
     std::vector<std::string> skip_examples;
 
     Shared(std::shared_ptr<const D> d, TransformFn t, LoaderOptions o)
-        : dataset(std::move(d)), transform(std::move(t)), options(std::move(o)) {}
+        : dataset(std::move(d)), transform(std::move(t)), options(std::move(o)), pool_threads(options.workers()) {}
 
-    // Builds batch `b` of `order`: everything a worker does.
+    // Builds batch `b` of `order`: everything a worker does. Each image goes into the batch buffer right after
+    // its transform, while it is still in cache (a copy at the end would read a whole batch back from memory).
     Batch build(const std::vector<std::int64_t>& order, std::int64_t epoch, std::int64_t b) {
       const std::int64_t bs = options.batch_size();
       const std::int64_t begin = b * bs, end = std::min<std::int64_t>(begin + bs, static_cast<std::int64_t>(order.size()));
-      std::vector<at::Tensor> images;
+      const std::int64_t ranks = dataset->taxonomy().num_ranks();
+      const auto opts = at::TensorOptions().pinned_memory(pin);
       std::vector<std::int64_t> indices, labels;
+      at::Tensor buffer, first;  // batch images; the first sample's output fixes the shape
       for (std::int64_t k = begin; k < end; ++k) {
         const std::int64_t idx = order[static_cast<size_t>(k)];
         try {
           Sample s = dataset->get(idx);
           Rng rng = make_engine(options.seed(), {static_cast<std::uint64_t>(epoch), static_cast<std::uint64_t>(idx)});
-          images.push_back(transform ? transform(s.image, rng) : s.image);
+          const auto slot = static_cast<std::int64_t>(indices.size());
+          at::Tensor target = buffer.defined() ? buffer[slot] : at::Tensor();
+          at::Tensor img;
+          {
+            std::optional<OfferOutput> offer;
+            if (target.defined()) offer.emplace(target);  // the last step may write straight into the batch
+            img = (transform ? transform(s.image, rng) : s.image).contiguous();
+          }
+          TAXON_CHECK(static_cast<std::int64_t>(s.labels.size()) == ranks, "data.bad-sample", "sample ", idx, " carries ",
+                      s.labels.size(), " labels for ", ranks, " ranks");
+          if (!buffer.defined()) {
+            std::vector<std::int64_t> shape{end - begin};
+            for (auto d : img.sizes()) shape.push_back(d);
+            buffer = acquire(shape, opts.dtype(img.scalar_type()));
+            first = img;
+            indices.reserve(static_cast<size_t>(end - begin));
+          }
+          TAXON_CHECK(img.sizes() == first.sizes() && img.scalar_type() == first.scalar_type(), "data.ragged-batch",
+                      "sample ", idx, " transforms to ", img.sizes(), " ", img.scalar_type(), " but sample ", indices[0],
+                      " to ", first.sizes(), " ", first.scalar_type(),
+                      ": add a resize/crop so every sample has the same shape");
+          // Plain memmove: an ATen copy_ here would open an OpenMP region per sample from every worker thread.
+          char* dst = static_cast<char*>(buffer.data_ptr()) + slot * img.nbytes();
+          if (img.data_ptr() != dst) std::memmove(dst, img.data_ptr(), img.nbytes());
           labels.insert(labels.end(), s.labels.begin(), s.labels.end());
           indices.push_back(idx);
         } catch (const Error& e) {
@@ -149,7 +242,15 @@ class Loader {
           log::warn("skipping sample ", idx, ": ", e.what());
         }
       }
-      return collate(images, labels, indices);
+      const auto n = static_cast<std::int64_t>(indices.size());
+      Batch batch;
+      batch.indices = at::empty({n}, opts.dtype(at::kLong));
+      batch.labels = at::empty({n, ranks}, opts.dtype(at::kLong));
+      std::copy(indices.begin(), indices.end(), batch.indices.data_ptr<std::int64_t>());
+      std::copy(labels.begin(), labels.end(), batch.labels.data_ptr<std::int64_t>());
+      if (n == 0) batch.images = at::empty({0}, opts.dtype(at::kFloat));
+      else batch.images = n == buffer.size(0) ? buffer : buffer.narrow(0, 0, n);  // skipped samples shorten it
+      return batch;
     }
 
     // Batch image buffers are recycled once the caller has dropped every reference to one (storage use
@@ -174,36 +275,7 @@ class Loader {
       return t;
     }
 
-    Batch collate(const std::vector<at::Tensor>& images, const std::vector<std::int64_t>& labels,
-                  const std::vector<std::int64_t>& indices) {
-      const auto n = static_cast<std::int64_t>(indices.size());
-      const std::int64_t ranks = dataset->taxonomy().num_ranks();
-      const auto opts = at::TensorOptions().pinned_memory(pin);
-      Batch batch;
-      batch.indices = at::empty({n}, opts.dtype(at::kLong));
-      batch.labels = at::empty({n, ranks}, opts.dtype(at::kLong));
-      std::copy(indices.begin(), indices.end(), batch.indices.data_ptr<std::int64_t>());
-      TAXON_CHECK(static_cast<std::int64_t>(labels.size()) == n * ranks, "data.bad-sample", "samples carry ",
-                  labels.size(), " labels for ", n, " samples of ", ranks, " ranks");
-      std::copy(labels.begin(), labels.end(), batch.labels.data_ptr<std::int64_t>());
-      if (n == 0) {
-        batch.images = at::empty({0}, opts.dtype(at::kFloat));
-        return batch;
-      }
-      std::vector<std::int64_t> shape{n};
-      for (auto s : images[0].sizes()) shape.push_back(s);
-      batch.images = acquire(shape, opts.dtype(images[0].scalar_type()));
-      for (std::int64_t i = 0; i < n; ++i) {
-        const auto& img = images[static_cast<size_t>(i)];
-        TAXON_CHECK(img.sizes() == images[0].sizes() && img.scalar_type() == images[0].scalar_type(), "data.ragged-batch", "sample ", indices[static_cast<size_t>(i)],
-                    " transforms to ", img.sizes(), " ", img.scalar_type(), " but sample ", indices[0], " to ",
-                    images[0].sizes(), " ", images[0].scalar_type(), ": add a resize/crop so every sample has the same shape");
-        // Plain memcpy: an ATen copy_ here would open an OpenMP region per sample from every worker thread.
-        const at::Tensor src = img.contiguous();
-        std::memcpy(static_cast<char*>(batch.images.data_ptr()) + i * src.nbytes(), src.data_ptr(), src.nbytes());
-      }
-      return batch;
-    }
+    WorkerPool pool_threads;  // last member: its threads are joined before anything they use is destroyed
   };
 
  public:
@@ -215,7 +287,10 @@ class Loader {
       const auto bs = state_->options.batch_size();
       num_batches_ = state_->options.drop_last() ? n / bs : (n + bs - 1) / bs;
       window_ = static_cast<std::int64_t>(state_->options.workers()) * state_->options.prefetch();
-      for (int w = 0; w < state_->options.workers(); ++w) threads_.emplace_back([this] { work(); });
+      // The Loader's persistent workers, unless another epoch of this Loader is still using them.
+      if (state_->options.workers() > 0) pooled_ = state_->pool_threads.try_start([this] { work(); });
+      if (!pooled_)
+        for (int w = 0; w < state_->options.workers(); ++w) threads_.emplace_back([this] { work(); });
     }
     Epoch(const Epoch&) = delete;
     Epoch& operator=(const Epoch&) = delete;
@@ -226,7 +301,7 @@ class Loader {
     // The next batch in order, or nullopt at the end of the epoch.
     std::optional<Batch> next() {
       if (consumed_ >= num_batches_) return std::nullopt;
-      if (threads_.empty()) return state_->build(order_, epoch_, consumed_++);
+      if (threads_.empty() && !pooled_) return state_->build(order_, epoch_, consumed_++);
       std::unique_lock<std::mutex> lock(mutex_);
       ready_cv_.wait(lock, [&] { return results_.count(consumed_) > 0; });
       auto node = results_.extract(consumed_);
@@ -249,6 +324,10 @@ class Loader {
       space_cv_.notify_all();
       for (auto& t : threads_)
         if (t.joinable()) t.join();
+      if (pooled_) {
+        state_->pool_threads.wait();
+        pooled_ = false;
+      }
     }
 
     class iterator {
@@ -318,6 +397,7 @@ class Loader {
     std::int64_t claimed_ = 0, consumed_ = 0;  // consumed_ is written only by the consumer, under mutex_ when threaded
     bool stopping_ = false;
     std::vector<std::thread> threads_;
+    bool pooled_ = false;  // work() runs on the Loader's WorkerPool
   };
 
  private:

@@ -9,6 +9,7 @@
 // of the output, so resize + center crop never computes pixels the crop throws away.
 #include "taxon/core/error.hpp"
 #include "taxon/core/seed.hpp"
+#include "taxon/data/box.hpp"
 
 #include <ATen/ATen.h>
 
@@ -23,6 +24,7 @@
 #include <cstring>
 #include <functional>
 #include <initializer_list>
+#include <memory>
 #include <random>
 #include <utility>
 #include <vector>
@@ -37,11 +39,6 @@ inline const std::vector<double> kClipMean{0.48145466, 0.4578275, 0.40821073};
 inline const std::vector<double> kClipStd{0.26862954, 0.26130258, 0.27577711};
 inline const std::vector<double> kImageNetMean{0.485, 0.456, 0.406};
 inline const std::vector<double> kImageNetStd{0.229, 0.224, 0.225};
-
-// Integer box in pixel coordinates: rows [top, top+height), columns [left, left+width).
-struct Box {
-  int64_t top = 0, left = 0, height = 0, width = 0;
-};
 
 // Uniform double in [0,1) from 53 random bits (portable, unlike std::uniform_real_distribution).
 inline double uniform01(Rng& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
@@ -187,17 +184,17 @@ inline void resample_row_horizontal_rgb_sse2(const uint8_t* in, const ResampleCo
 }
 
 // Vertical pass over a contiguous row strip of 16 bytes: rows (t, t+1) interleaved into pmaddwd pairs.
-inline void resample_vertical_sse2(const uint8_t* src, int64_t src_stride, int64_t row0, int64_t row_len,
+inline int64_t resample_vertical_sse2(const uint8_t* src, int64_t src_stride, int64_t row0, int64_t row_len, int64_t j_begin,
                                    const ResampleCoeffs& c, int64_t outputs, uint8_t* dst) {
   const __m128i zero = _mm_setzero_si128();
   const __m128i bias = _mm_set1_epi32(1 << (kPrecisionBits - 1));
-  const int64_t vec_end = row_len / 16 * 16;
+  const int64_t vec_end = j_begin + (row_len - j_begin) / 16 * 16;
   for (int64_t i = 0; i < outputs; ++i) {
     const int32_t* k = c.weights.data() + i * c.ksize;
     const int64_t first = c.first[static_cast<size_t>(i)] - row0;
     const int n = c.count[static_cast<size_t>(i)];
     uint8_t* out = dst + i * row_len;
-    for (int64_t j = 0; j < vec_end; j += 16) {
+    for (int64_t j = j_begin; j < vec_end; j += 16) {
       __m128i hi[4] = {zero, zero, zero, zero}, lo[4] = {zero, zero, zero, zero};
       for (int t = 0; t < n; t += 2) {
         const int32_t k0 = k[t], k1 = t + 1 < n ? k[t + 1] : 0;
@@ -223,25 +220,90 @@ inline void resample_vertical_sse2(const uint8_t* src, int64_t src_stride, int64
       const __m128i packed = _mm_packus_epi16(_mm_packs_epi32(s[0], s[1]), _mm_packs_epi32(s[2], s[3]));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), packed);
     }
-    for (int64_t j = vec_end; j < row_len; ++j) {
-      int32_t acc = 1 << (kPrecisionBits - 1);
-      for (int t = 0; t < n; ++t) acc += static_cast<int32_t>(src[(first + t) * src_stride + j]) * k[t];
-      out[j] = clip8(acc);
-    }
   }
+  return vec_end;
 }
 #endif
 
+// Coefficients of one resampling pass, plus (x86) their pmaddwd layout for RGB rows, built on first use.
+struct CoeffEntry {
+  ResampleCoeffs coeffs;
+#if defined(__SSE2__)
+  const PairWeights& rgb_pairs() const {
+    if (!pairs_ready) {
+      pairs = pair_weights(coeffs, static_cast<int64_t>(coeffs.first.size()), 3);
+      pairs_ready = true;
+    }
+    return pairs;
+  }
+  mutable PairWeights pairs;
+  mutable bool pairs_ready = false;
+#endif
+};
+
+// A dataset's images mostly share a size, so each thread keeps its last few coefficient sets: computing them
+// (doubles, divisions, two allocations) costs as much as a quarter of the resize itself. Callers hold the
+// shared_ptr, so a later miss that recycles the slot cannot pull the coefficients from under them.
+// `shift` is subtracted from every first index (the caller's buffer starts `shift` pixels into the source).
+inline std::shared_ptr<const CoeffEntry> cached_coeffs(int64_t in_size, int64_t out_size, int64_t begin, int64_t n,
+                                                       int64_t shift = 0) {
+  struct Slot {
+    std::array<int64_t, 5> key{-1, -1, -1, -1, -1};
+    std::shared_ptr<const CoeffEntry> entry;
+  };
+  constexpr std::size_t kSlots = 8;
+  thread_local std::array<Slot, kSlots> slots;
+  thread_local std::size_t next = 0;
+  const std::array<int64_t, 5> key{in_size, out_size, begin, n, shift};
+  for (auto& slot : slots)
+    if (slot.key == key) return slot.entry;
+  auto entry = std::make_shared<CoeffEntry>();
+  entry->coeffs = bicubic_coeffs(in_size, out_size, begin, n);
+  for (int& f : entry->coeffs.first) f -= static_cast<int>(shift);
+  Slot& slot = slots[next++ % kSlots];
+  slot.key = key;
+  slot.entry = entry;
+  return entry;
+}
+
+}  // namespace detail
+}  // namespace taxon::data
+
+#include "taxon/data/resample_avx.hpp"
+
+namespace taxon::data {
+namespace detail {
+
 template <int C>
-void resample_rows_horizontal(const uint8_t* src, int64_t src_stride, int64_t rows, const ResampleCoeffs& c,
+void resample_rows_horizontal(const uint8_t* src, int64_t src_stride, int64_t rows, const CoeffEntry& e,
                               int64_t outputs, uint8_t* dst, const uint8_t* readable_end) {
+  const ResampleCoeffs& c = e.coeffs;
 #if defined(__SSE2__)
   if constexpr (C == 3) {
-    const PairWeights w = pair_weights(c, outputs, 3);
+    const PairWeights& w = e.rgb_pairs();
     int64_t max_end = 0;  // furthest byte the SIMD kernel touches, relative to the row start
     for (int64_t i = 0; i < outputs; ++i)
       max_end = std::max<int64_t>(max_end, (c.first[static_cast<size_t>(i)] + 2 * ((c.count[static_cast<size_t>(i)] + 1) / 2)) * 3 + 1);
-    for (int64_t r = 0; r < rows; ++r) {
+    int64_t r = 0;
+#if defined(TAXON_SIMD_X86_DISPATCH)
+    const auto isa = taxon::cpu::active_isa();
+    if (isa != taxon::cpu::Isa::baseline) {
+      int64_t quad_end = 0;  // the wide kernels load 16 bytes per 4 taps
+      for (int64_t i = 0; i < outputs; ++i) quad_end = std::max(quad_end, rgb_quad_read_end(c, i));
+      const int64_t row_bytes = outputs * 3;
+      if (isa == taxon::cpu::Isa::avx512) {
+        for (; r + 4 <= rows && src + (r + 3) * src_stride + quad_end <= readable_end; r += 4) {
+          uint8_t* const out[4] = {dst + r * row_bytes, dst + (r + 1) * row_bytes, dst + (r + 2) * row_bytes,
+                                   dst + (r + 3) * row_bytes};
+          resample_rows_horizontal_rgb_avx512(src + r * src_stride, src_stride, c, w, outputs, out);
+        }
+      }
+      for (; r + 2 <= rows && src + (r + 1) * src_stride + quad_end <= readable_end; r += 2)
+        resample_rows_horizontal_rgb_avx2(src + r * src_stride, src_stride, c, w, outputs, dst + r * row_bytes,
+                                          dst + (r + 1) * row_bytes);
+    }
+#endif
+    for (; r < rows; ++r) {
       const uint8_t* in = src + r * src_stride;
       if (in + max_end <= readable_end) resample_row_horizontal_rgb_sse2(in, c, w, outputs, dst + r * outputs * 3);
       else resample_row_horizontal<3>(in, c, outputs, dst + r * outputs * 3);
@@ -255,7 +317,7 @@ void resample_rows_horizontal(const uint8_t* src, int64_t src_stride, int64_t ro
 
 // `readable_end`: one past the last byte that may be read (the SIMD path reads a few bytes past a row's taps).
 inline void resample_horizontal(int64_t channels, const uint8_t* src, int64_t src_stride, int64_t rows,
-                                const ResampleCoeffs& c, int64_t outputs, uint8_t* dst, const uint8_t* readable_end) {
+                                const CoeffEntry& c, int64_t outputs, uint8_t* dst, const uint8_t* readable_end) {
   switch (channels) {
     case 1: resample_rows_horizontal<1>(src, src_stride, rows, c, outputs, dst, readable_end); break;
     case 3: resample_rows_horizontal<3>(src, src_stride, rows, c, outputs, dst, readable_end); break;
@@ -264,32 +326,39 @@ inline void resample_horizontal(int64_t channels, const uint8_t* src, int64_t sr
   }
 }
 
-// Vertical pass: `src` row r is input row (row0 + r); vectorises over the contiguous row.
+// Vertical pass: `src` row r is input row (row0 + r); columns [j_begin, row_len) of every output row.
 inline void resample_vertical_scalar(const uint8_t* src, int64_t src_stride, int64_t row0, int64_t row_len,
-                                     const ResampleCoeffs& c, int64_t outputs, uint8_t* dst) {
+                                     int64_t j_begin, const ResampleCoeffs& c, int64_t outputs, uint8_t* dst) {
   std::vector<int32_t> acc(static_cast<size_t>(row_len));
   for (int64_t i = 0; i < outputs; ++i) {
     const int32_t* k = c.weights.data() + i * c.ksize;
     const int64_t first = c.first[static_cast<size_t>(i)] - row0;
     const int n = c.count[static_cast<size_t>(i)];
-    std::fill(acc.begin(), acc.end(), 1 << (kPrecisionBits - 1));
+    std::fill(acc.begin() + j_begin, acc.end(), 1 << (kPrecisionBits - 1));
     int32_t* a = acc.data();
     for (int t = 0; t < n; ++t) {
       const uint8_t* in = src + (first + t) * src_stride;
       const int32_t kt = k[t];
-      for (int64_t j = 0; j < row_len; ++j) a[j] += static_cast<int32_t>(in[j]) * kt;
+      for (int64_t j = j_begin; j < row_len; ++j) a[j] += static_cast<int32_t>(in[j]) * kt;
     }
     uint8_t* out = dst + i * row_len;
-    for (int64_t j = 0; j < row_len; ++j) out[j] = clip8(a[j]);
+    for (int64_t j = j_begin; j < row_len; ++j) out[j] = clip8(a[j]);
   }
 }
 
+// The widest kernel takes the columns it can, each narrower one the rest, scalar code the last few bytes.
 inline void resample_vertical(const uint8_t* src, int64_t src_stride, int64_t row0, int64_t row_len,
                               const ResampleCoeffs& c, int64_t outputs, uint8_t* dst) {
-#if defined(__SSE2__)
-  if (row_len >= 16) return resample_vertical_sse2(src, src_stride, row0, row_len, c, outputs, dst);
+  int64_t j = 0;
+#if defined(TAXON_SIMD_X86_DISPATCH)
+  const auto isa = taxon::cpu::active_isa();
+  if (isa == taxon::cpu::Isa::avx512) j = resample_vertical_avx512(src, src_stride, row0, row_len, j, c, outputs, dst);
+  if (isa != taxon::cpu::Isa::baseline) j = resample_vertical_avx2(src, src_stride, row0, row_len, j, c, outputs, dst);
 #endif
-  resample_vertical_scalar(src, src_stride, row0, row_len, c, outputs, dst);
+#if defined(__SSE2__)
+  j = resample_vertical_sse2(src, src_stride, row0, row_len, j, c, outputs, dst);
+#endif
+  if (j < row_len) resample_vertical_scalar(src, src_stride, row0, row_len, j, c, outputs, dst);
 }
 
 inline void check_hwc_u8(const at::Tensor& image, const char* what) {
@@ -299,12 +368,72 @@ inline void check_hwc_u8(const at::Tensor& image, const char* what) {
 
 }  // namespace detail
 
+namespace detail {
+
+// The resize itself: the virtual in_h x in_w source has pixel (y, x) at img[y - vy][x - vx]; img need only hold
+// the pixels the output window reads (a decoded region, or a full image with a source box at (-vy, -vx)).
+inline at::Tensor resize_core(const at::Tensor& img, int64_t vy, int64_t vx, int64_t in_h, int64_t in_w, int64_t out_h,
+                              int64_t out_w, Box window) {
+  const int64_t H = img.size(0), W = img.size(1), C = img.size(2);
+  const int64_t stride = W * C;
+  const uint8_t* data = img.data_ptr<uint8_t>();
+  const uint8_t* end = data + H * stride;
+  const bool need_h = out_w != in_w, need_v = out_h != in_h;
+  at::Tensor out = at::empty({window.height, window.width, C}, at::kByte);
+
+  std::shared_ptr<const CoeffEntry> vertical, horizontal;
+  int64_t row_first = window.top - vy, row_last = window.top + window.height - vy;  // rows of img read
+  if (need_v) {
+    vertical = cached_coeffs(in_h, out_h, window.top, window.height, vy);
+    const auto& vc = vertical->coeffs;
+    row_first = vc.first.front();
+    row_last = 0;
+    for (size_t i = 0; i < vc.first.size(); ++i) row_last = std::max<int64_t>(row_last, vc.first[i] + vc.count[i]);
+  }
+  int64_t col_first = window.left - vx, col_last = window.left + window.width - vx;  // columns of img read
+  if (need_h) {
+    horizontal = cached_coeffs(in_w, out_w, window.left, window.width, vx);
+    const auto& hc = horizontal->coeffs;
+    col_first = hc.first.front();
+    col_last = 0;
+    for (size_t i = 0; i < hc.first.size(); ++i) col_last = std::max<int64_t>(col_last, hc.first[i] + hc.count[i]);
+  }
+  TAXON_CHECK(row_first >= 0 && row_last <= H && col_first >= 0 && col_last <= W, "data.bad-box", "resize reads rows [",
+              row_first, ", ", row_last, ") and columns [", col_first, ", ", col_last, ") of a ", H, "x", W, " buffer");
+  const uint8_t* rows = data + (window.left - vx) * C;  // without a horizontal pass, the window is a plain crop
+  int64_t rows_stride = stride, rows_origin = 0;
+  thread_local std::vector<uint8_t> tmp;  // the horizontal pass's rows; reused: fresh pages cost ~12 µs each here
+  if (need_h) {
+    const int64_t n_rows = row_last - row_first;
+    if (!need_v) {
+      resample_horizontal(C, data + row_first * stride, stride, n_rows, *horizontal, window.width, out.data_ptr<uint8_t>(), end);
+      return out;
+    }
+    if (tmp.size() < static_cast<size_t>(n_rows * window.width * C)) tmp.resize(static_cast<size_t>(n_rows * window.width * C));
+    resample_horizontal(C, data + row_first * stride, stride, n_rows, *horizontal, window.width, tmp.data(), end);
+    rows = tmp.data();
+    rows_stride = window.width * C;
+    rows_origin = row_first;
+  }
+  if (need_v) {
+    resample_vertical(rows, rows_stride, rows_origin, window.width * C, vertical->coeffs, window.height,
+                      out.data_ptr<uint8_t>());
+  } else {
+    for (int64_t r = 0; r < window.height; ++r)
+      std::copy_n(rows + (window.top - vy - rows_origin + r) * rows_stride, window.width * C,
+                  out.data_ptr<uint8_t>() + r * window.width * C);
+  }
+  return out;
+}
+
+}  // namespace detail
+
 // Resizes `source` (a box of a [H,W,C] uint8 image; default the whole image) to out_h x out_w exactly as PIL's
 // Image.resize(..., BICUBIC) does and returns the output pixels inside `window` (default all) as [h,w,C] uint8.
 inline at::Tensor resize_bicubic(const at::Tensor& image, int64_t out_h, int64_t out_w, Box source = {}, Box window = {}) {
   detail::check_hwc_u8(image, "resize_bicubic");
   const at::Tensor img = image.contiguous();
-  const int64_t H = img.size(0), W = img.size(1), C = img.size(2);
+  const int64_t H = img.size(0), W = img.size(1);
   if (source.height == 0 && source.width == 0) source = {0, 0, H, W};
   if (window.height == 0 && window.width == 0) window = {0, 0, out_h, out_w};
   TAXON_CHECK(source.top >= 0 && source.left >= 0 && source.height > 0 && source.width > 0 &&
@@ -315,43 +444,7 @@ inline at::Tensor resize_bicubic(const at::Tensor& image, int64_t out_h, int64_t
                   window.top + window.height <= out_h && window.left + window.width <= out_w,
               "data.bad-box", "resize window (top ", window.top, ", left ", window.left, ", ", window.height, "x",
               window.width, ") outside the ", out_h, "x", out_w, " output");
-  const int64_t stride = W * C;
-  const uint8_t* base = img.data_ptr<uint8_t>() + source.top * stride + source.left * C;
-  const uint8_t* end = img.data_ptr<uint8_t>() + H * stride;
-  const bool need_h = out_w != source.width, need_v = out_h != source.height;
-  at::Tensor out = at::empty({window.height, window.width, C}, at::kByte);
-
-  detail::ResampleCoeffs vc;
-  int64_t row_first = window.top, row_last = window.top + window.height;  // input rows the vertical pass reads
-  if (need_v) {
-    vc = detail::bicubic_coeffs(source.height, out_h, window.top, window.height);
-    row_first = vc.first.front();
-    row_last = 0;
-    for (size_t i = 0; i < vc.first.size(); ++i) row_last = std::max<int64_t>(row_last, vc.first[i] + vc.count[i]);
-  }
-  const uint8_t* rows = base + window.left * C;  // without a horizontal pass, the window is a plain crop
-  int64_t rows_stride = stride, rows_origin = 0;
-  std::vector<uint8_t> tmp;
-  if (need_h) {
-    const auto hc = detail::bicubic_coeffs(source.width, out_w, window.left, window.width);
-    const int64_t n_rows = row_last - row_first;
-    if (!need_v) {
-      detail::resample_horizontal(C, base + row_first * stride, stride, n_rows, hc, window.width, out.data_ptr<uint8_t>(), end);
-      return out;
-    }
-    tmp.resize(static_cast<size_t>(n_rows * window.width * C));
-    detail::resample_horizontal(C, base + row_first * stride, stride, n_rows, hc, window.width, tmp.data(), end);
-    rows = tmp.data();
-    rows_stride = window.width * C;
-    rows_origin = row_first;
-  }
-  if (need_v) {
-    detail::resample_vertical(rows, rows_stride, rows_origin, window.width * C, vc, window.height, out.data_ptr<uint8_t>());
-  } else {
-    for (int64_t r = 0; r < window.height; ++r)
-      std::copy_n(rows + (window.top + r) * rows_stride, window.width * C, out.data_ptr<uint8_t>() + r * window.width * C);
-  }
-  return out;
+  return detail::resize_core(img, -source.top, -source.left, source.height, source.width, out_h, out_w, window);
 }
 
 // torchvision's Resize(int) output size: shorter side -> size, longer side truncated proportionally.
@@ -363,6 +456,39 @@ inline std::pair<int64_t, int64_t> shortest_side_size(int64_t h, int64_t w, int6
 // torchvision's CenterCrop offsets: int(round((in - out) / 2.0)) with Python's round-half-to-even.
 inline int64_t center_offset(int64_t in, int64_t out) {
   return static_cast<int64_t>(std::nearbyint(static_cast<double>(in - out) / 2.0));
+}
+
+// A caller (the Loader) may offer the tensor the final transform output is copied into — a sample's slot in
+// the batch buffer. Steps that allocate their output ask output_tensor() for it, so the copy (and an allocation of
+// fresh pages) disappears; a step that is not last simply has its output copied over later.
+namespace detail {
+inline at::Tensor*& offered_output() {
+  thread_local at::Tensor* slot = nullptr;
+  return slot;
+}
+}  // namespace detail
+
+class OfferOutput {
+ public:
+  explicit OfferOutput(at::Tensor& slot) : previous_(detail::offered_output()) { detail::offered_output() = &slot; }
+  ~OfferOutput() { detail::offered_output() = previous_; }
+  OfferOutput(const OfferOutput&) = delete;
+  OfferOutput& operator=(const OfferOutput&) = delete;
+
+ private:
+  at::Tensor* previous_;
+};
+
+// The offered slot when it has exactly this shape and dtype (taking it, so only one step writes there), else a
+// new tensor.
+inline at::Tensor output_tensor(at::IntArrayRef shape, at::ScalarType dtype) {
+  at::Tensor*& slot = detail::offered_output();
+  if (slot && slot->sizes() == shape && slot->scalar_type() == dtype && slot->is_contiguous()) {
+    at::Tensor out = *slot;
+    slot = nullptr;
+    return out;
+  }
+  return at::empty(shape, dtype);
 }
 
 // ---- transform steps (uint8 HWC -> uint8 HWC unless noted) ----
@@ -413,16 +539,28 @@ inline TransformFn normalize(std::vector<double> mean, std::vector<double> stdev
     const int64_t H = img.size(0), W = img.size(1), C = img.size(2), OC = static_cast<int64_t>(mean.size());
     TAXON_CHECK(C == OC || C == 1, "data.bad-normalize", "normalize has ", OC, " channel statistics but the image has ",
                 C, " channels");
-    at::Tensor out = at::empty({OC, H, W}, at::kFloat);
+    at::Tensor out = output_tensor({OC, H, W}, at::kFloat);
     const uint8_t* src = img.data_ptr<uint8_t>();
     float* dst = out.data_ptr<float>();
     const int64_t plane = H * W;
+    int64_t done = 0;  // pixels the SIMD kernel has written
+#if defined(TAXON_SIMD_X86_DISPATCH)
+    if (C == 3 && OC == 3 && taxon::cpu::active_isa() != taxon::cpu::Isa::baseline) {
+      float scale[3], shift[3];
+      for (int c = 0; c < 3; ++c) {
+        scale[c] = static_cast<float>(1.0 / (255.0 * stdev[static_cast<size_t>(c)]));
+        shift[c] = static_cast<float>(mean[static_cast<size_t>(c)] / stdev[static_cast<size_t>(c)]);
+      }
+      float* const planes[3] = {dst, dst + plane, dst + 2 * plane};
+      done = detail::normalize_rgb_avx2(src, plane, planes, scale, shift);
+    }
+#endif
     for (int64_t c = 0; c < OC; ++c) {
       const float scale = static_cast<float>(1.0 / (255.0 * stdev[static_cast<size_t>(c)]));
       const float shift = static_cast<float>(mean[static_cast<size_t>(c)] / stdev[static_cast<size_t>(c)]);
       const int64_t sc = C == 1 ? 0 : c;
       float* d = dst + c * plane;
-      for (int64_t p = 0; p < plane; ++p) d[p] = static_cast<float>(src[p * C + sc]) * scale - shift;
+      for (int64_t p = done; p < plane; ++p) d[p] = static_cast<float>(src[p * C + sc]) * scale - shift;
     }
     return out;
   };

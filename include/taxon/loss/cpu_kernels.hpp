@@ -3,6 +3,7 @@
 // AVX-512, AVX2+FMA and baseline SSE2; the widest the CPU supports is picked at run time, so consumers need no
 // -march flags and a header-only build still runs SIMD exp (std::exp in a loop never vectorises without fast-math).
 // Plain C++ with no LibTorch, so an nvcc translation unit can include it (it then uses the baseline width only).
+#include "taxon/core/cpu.hpp"
 #include "taxon/loss/margin_math.hpp"
 
 #include <algorithm>
@@ -16,11 +17,11 @@
 #error "taxon's fused CPU loss kernels need GCC or Clang vector extensions"
 #endif
 
-#if (defined(__x86_64__) || defined(__i386__)) && !defined(__CUDACC__)
-#define TAXON_SIMD_X86_DISPATCH 1
-#endif
 
 namespace taxon::loss::cpu {
+
+using taxon::cpu::Isa;
+using taxon::cpu::active_isa;
 
 // One chunk of the fused loss as the row kernels see it: raw dot products e_i·w_j in a row-major [rows, n] block.
 struct ChunkView {
@@ -30,50 +31,6 @@ struct ChunkView {
   std::int64_t c0;              // global id of the chunk's first class
   MarginParams p;
 };
-
-// Instruction sets with a compiled variant; `TAXON_CPU_ISA=sse2|avx2|avx512` caps the choice (tests use it to run
-// every variant the machine supports).
-enum class Isa { baseline, avx2, avx512 };
-
-inline const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::avx512: return "avx512";
-    case Isa::avx2: return "avx2";
-    default: return "baseline";
-  }
-}
-
-inline bool isa_supported(Isa isa) {
-#if defined(TAXON_SIMD_X86_DISPATCH)
-  __builtin_cpu_init();
-  switch (isa) {
-    case Isa::avx512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-    case Isa::avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    default: return true;
-  }
-#else
-  return isa == Isa::baseline;
-#endif
-}
-
-inline Isa detect_isa() {
-  Isa cap = Isa::avx512;
-  if (const char* env = std::getenv("TAXON_CPU_ISA")) {
-    const std::string_view want(env);
-    cap = want == "avx2" ? Isa::avx2 : want == "avx512" ? Isa::avx512 : Isa::baseline;
-  }
-  for (Isa isa : {Isa::avx512, Isa::avx2})
-    if (static_cast<int>(isa) <= static_cast<int>(cap) && isa_supported(isa)) return isa;
-  return Isa::baseline;
-}
-
-// Process-wide choice; `override_isa` lets a test pin a variant (must be supported).
-inline Isa& active_isa_slot() {
-  static Isa isa = detect_isa();
-  return isa;
-}
-inline Isa active_isa() { return active_isa_slot(); }
-inline void override_isa(Isa isa) { active_isa_slot() = isa_supported(isa) ? isa : detect_isa(); }
 
 }  // namespace taxon::loss::cpu
 

@@ -1,0 +1,51 @@
+#pragma once
+// Decode fused with CLIP's resize + center crop: only the pixels the crop reads are decoded (a landscape photo
+// resized to 224 and center-cropped reads ~3/4 of its columns), and the result is bit-identical to
+// resize_center_crop(resize_to, crop) applied to the full decode.
+#include "taxon/data/decode.hpp"
+#include "taxon/data/transforms.hpp"
+
+#include <algorithm>
+#include <string>
+#include <string_view>
+
+namespace taxon::data {
+
+namespace detail {
+
+// Rows and columns of an in_h x in_w source that resizing it to out_h x out_w reads for the output `window`.
+inline Box resize_support(int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w, const Box& window) {
+  const auto span = [](int64_t in, int64_t out, int64_t begin, int64_t n) -> std::pair<int64_t, int64_t> {
+    if (in == out) return {begin, begin + n};
+    const auto entry = cached_coeffs(in, out, begin, n);
+    const auto& c = entry->coeffs;
+    int64_t lo = in, hi = 0;
+    for (std::size_t i = 0; i < c.first.size(); ++i) {
+      lo = std::min<int64_t>(lo, c.first[i]);
+      hi = std::max<int64_t>(hi, c.first[i] + c.count[i]);
+    }
+    return {lo, hi};
+  };
+  const auto [r0, r1] = span(in_h, out_h, window.top, window.height);
+  const auto [c0, c1] = span(in_w, out_w, window.left, window.width);
+  return Box{r0, c0, r1 - r0, c1 - c0};
+}
+
+}  // namespace detail
+
+// resize_center_crop(resize_to, crop) of an encoded JPEG or PNG, decoding only what the crop needs.
+inline at::Tensor decode_resize_center_crop(std::string_view bytes, const std::string& name, int64_t resize_to,
+                                            int64_t crop) {
+  Box window;
+  int64_t out_h = 0, out_w = 0;
+  const DecodedRegion region = decode_region(bytes, name, [&](int64_t H, int64_t W) {
+    std::tie(out_h, out_w) = shortest_side_size(H, W, resize_to);
+    TAXON_CHECK(out_h >= crop && out_w >= crop, "data.bad-box", name, ": crop ", crop, " larger than the resized ",
+                out_h, "x", out_w, " image");
+    window = Box{center_offset(out_h, crop), center_offset(out_w, crop), crop, crop};
+    return detail::resize_support(H, W, out_h, out_w, window);
+  });
+  return detail::resize_core(region.pixels, region.top, region.left, region.height, region.width, out_h, out_w, window);
+}
+
+}  // namespace taxon::data

@@ -1,0 +1,237 @@
+#pragma once
+// AVX2 / AVX-512 variants of the PIL-exact resampling passes and of ToTensor+Normalize, selected at run time
+// (taxon/core/cpu.hpp). Same integer arithmetic as the SSE2 and scalar kernels in transforms.hpp, so every
+// variant is bit-identical to Pillow. The horizontal pass is the cost centre of CLIP preprocessing; here one
+// register carries 2 (AVX2) or 4 (AVX-512) image rows, which share the output position's weights.
+// Included by transforms.hpp after its detail kernels; not a public header.
+#include "taxon/core/cpu.hpp"
+
+#if defined(TAXON_SIMD_X86_DISPATCH)
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+// GCC 12 reports its own AVX-512 intrinsics (undefined pass-through operands) as uninitialised (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace taxon::data::detail {
+
+// pshufb masks turning 16 loaded bytes (taps t..t+3 of RGB pixels, 12 bytes used) into two pmaddwd operands
+// with the SSE2 kernel's lanes (R_t, R_t+1, G_t, G_t+1, B_t, B_t+1, 0, 0) as int16.
+#define TAXON_RGB_PAIR_MASK(t0, t1)                                                                        \
+  (t0), -128, (t1), -128, (t0) + 1, -128, (t1) + 1, -128, (t0) + 2, -128, (t1) + 2, -128, -128, -128, -128, -128
+
+// Bytes of the 16-byte loads past the last tap an output position reads: the loads start at taps 0, 4, 8, ...
+inline int64_t rgb_quad_read_end(const ResampleCoeffs& c, int64_t i) {
+  const int pairs = (c.count[static_cast<size_t>(i)] + 1) / 2;
+  return static_cast<int64_t>(c.first[static_cast<size_t>(i)]) * 3 + 6 * (2 * ((pairs - 1) / 2)) + 16;
+}
+
+// Writes one RGB pixel from the low 3 bytes of `rgbx`. Within a row a 4-byte store is fine (the next pixel
+// overwrites the spare byte); the row's last pixel must not touch the byte after it.
+inline void store_rgb(uint8_t* out, int32_t rgbx, bool more_follow) {
+  if (more_follow) std::memcpy(out, &rgbx, 4);
+  else std::memcpy(out, &rgbx, 3);
+}
+
+__attribute__((target("avx2"))) inline void resample_rows_horizontal_rgb_avx2(const uint8_t* src, int64_t stride,
+                                                                             const ResampleCoeffs& c,
+                                                                             const PairWeights& w, int64_t outputs,
+                                                                             uint8_t* dst0, uint8_t* dst1) {
+  const __m256i mask_a = _mm256_setr_epi8(TAXON_RGB_PAIR_MASK(0, 3), TAXON_RGB_PAIR_MASK(0, 3));
+  const __m256i mask_b = _mm256_setr_epi8(TAXON_RGB_PAIR_MASK(6, 9), TAXON_RGB_PAIR_MASK(6, 9));
+  const __m256i bias = _mm256_set1_epi32(1 << (kPrecisionBits - 1));
+  const __m256i zero = _mm256_setzero_si256();
+  for (int64_t i = 0; i < outputs; ++i) {
+    const uint8_t* p = src + static_cast<int64_t>(c.first[static_cast<size_t>(i)]) * 3;
+    const int pairs = (c.count[static_cast<size_t>(i)] + 1) / 2;
+    const int16_t* wh = w.hi.data() + i * w.pairs * 8;
+    const int16_t* wl = w.lo.data() + i * w.pairs * 8;
+    __m256i hi = zero, lo = zero;
+    for (int q = 0; q < pairs; q += 2) {
+      const __m256i px = _mm256_inserti128_si256(
+          _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 6 * q))),
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + stride + 6 * q)), 1);
+      const __m256i a = _mm256_shuffle_epi8(px, mask_a);
+      hi = _mm256_add_epi32(hi, _mm256_madd_epi16(a, _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + 8 * q)))));
+      lo = _mm256_add_epi32(lo, _mm256_madd_epi16(a, _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + 8 * q)))));
+      if (q + 1 < pairs) {
+        const __m256i b = _mm256_shuffle_epi8(px, mask_b);
+        hi = _mm256_add_epi32(hi, _mm256_madd_epi16(b, _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + 8 * q + 8)))));
+        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(b, _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + 8 * q + 8)))));
+      }
+    }
+    __m256i s = _mm256_srai_epi32(_mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(hi, kSplitBits), lo), bias), kPrecisionBits);
+    s = _mm256_packus_epi16(_mm256_packs_epi32(s, s), zero);  // saturation = Pillow's clip8
+    store_rgb(dst0 + i * 3, _mm256_cvtsi256_si32(s), i + 1 < outputs);
+    store_rgb(dst1 + i * 3, _mm_cvtsi128_si32(_mm256_extracti128_si256(s, 1)), i + 1 < outputs);
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2"))) inline void resample_rows_horizontal_rgb_avx512(
+    const uint8_t* src, int64_t stride, const ResampleCoeffs& c, const PairWeights& w, int64_t outputs,
+    uint8_t* const dst[4]) {
+  const __m512i mask_a = _mm512_broadcast_i32x4(_mm_setr_epi8(TAXON_RGB_PAIR_MASK(0, 3)));
+  const __m512i mask_b = _mm512_broadcast_i32x4(_mm_setr_epi8(TAXON_RGB_PAIR_MASK(6, 9)));
+  const __m512i bias = _mm512_set1_epi32(1 << (kPrecisionBits - 1));
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t i = 0; i < outputs; ++i) {
+    const uint8_t* p = src + static_cast<int64_t>(c.first[static_cast<size_t>(i)]) * 3;
+    const int pairs = (c.count[static_cast<size_t>(i)] + 1) / 2;
+    const int16_t* wh = w.hi.data() + i * w.pairs * 8;
+    const int16_t* wl = w.lo.data() + i * w.pairs * 8;
+    __m512i hi = zero, lo = zero;
+    for (int q = 0; q < pairs; q += 2) {
+      const uint8_t* at = p + 6 * q;
+      __m512i px = _mm512_zextsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(at)));
+      px = _mm512_inserti32x4(px, _mm_loadu_si128(reinterpret_cast<const __m128i*>(at + stride)), 1);
+      px = _mm512_inserti32x4(px, _mm_loadu_si128(reinterpret_cast<const __m128i*>(at + 2 * stride)), 2);
+      px = _mm512_inserti32x4(px, _mm_loadu_si128(reinterpret_cast<const __m128i*>(at + 3 * stride)), 3);
+      const __m512i a = _mm512_shuffle_epi8(px, mask_a);
+      hi = _mm512_add_epi32(hi, _mm512_madd_epi16(a, _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + 8 * q)))));
+      lo = _mm512_add_epi32(lo, _mm512_madd_epi16(a, _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + 8 * q)))));
+      if (q + 1 < pairs) {
+        const __m512i b = _mm512_shuffle_epi8(px, mask_b);
+        hi = _mm512_add_epi32(hi, _mm512_madd_epi16(b, _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + 8 * q + 8)))));
+        lo = _mm512_add_epi32(lo, _mm512_madd_epi16(b, _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + 8 * q + 8)))));
+      }
+    }
+    __m512i s = _mm512_srai_epi32(_mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(hi, kSplitBits), lo), bias), kPrecisionBits);
+    s = _mm512_packus_epi16(_mm512_packs_epi32(s, s), zero);
+    const bool more = i + 1 < outputs;
+    store_rgb(dst[0] + i * 3, _mm_cvtsi128_si32(_mm512_castsi512_si128(s)), more);
+    store_rgb(dst[1] + i * 3, _mm_cvtsi128_si32(_mm512_extracti32x4_epi32(s, 1)), more);
+    store_rgb(dst[2] + i * 3, _mm_cvtsi128_si32(_mm512_extracti32x4_epi32(s, 2)), more);
+    store_rgb(dst[3] + i * 3, _mm_cvtsi128_si32(_mm512_extracti32x4_epi32(s, 3)), more);
+  }
+}
+
+#undef TAXON_RGB_PAIR_MASK
+
+// Vertical pass, 32 bytes of a row per step (the SSE2 kernel's scheme on 256-bit registers: every step keeps
+// byte order because unpack and pack both work within 128-bit lanes); the tail goes to the scalar loop.
+__attribute__((target("avx2"))) inline int64_t resample_vertical_avx2(const uint8_t* src, int64_t src_stride, int64_t row0,
+                                                                  int64_t row_len, int64_t j_begin, const ResampleCoeffs& c,
+                                                                  int64_t outputs, uint8_t* dst) {
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i bias = _mm256_set1_epi32(1 << (kPrecisionBits - 1));
+  const int64_t vec_end = j_begin + (row_len - j_begin) / 32 * 32;
+  for (int64_t i = 0; i < outputs; ++i) {
+    const int32_t* k = c.weights.data() + i * c.ksize;
+    const int64_t first = c.first[static_cast<size_t>(i)] - row0;
+    const int n = c.count[static_cast<size_t>(i)];
+    uint8_t* out = dst + i * row_len;
+    for (int64_t j = j_begin; j < vec_end; j += 32) {
+      __m256i hi[4] = {zero, zero, zero, zero}, lo[4] = {zero, zero, zero, zero};
+      for (int t = 0; t < n; t += 2) {
+        const int32_t k0 = k[t], k1 = t + 1 < n ? k[t + 1] : 0;
+        const uint8_t* ra = src + (first + t) * src_stride + j;
+        const uint8_t* rb = t + 1 < n ? ra + src_stride : ra;
+        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ra));
+        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rb));
+        const __m256i wh = _mm256_set1_epi32(static_cast<int32_t>((static_cast<uint32_t>(static_cast<uint16_t>(k1 >> kSplitBits)) << 16) |
+                                                                  static_cast<uint16_t>(k0 >> kSplitBits)));
+        const __m256i wl = _mm256_set1_epi32(static_cast<int32_t>((static_cast<uint32_t>(k1 & ((1 << kSplitBits) - 1)) << 16) |
+                                                                  static_cast<uint32_t>(k0 & ((1 << kSplitBits) - 1))));
+        const __m256i ab_lo = _mm256_unpacklo_epi8(a, b), ab_hi = _mm256_unpackhi_epi8(a, b);
+        const __m256i v[4] = {_mm256_unpacklo_epi8(ab_lo, zero), _mm256_unpackhi_epi8(ab_lo, zero),
+                              _mm256_unpacklo_epi8(ab_hi, zero), _mm256_unpackhi_epi8(ab_hi, zero)};
+        for (int q = 0; q < 4; ++q) {
+          hi[q] = _mm256_add_epi32(hi[q], _mm256_madd_epi16(v[q], wh));
+          lo[q] = _mm256_add_epi32(lo[q], _mm256_madd_epi16(v[q], wl));
+        }
+      }
+      __m256i s[4];
+      for (int q = 0; q < 4; ++q)
+        s[q] = _mm256_srai_epi32(_mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(hi[q], kSplitBits), lo[q]), bias), kPrecisionBits);
+      const __m256i packed = _mm256_packus_epi16(_mm256_packs_epi32(s[0], s[1]), _mm256_packs_epi32(s[2], s[3]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), packed);
+    }
+  }
+  return vec_end;
+}
+
+// The same on 512-bit registers, 64 bytes per step.
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2"))) inline int64_t resample_vertical_avx512(const uint8_t* src, int64_t src_stride, int64_t row0,
+                                                                  int64_t row_len, int64_t j_begin, const ResampleCoeffs& c,
+                                                                  int64_t outputs, uint8_t* dst) {
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i bias = _mm512_set1_epi32(1 << (kPrecisionBits - 1));
+  const int64_t vec_end = j_begin + (row_len - j_begin) / 64 * 64;
+  for (int64_t i = 0; i < outputs; ++i) {
+    const int32_t* k = c.weights.data() + i * c.ksize;
+    const int64_t first = c.first[static_cast<size_t>(i)] - row0;
+    const int n = c.count[static_cast<size_t>(i)];
+    uint8_t* out = dst + i * row_len;
+    for (int64_t j = j_begin; j < vec_end; j += 64) {
+      __m512i hi[4] = {zero, zero, zero, zero}, lo[4] = {zero, zero, zero, zero};
+      for (int t = 0; t < n; t += 2) {
+        const int32_t k0 = k[t], k1 = t + 1 < n ? k[t + 1] : 0;
+        const uint8_t* ra = src + (first + t) * src_stride + j;
+        const uint8_t* rb = t + 1 < n ? ra + src_stride : ra;
+        const __m512i a = _mm512_loadu_si512(reinterpret_cast<const void*>(ra));
+        const __m512i b = _mm512_loadu_si512(reinterpret_cast<const void*>(rb));
+        const __m512i wh = _mm512_set1_epi32(static_cast<int32_t>((static_cast<uint32_t>(static_cast<uint16_t>(k1 >> kSplitBits)) << 16) |
+                                                                  static_cast<uint16_t>(k0 >> kSplitBits)));
+        const __m512i wl = _mm512_set1_epi32(static_cast<int32_t>((static_cast<uint32_t>(k1 & ((1 << kSplitBits) - 1)) << 16) |
+                                                                  static_cast<uint32_t>(k0 & ((1 << kSplitBits) - 1))));
+        const __m512i ab_lo = _mm512_unpacklo_epi8(a, b), ab_hi = _mm512_unpackhi_epi8(a, b);
+        const __m512i v[4] = {_mm512_unpacklo_epi8(ab_lo, zero), _mm512_unpackhi_epi8(ab_lo, zero),
+                              _mm512_unpacklo_epi8(ab_hi, zero), _mm512_unpackhi_epi8(ab_hi, zero)};
+        for (int q = 0; q < 4; ++q) {
+          hi[q] = _mm512_add_epi32(hi[q], _mm512_madd_epi16(v[q], wh));
+          lo[q] = _mm512_add_epi32(lo[q], _mm512_madd_epi16(v[q], wl));
+        }
+      }
+      __m512i s[4];
+      for (int q = 0; q < 4; ++q)
+        s[q] = _mm512_srai_epi32(_mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(hi[q], kSplitBits), lo[q]), bias), kPrecisionBits);
+      const __m512i packed = _mm512_packus_epi16(_mm512_packs_epi32(s[0], s[1]), _mm512_packs_epi32(s[2], s[3]));
+      _mm512_storeu_si512(reinterpret_cast<void*>(out + j), packed);
+    }
+  }
+  return vec_end;
+}
+
+// uint8 RGB pixels -> three float planes, v * scale[c] - shift[c] (multiply then subtract, as the scalar loop, so
+// results are identical). Eight pixels (24 bytes) per step.
+__attribute__((target("avx2"))) inline int64_t normalize_rgb_avx2(const uint8_t* src, int64_t pixels, float* const dst[3],
+                                                                 const float scale[3], const float shift[3]) {
+  // Channel c of pixels 0..7 sits at bytes 3k + c: bytes 0..15 come from the first load, 16..23 from the second.
+  alignas(16) static constexpr int8_t kFromLo[3][16] = {
+      {0, 3, 6, 9, 12, 15, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128},
+      {1, 4, 7, 10, 13, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128},
+      {2, 5, 8, 11, 14, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128}};
+  alignas(16) static constexpr int8_t kFromHi[3][16] = {
+      {-128, -128, -128, -128, -128, -128, 2, 5, -128, -128, -128, -128, -128, -128, -128, -128},
+      {-128, -128, -128, -128, -128, 0, 3, 6, -128, -128, -128, -128, -128, -128, -128, -128},
+      {-128, -128, -128, -128, -128, 1, 4, 7, -128, -128, -128, -128, -128, -128, -128, -128}};
+  // Outputs larger than the cache (a batch buffer being filled) are written around it: no read-for-ownership.
+  bool stream = pixels * 3 * 4 >= (int64_t{256} << 10);
+  for (int ch = 0; ch < 3; ++ch) stream = stream && reinterpret_cast<std::uintptr_t>(dst[ch]) % 32 == 0;
+  int64_t p = 0;
+  for (; p + 8 <= pixels; p += 8) {
+    const uint8_t* at = src + 3 * p;
+    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(at));
+    const __m128i hi = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(at + 16));
+    for (int ch = 0; ch < 3; ++ch) {
+      const __m128i bytes = _mm_or_si128(_mm_shuffle_epi8(lo, _mm_load_si128(reinterpret_cast<const __m128i*>(kFromLo[ch]))),
+                                         _mm_shuffle_epi8(hi, _mm_load_si128(reinterpret_cast<const __m128i*>(kFromHi[ch]))));
+      const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+      const __m256 r = _mm256_sub_ps(_mm256_mul_ps(v, _mm256_set1_ps(scale[ch])), _mm256_set1_ps(shift[ch]));
+      if (stream) _mm256_stream_ps(dst[ch] + p, r);
+      else _mm256_storeu_ps(dst[ch] + p, r);
+    }
+  }
+  if (stream) _mm_sfence();
+  return p;  // pixels done; the caller finishes the tail
+}
+
+}  // namespace taxon::data::detail
+
+#pragma GCC diagnostic pop
+
+#endif  // TAXON_SIMD_X86_DISPATCH
