@@ -9,7 +9,7 @@ namespace taxon::test {
 inline std::vector<taxon::cpu::Isa> runnable_isas() {
   using taxon::cpu::Isa;
   std::vector<Isa> out;
-  for (Isa isa : {Isa::baseline, Isa::avx2, Isa::avx512})
+  for (Isa isa : {Isa::baseline, Isa::avx2, Isa::avx512, Isa::avx512_vnni})
     if (taxon::cpu::isa_supported(isa)) out.push_back(isa);
   return out;
 }

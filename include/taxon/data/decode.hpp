@@ -246,9 +246,9 @@ struct DecodedRegion {
 
 // Decodes at least the box `want(height, width)` returns, for callers that read only part of an image (a resize
 // + center crop reads ~3/4 of a landscape photo's columns). JPEG columns outside it skip the IDCT and colour
-// conversion, rows outside are only entropy-decoded (so a truncated file still fails). A margin of one 16-pixel
-// iMCU around the box keeps fancy upsampling's neighbours real: inside the box the pixels are bit-identical to
-// decode_image. PNGs are decoded whole.
+// conversion, rows outside are only entropy-decoded (so a truncated file still fails). An 8-pixel margin around
+// the box (fancy upsampling reaches 2 pixels) keeps every neighbour real: inside the box the pixels are
+// bit-identical to decode_image. PNGs are decoded whole.
 inline DecodedRegion decode_region(std::string_view bytes, const std::string& name,
                                    const std::function<Box(std::int64_t, std::int64_t)>& want) {
   if (sniff_format(bytes) != ImageFormat::jpeg) {
@@ -278,7 +278,7 @@ inline DecodedRegion decode_region(std::string_view bytes, const std::string& na
                   box.left + box.width <= W,
               "data.bad-box", name, ": region (top ", box.top, ", left ", box.left, ", ", box.height, "x", box.width,
               ") outside the ", H, "x", W, " image");
-  constexpr std::int64_t kMargin = 16;
+  constexpr std::int64_t kMargin = 8;
   const auto top = static_cast<JDIMENSION>(std::max<std::int64_t>(0, box.top - kMargin));
   const auto bottom = static_cast<JDIMENSION>(std::min(H, box.top + box.height + kMargin));
   auto x = static_cast<JDIMENSION>(std::max<std::int64_t>(0, box.left - kMargin));

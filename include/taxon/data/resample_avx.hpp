@@ -71,43 +71,54 @@ __attribute__((target("avx2"))) inline void resample_rows_horizontal_rgb_avx2(co
   }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2"))) inline void resample_rows_horizontal_rgb_avx512(
-    const uint8_t* src, int64_t stride, const ResampleCoeffs& c, const PairWeights& w, int64_t outputs,
-    uint8_t* const dst[4]) {
-  const __m512i mask_a = _mm512_broadcast_i32x4(_mm_setr_epi8(TAXON_RGB_PAIR_MASK(0, 3)));
-  const __m512i mask_b = _mm512_broadcast_i32x4(_mm_setr_epi8(TAXON_RGB_PAIR_MASK(6, 9)));
-  const __m512i bias = _mm512_set1_epi32(1 << (kPrecisionBits - 1));
-  const __m512i zero = _mm512_setzero_si512();
-  for (int64_t i = 0; i < outputs; ++i) {
-    const uint8_t* p = src + static_cast<int64_t>(c.first[static_cast<size_t>(i)]) * 3;
-    const int pairs = (c.count[static_cast<size_t>(i)] + 1) / 2;
-    const int16_t* wh = w.hi.data() + i * w.pairs * 8;
-    const int16_t* wl = w.lo.data() + i * w.pairs * 8;
-    __m512i hi = zero, lo = zero;
-    for (int q = 0; q < pairs; q += 2) {
-      const uint8_t* at = p + 6 * q;
-      __m512i px = _mm512_zextsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(at)));
-      px = _mm512_inserti32x4(px, _mm_loadu_si128(reinterpret_cast<const __m128i*>(at + stride)), 1);
-      px = _mm512_inserti32x4(px, _mm_loadu_si128(reinterpret_cast<const __m128i*>(at + 2 * stride)), 2);
-      px = _mm512_inserti32x4(px, _mm_loadu_si128(reinterpret_cast<const __m128i*>(at + 3 * stride)), 3);
-      const __m512i a = _mm512_shuffle_epi8(px, mask_a);
-      hi = _mm512_add_epi32(hi, _mm512_madd_epi16(a, _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + 8 * q)))));
-      lo = _mm512_add_epi32(lo, _mm512_madd_epi16(a, _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + 8 * q)))));
-      if (q + 1 < pairs) {
-        const __m512i b = _mm512_shuffle_epi8(px, mask_b);
-        hi = _mm512_add_epi32(hi, _mm512_madd_epi16(b, _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + 8 * q + 8)))));
-        lo = _mm512_add_epi32(lo, _mm512_madd_epi16(b, _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + 8 * q + 8)))));
-      }
-    }
-    __m512i s = _mm512_srai_epi32(_mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(hi, kSplitBits), lo), bias), kPrecisionBits);
-    s = _mm512_packus_epi16(_mm512_packs_epi32(s, s), zero);
-    const bool more = i + 1 < outputs;
-    store_rgb(dst[0] + i * 3, _mm_cvtsi128_si32(_mm512_castsi512_si128(s)), more);
-    store_rgb(dst[1] + i * 3, _mm_cvtsi128_si32(_mm512_extracti32x4_epi32(s, 1)), more);
-    store_rgb(dst[2] + i * 3, _mm_cvtsi128_si32(_mm512_extracti32x4_epi32(s, 2)), more);
-    store_rgb(dst[3] + i * 3, _mm_cvtsi128_si32(_mm512_extracti32x4_epi32(s, 3)), more);
-  }
+// Four rows per 512-bit register. Stamped twice: with AVX512-VNNI, vpdpwssd fuses each multiply-add pair with its
+// accumulation (Ice Lake, Zen 4 and later); without it, vpmaddwd + vpaddd.
+#define TAXON_RGB_H_AVX512(NAME, TARGET, ACC) \
+__attribute__((target(TARGET))) inline void NAME( \
+    const uint8_t* src, int64_t stride, const ResampleCoeffs& c, const PairWeights& w, int64_t outputs, \
+    uint8_t* const dst[4]) { \
+  const __m512i mask_a = _mm512_broadcast_i32x4(_mm_setr_epi8(TAXON_RGB_PAIR_MASK(0, 3))); \
+  const __m512i mask_b = _mm512_broadcast_i32x4(_mm_setr_epi8(TAXON_RGB_PAIR_MASK(6, 9))); \
+  const __m512i bias = _mm512_set1_epi32(1 << (kPrecisionBits - 1)); \
+  const __m512i zero = _mm512_setzero_si512(); \
+  for (int64_t i = 0; i < outputs; ++i) { \
+    const uint8_t* p = src + static_cast<int64_t>(c.first[static_cast<size_t>(i)]) * 3; \
+    const int pairs = (c.count[static_cast<size_t>(i)] + 1) / 2; \
+    const int16_t* wh = w.hi.data() + i * w.pairs * 8; \
+    const int16_t* wl = w.lo.data() + i * w.pairs * 8; \
+    __m512i hi = zero, lo = zero; \
+    for (int q = 0; q < pairs; q += 2) { \
+      const uint8_t* at = p + 6 * q; \
+      __m512i px = _mm512_zextsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(at))); \
+      px = _mm512_inserti32x4(px, _mm_loadu_si128(reinterpret_cast<const __m128i*>(at + stride)), 1); \
+      px = _mm512_inserti32x4(px, _mm_loadu_si128(reinterpret_cast<const __m128i*>(at + 2 * stride)), 2); \
+      px = _mm512_inserti32x4(px, _mm_loadu_si128(reinterpret_cast<const __m128i*>(at + 3 * stride)), 3); \
+      const __m512i a = _mm512_shuffle_epi8(px, mask_a); \
+      hi = ACC(hi, a, _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + 8 * q)))); \
+      lo = ACC(lo, a, _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + 8 * q)))); \
+      if (q + 1 < pairs) { \
+        const __m512i b = _mm512_shuffle_epi8(px, mask_b); \
+        hi = ACC(hi, b, _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + 8 * q + 8)))); \
+        lo = ACC(lo, b, _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + 8 * q + 8)))); \
+      } \
+    } \
+    __m512i s = _mm512_srai_epi32(_mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(hi, kSplitBits), lo), bias), kPrecisionBits); \
+    s = _mm512_packus_epi16(_mm512_packs_epi32(s, s), zero); \
+    const bool more = i + 1 < outputs; \
+    store_rgb(dst[0] + i * 3, _mm_cvtsi128_si32(_mm512_castsi512_si128(s)), more); \
+    store_rgb(dst[1] + i * 3, _mm_cvtsi128_si32(_mm512_extracti32x4_epi32(s, 1)), more); \
+    store_rgb(dst[2] + i * 3, _mm_cvtsi128_si32(_mm512_extracti32x4_epi32(s, 2)), more); \
+    store_rgb(dst[3] + i * 3, _mm_cvtsi128_si32(_mm512_extracti32x4_epi32(s, 3)), more); \
+  } \
 }
+
+#define TAXON_MADD_ADD(acc, x, w) _mm512_add_epi32(acc, _mm512_madd_epi16(x, w))
+#define TAXON_DPWSSD(acc, x, w) _mm512_dpwssd_epi32(acc, x, w)
+TAXON_RGB_H_AVX512(resample_rows_horizontal_rgb_avx512, "avx512f,avx512bw,avx512dq,avx512vl,avx2", TAXON_MADD_ADD)
+TAXON_RGB_H_AVX512(resample_rows_horizontal_rgb_avx512vnni, "avx512f,avx512bw,avx512dq,avx512vl,avx2,avx512vnni", TAXON_DPWSSD)
+#undef TAXON_MADD_ADD
+#undef TAXON_DPWSSD
+#undef TAXON_RGB_H_AVX512
 
 #undef TAXON_RGB_PAIR_MASK
 

@@ -286,16 +286,18 @@ void resample_rows_horizontal(const uint8_t* src, int64_t src_stride, int64_t ro
       max_end = std::max<int64_t>(max_end, (c.first[static_cast<size_t>(i)] + 2 * ((c.count[static_cast<size_t>(i)] + 1) / 2)) * 3 + 1);
     int64_t r = 0;
 #if defined(TAXON_SIMD_X86_DISPATCH)
-    const auto isa = taxon::cpu::active_isa();
-    if (isa != taxon::cpu::Isa::baseline) {
+    using taxon::cpu::Isa;
+    if (taxon::cpu::active_at_least(Isa::avx2)) {
       int64_t quad_end = 0;  // the wide kernels load 16 bytes per 4 taps
       for (int64_t i = 0; i < outputs; ++i) quad_end = std::max(quad_end, rgb_quad_read_end(c, i));
       const int64_t row_bytes = outputs * 3;
-      if (isa == taxon::cpu::Isa::avx512) {
+      if (taxon::cpu::active_at_least(Isa::avx512)) {
+        const bool vnni = taxon::cpu::active_at_least(Isa::avx512_vnni);
         for (; r + 4 <= rows && src + (r + 3) * src_stride + quad_end <= readable_end; r += 4) {
           uint8_t* const out[4] = {dst + r * row_bytes, dst + (r + 1) * row_bytes, dst + (r + 2) * row_bytes,
                                    dst + (r + 3) * row_bytes};
-          resample_rows_horizontal_rgb_avx512(src + r * src_stride, src_stride, c, w, outputs, out);
+          if (vnni) resample_rows_horizontal_rgb_avx512vnni(src + r * src_stride, src_stride, c, w, outputs, out);
+          else resample_rows_horizontal_rgb_avx512(src + r * src_stride, src_stride, c, w, outputs, out);
         }
       }
       for (; r + 2 <= rows && src + (r + 1) * src_stride + quad_end <= readable_end; r += 2)
@@ -351,9 +353,9 @@ inline void resample_vertical(const uint8_t* src, int64_t src_stride, int64_t ro
                               const ResampleCoeffs& c, int64_t outputs, uint8_t* dst) {
   int64_t j = 0;
 #if defined(TAXON_SIMD_X86_DISPATCH)
-  const auto isa = taxon::cpu::active_isa();
-  if (isa == taxon::cpu::Isa::avx512) j = resample_vertical_avx512(src, src_stride, row0, row_len, j, c, outputs, dst);
-  if (isa != taxon::cpu::Isa::baseline) j = resample_vertical_avx2(src, src_stride, row0, row_len, j, c, outputs, dst);
+  using taxon::cpu::Isa;
+  if (taxon::cpu::active_at_least(Isa::avx512)) j = resample_vertical_avx512(src, src_stride, row0, row_len, j, c, outputs, dst);
+  if (taxon::cpu::active_at_least(Isa::avx2)) j = resample_vertical_avx2(src, src_stride, row0, row_len, j, c, outputs, dst);
 #endif
 #if defined(__SSE2__)
   j = resample_vertical_sse2(src, src_stride, row0, row_len, j, c, outputs, dst);
@@ -444,6 +446,8 @@ inline at::Tensor resize_bicubic(const at::Tensor& image, int64_t out_h, int64_t
                   window.top + window.height <= out_h && window.left + window.width <= out_w,
               "data.bad-box", "resize window (top ", window.top, ", left ", window.left, ", ", window.height, "x",
               window.width, ") outside the ", out_h, "x", out_w, " output");
+  if (out_h == H && out_w == W && source.height == H && source.width == W && window.height == H && window.width == W)
+    return img;  // nothing to resample or crop (e.g. clip_eval on an image the dataset already decoded to 224x224)
   return detail::resize_core(img, -source.top, -source.left, source.height, source.width, out_h, out_w, window);
 }
 
@@ -545,7 +549,7 @@ inline TransformFn normalize(std::vector<double> mean, std::vector<double> stdev
     const int64_t plane = H * W;
     int64_t done = 0;  // pixels the SIMD kernel has written
 #if defined(TAXON_SIMD_X86_DISPATCH)
-    if (C == 3 && OC == 3 && taxon::cpu::active_isa() != taxon::cpu::Isa::baseline) {
+    if (C == 3 && OC == 3 && taxon::cpu::active_at_least(taxon::cpu::Isa::avx2)) {
       float scale[3], shift[3];
       for (int c = 0; c < 3; ++c) {
         scale[c] = static_cast<float>(1.0 / (255.0 * stdev[static_cast<size_t>(c)]));

@@ -76,6 +76,7 @@ namespace taxon::loss::cpu {
 #if defined(TAXON_SIMD_X86_DISPATCH)
 #define TAXON_CPU_DISPATCH(kernel, ...)                 \
   switch (active_isa()) {                               \
+    case Isa::avx512_vnni:                              \
     case Isa::avx512: return avx512::kernel(__VA_ARGS__); \
     case Isa::avx2: return avx2::kernel(__VA_ARGS__);     \
     default: return baseline::kernel(__VA_ARGS__);        \
