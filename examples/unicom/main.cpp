@@ -238,7 +238,7 @@ bool train_round(backbone::VisionTransformer& model, const fs::path& dir, const 
 
   auto train_set = std::make_shared<const Dataset>(std::make_shared<const data::Relabeled<Dataset>>(data.train, labels));
   auto loader = make_loader(train_set, data.train_transform, c, /*training=*/true);
-  auto source = [&](int64_t epoch) { return loader.epoch(epoch); };
+  auto source = [&](int64_t epoch, int64_t skip) { return loader.epoch(epoch, skip); };  // resume skips without decoding
 
   const auto summary = trainer.fit(source, train::ProgressBar("train " + dir.filename().string()),
                                    train::MetricsLog(fs::path(c.run_dir) / "metrics.jsonl", 10),

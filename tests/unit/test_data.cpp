@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -62,6 +63,7 @@ class SyntheticDataset {
         taxonomy_({"fine", "coarse"}, {taxon::data::LabelMap({"a", "b", "c", "d", "e"}), taxon::data::LabelMap({"x", "y"})}) {}
   int64_t size() const { return n_; }
   taxon::data::Sample get(int64_t i) const {
+    gets.fetch_add(1);
     if (i == fail_at_) {
       if (taxon_error_) TAXON_FAIL("data.corrupt-image", "synthetic sample ", i, " is corrupt");
       throw std::runtime_error("boom at sample " + std::to_string(i));
@@ -70,6 +72,7 @@ class SyntheticDataset {
   }
   std::vector<int64_t> labels(int64_t i) const { return {i % 5, (i % 5) < 2 ? 0 : 1}; }
   const taxon::data::Taxonomy& taxonomy() const { return taxonomy_; }
+  mutable std::atomic<int64_t> gets{0};  // samples read so far
 
  private:
   int64_t n_, fail_at_;
@@ -480,6 +483,29 @@ TEST_CASE("loader: identical batches with 0, 1 and 4 workers, each index once pe
   // pin_memory is honoured only with CUDA; it must not break CPU-only runs.
   const Loader<test_data::SyntheticDataset> pinned(ds, train, LoaderOptions(opts).workers(2).pin_memory(true));
   CHECK(at::equal(test_data::collect(pinned, 2)[3].images, b1[3].images));
+}
+
+TEST_CASE("loader: epoch(e, skip) yields the epoch's remaining batches without reading the skipped ones", "[data][loader]") {
+  using namespace taxon::data;
+  for (int workers : {0, 2}) {
+    INFO("workers " << workers);
+    const auto ds = std::make_shared<const test_data::SyntheticDataset>(50);
+    const Loader<test_data::SyntheticDataset> loader(ds, clip_train(8), LoaderOptions().batch_size(7).seed(3).workers(workers));
+    const auto full = test_data::collect(loader, 4);
+    ds->gets = 0;
+    std::vector<Batch> tail;
+    auto range = loader.epoch(4, 5);
+    CHECK(range.size() == 3);
+    for (auto& b : range) tail.push_back(b);
+    REQUIRE(tail.size() == 3);
+    for (size_t i = 0; i < tail.size(); ++i) {
+      CHECK(at::equal(tail[i].indices, full[i + 5].indices));
+      CHECK(at::equal(tail[i].images, full[i + 5].images));
+    }
+    CHECK(ds->gets.load() == 7 + 7 + 1);  // only the three remaining batches were read
+    CHECK(loader.epoch(4, 99).size() == 0);
+    REQUIRE_TAXON_ERROR(loader.epoch(4, -1), "data.bad-options");
+  }
 }
 
 TEST_CASE("loader: shards of 2 ranks partition the epoch", "[data][loader]") {

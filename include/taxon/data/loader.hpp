@@ -178,8 +178,9 @@ class Loader {
   }
 
   class Epoch;
-  // The batches of one epoch; workers start here and stop when the range is destroyed.
-  Epoch epoch(std::int64_t e) const { return Epoch(state_, e); }
+  // The batches of one epoch; workers start here and stop when the range is destroyed. `skip` leaves out the
+  // first batches without reading or decoding them (resuming mid-epoch); the rest are the same batches.
+  Epoch epoch(std::int64_t e, std::int64_t skip = 0) const { return Epoch(state_, e, skip); }
 
  private:
   struct Shared {
@@ -281,11 +282,14 @@ class Loader {
  public:
   class Epoch {
    public:
-    Epoch(std::shared_ptr<Shared> state, std::int64_t epoch) : state_(std::move(state)), epoch_(epoch) {
+    Epoch(std::shared_ptr<Shared> state, std::int64_t epoch, std::int64_t skip = 0)
+        : state_(std::move(state)), epoch_(epoch) {
+      TAXON_CHECK(skip >= 0, "data.bad-options", "cannot skip ", skip, " batches");
       order_ = epoch_order(state_->dataset->size(), epoch_, state_->options);
       const auto n = static_cast<std::int64_t>(order_.size());
       const auto bs = state_->options.batch_size();
       num_batches_ = state_->options.drop_last() ? n / bs : (n + bs - 1) / bs;
+      first_ = claimed_ = consumed_ = std::min(skip, num_batches_);
       window_ = static_cast<std::int64_t>(state_->options.workers()) * state_->options.prefetch();
       // The Loader's persistent workers, unless another epoch of this Loader is still using them.
       if (state_->options.workers() > 0) pooled_ = state_->pool_threads.try_start([this] { work(); });
@@ -296,7 +300,7 @@ class Loader {
     Epoch& operator=(const Epoch&) = delete;
     ~Epoch() { stop(); }
 
-    std::int64_t size() const { return num_batches_; }
+    std::int64_t size() const { return num_batches_ - first_; }
 
     // The next batch in order, or nullopt at the end of the epoch.
     std::optional<Batch> next() {
@@ -390,7 +394,7 @@ class Loader {
     std::shared_ptr<Shared> state_;
     std::int64_t epoch_;
     std::vector<std::int64_t> order_;
-    std::int64_t num_batches_ = 0, window_ = 1;
+    std::int64_t num_batches_ = 0, window_ = 1, first_ = 0;
     std::mutex mutex_;
     std::condition_variable ready_cv_, space_cv_;
     std::map<std::int64_t, Result> results_;
