@@ -37,35 +37,57 @@ inline void store_rgb(uint8_t* out, int32_t rgbx, bool more_follow) {
   else std::memcpy(out, &rgbx, 3);
 }
 
+// Packs four outputs' int32 (R, G, B, 0) per 128-bit lane into 12 RGB bytes (+4 zero bytes) per lane.
+#define TAXON_RGB_COMPACT 0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -128, -128, -128, -128
+
+#define TAXON_WEIGHTS256(at) _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(at)))
+
+// Two rows per 256-bit register, one per 128-bit lane; returns one output position's clipped int32 values.
+__attribute__((target("avx2"), always_inline)) inline __m256i rgb_h_output_avx2(const uint8_t* src, int64_t stride,
+                                                                              const ResampleCoeffs& c,
+                                                                              const PairWeights& w, int64_t i) {
+  const __m256i mask_a = _mm256_setr_epi8(TAXON_RGB_PAIR_MASK(0, 3), TAXON_RGB_PAIR_MASK(0, 3));
+  const __m256i mask_b = _mm256_setr_epi8(TAXON_RGB_PAIR_MASK(6, 9), TAXON_RGB_PAIR_MASK(6, 9));
+  const uint8_t* p = src + static_cast<int64_t>(c.first[static_cast<size_t>(i)]) * 3;
+  const int pairs = (c.count[static_cast<size_t>(i)] + 1) / 2;
+  const int16_t* wh = w.hi.data() + i * w.pairs * 8;
+  const int16_t* wl = w.lo.data() + i * w.pairs * 8;
+  __m256i hi = _mm256_setzero_si256(), lo = _mm256_setzero_si256();
+  for (int q = 0; q < pairs; q += 2) {
+    const __m256i px = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 6 * q))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + stride + 6 * q)), 1);
+    const __m256i a = _mm256_shuffle_epi8(px, mask_a);
+    hi = _mm256_add_epi32(hi, _mm256_madd_epi16(a, TAXON_WEIGHTS256(wh + 8 * q)));
+    lo = _mm256_add_epi32(lo, _mm256_madd_epi16(a, TAXON_WEIGHTS256(wl + 8 * q)));
+    if (q + 1 < pairs) {
+      const __m256i b = _mm256_shuffle_epi8(px, mask_b);
+      hi = _mm256_add_epi32(hi, _mm256_madd_epi16(b, TAXON_WEIGHTS256(wh + 8 * q + 8)));
+      lo = _mm256_add_epi32(lo, _mm256_madd_epi16(b, TAXON_WEIGHTS256(wl + 8 * q + 8)));
+    }
+  }
+  const __m256i bias = _mm256_set1_epi32(1 << (kPrecisionBits - 1));
+  return _mm256_srai_epi32(_mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(hi, kSplitBits), lo), bias), kPrecisionBits);
+}
+
+// Four outputs at a time are packed together and written with one 16-byte store per row (12 bytes used; the
+// other 4 belong to the next outputs, written later), while at least 6 outputs remain so no store leaves the row.
 __attribute__((target("avx2"))) inline void resample_rows_horizontal_rgb_avx2(const uint8_t* src, int64_t stride,
                                                                              const ResampleCoeffs& c,
                                                                              const PairWeights& w, int64_t outputs,
                                                                              uint8_t* dst0, uint8_t* dst1) {
-  const __m256i mask_a = _mm256_setr_epi8(TAXON_RGB_PAIR_MASK(0, 3), TAXON_RGB_PAIR_MASK(0, 3));
-  const __m256i mask_b = _mm256_setr_epi8(TAXON_RGB_PAIR_MASK(6, 9), TAXON_RGB_PAIR_MASK(6, 9));
-  const __m256i bias = _mm256_set1_epi32(1 << (kPrecisionBits - 1));
+  const __m256i compact = _mm256_setr_epi8(TAXON_RGB_COMPACT, TAXON_RGB_COMPACT);
   const __m256i zero = _mm256_setzero_si256();
-  for (int64_t i = 0; i < outputs; ++i) {
-    const uint8_t* p = src + static_cast<int64_t>(c.first[static_cast<size_t>(i)]) * 3;
-    const int pairs = (c.count[static_cast<size_t>(i)] + 1) / 2;
-    const int16_t* wh = w.hi.data() + i * w.pairs * 8;
-    const int16_t* wl = w.lo.data() + i * w.pairs * 8;
-    __m256i hi = zero, lo = zero;
-    for (int q = 0; q < pairs; q += 2) {
-      const __m256i px = _mm256_inserti128_si256(
-          _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 6 * q))),
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + stride + 6 * q)), 1);
-      const __m256i a = _mm256_shuffle_epi8(px, mask_a);
-      hi = _mm256_add_epi32(hi, _mm256_madd_epi16(a, _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + 8 * q)))));
-      lo = _mm256_add_epi32(lo, _mm256_madd_epi16(a, _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + 8 * q)))));
-      if (q + 1 < pairs) {
-        const __m256i b = _mm256_shuffle_epi8(px, mask_b);
-        hi = _mm256_add_epi32(hi, _mm256_madd_epi16(b, _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + 8 * q + 8)))));
-        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(b, _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wl + 8 * q + 8)))));
-      }
-    }
-    __m256i s = _mm256_srai_epi32(_mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(hi, kSplitBits), lo), bias), kPrecisionBits);
-    s = _mm256_packus_epi16(_mm256_packs_epi32(s, s), zero);  // saturation = Pillow's clip8
+  int64_t i = 0;
+  for (; i + 6 <= outputs; i += 4) {
+    const __m256i s01 = _mm256_packs_epi32(rgb_h_output_avx2(src, stride, c, w, i), rgb_h_output_avx2(src, stride, c, w, i + 1));
+    const __m256i s23 = _mm256_packs_epi32(rgb_h_output_avx2(src, stride, c, w, i + 2), rgb_h_output_avx2(src, stride, c, w, i + 3));
+    const __m256i px = _mm256_shuffle_epi8(_mm256_packus_epi16(s01, s23), compact);  // saturation = Pillow's clip8
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst0 + i * 3), _mm256_castsi256_si128(px));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst1 + i * 3), _mm256_extracti128_si256(px, 1));
+  }
+  for (; i < outputs; ++i) {
+    const __m256i s = _mm256_packus_epi16(_mm256_packs_epi32(rgb_h_output_avx2(src, stride, c, w, i), zero), zero);
     store_rgb(dst0 + i * 3, _mm256_cvtsi256_si32(s), i + 1 < outputs);
     store_rgb(dst1 + i * 3, _mm_cvtsi128_si32(_mm256_extracti128_si256(s, 1)), i + 1 < outputs);
   }
@@ -119,6 +141,8 @@ TAXON_RGB_H_AVX512(resample_rows_horizontal_rgb_avx512vnni, "avx512f,avx512bw,av
 #undef TAXON_MADD_ADD
 #undef TAXON_DPWSSD
 #undef TAXON_RGB_H_AVX512
+#undef TAXON_RGB_COMPACT
+#undef TAXON_WEIGHTS256
 
 #undef TAXON_RGB_PAIR_MASK
 
