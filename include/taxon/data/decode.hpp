@@ -128,6 +128,22 @@ inline int jpeg_stage_read_region(jpeg_decompress_struct* cinfo, JpegError* err,
   return 0;
 }
 
+// A decompressor whose errors longjmp to the stage functions above, destroyed on scope exit.
+struct JpegDecompressor {
+  jpeg_decompress_struct cinfo{};
+  JpegError err{};
+  JpegDecompressor() {
+    cinfo.err = jpeg_std_error(&err.mgr);
+    err.mgr.error_exit = taxon_jpeg_error_exit;
+    err.mgr.emit_message = taxon_jpeg_emit_message;
+    err.mgr.output_message = taxon_jpeg_silent;
+    jpeg_create_decompress(&cinfo);
+  }
+  ~JpegDecompressor() { jpeg_destroy_decompress(&cinfo); }
+  JpegDecompressor(const JpegDecompressor&) = delete;  // cinfo.err points into this object
+  JpegDecompressor& operator=(const JpegDecompressor&) = delete;
+};
+
 struct PngReader {
   const unsigned char* data;
   std::size_t size;
@@ -178,17 +194,9 @@ inline int png_stage_read(png_structp png, png_bytepp rows) {
 // shorter side stays >= min_side (what PIL's draft() does); 0 decodes at full size.
 inline at::Tensor decode_jpeg(std::string_view bytes, const std::string& name, int min_side = 0) {
   TAXON_CHECK(!bytes.empty(), "data.corrupt-image", name, ": empty file (0 bytes)");
-  jpeg_decompress_struct cinfo{};
-  detail::JpegError err{};
-  cinfo.err = jpeg_std_error(&err.mgr);
-  err.mgr.error_exit = detail::taxon_jpeg_error_exit;
-  err.mgr.emit_message = detail::taxon_jpeg_emit_message;
-  err.mgr.output_message = detail::taxon_jpeg_silent;
-  jpeg_create_decompress(&cinfo);
-  struct Destroy {
-    jpeg_decompress_struct* c;
-    ~Destroy() { jpeg_destroy_decompress(c); }
-  } destroy{&cinfo};
+  detail::JpegDecompressor d;
+  auto& cinfo = d.cinfo;
+  auto& err = d.err;
   if (detail::jpeg_stage_start(&cinfo, &err, reinterpret_cast<const unsigned char*>(bytes.data()),
                                static_cast<unsigned long>(bytes.size()), min_side) != 0)
     TAXON_FAIL("data.corrupt-image", name, ": cannot decode JPEG: ", err.message);
@@ -258,17 +266,9 @@ inline DecodedRegion decode_region(std::string_view bytes, const std::string& na
                 "data.bad-box", name, ": region outside the ", full.size(0), "x", full.size(1), " image");
     return {full, 0, 0, full.size(0), full.size(1)};
   }
-  jpeg_decompress_struct cinfo{};
-  detail::JpegError err{};
-  cinfo.err = jpeg_std_error(&err.mgr);
-  err.mgr.error_exit = detail::taxon_jpeg_error_exit;
-  err.mgr.emit_message = detail::taxon_jpeg_emit_message;
-  err.mgr.output_message = detail::taxon_jpeg_silent;
-  jpeg_create_decompress(&cinfo);
-  struct Destroy {
-    jpeg_decompress_struct* c;
-    ~Destroy() { jpeg_destroy_decompress(c); }
-  } destroy{&cinfo};
+  detail::JpegDecompressor d;
+  auto& cinfo = d.cinfo;
+  auto& err = d.err;
   if (detail::jpeg_stage_header(&cinfo, &err, reinterpret_cast<const unsigned char*>(bytes.data()),
                                 static_cast<unsigned long>(bytes.size())) != 0)
     TAXON_FAIL("data.corrupt-image", name, ": cannot decode JPEG: ", err.message);

@@ -17,14 +17,7 @@ namespace detail {
 inline Box resize_support(int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w, const Box& window) {
   const auto span = [](int64_t in, int64_t out, int64_t begin, int64_t n) -> std::pair<int64_t, int64_t> {
     if (in == out) return {begin, begin + n};
-    const auto entry = cached_coeffs(in, out, begin, n);
-    const auto& c = entry->coeffs;
-    int64_t lo = in, hi = 0;
-    for (std::size_t i = 0; i < c.first.size(); ++i) {
-      lo = std::min<int64_t>(lo, c.first[i]);
-      hi = std::max<int64_t>(hi, c.first[i] + c.count[i]);
-    }
-    return {lo, hi};
+    return input_span(cached_coeffs(in, out, begin, n)->coeffs);
   };
   const auto [r0, r1] = span(in_h, out_h, window.top, window.height);
   const auto [c0, c1] = span(in_w, out_w, window.left, window.width);

@@ -26,6 +26,7 @@
 #include <initializer_list>
 #include <memory>
 #include <random>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -372,6 +373,16 @@ inline void check_hwc_u8(const at::Tensor& image, const char* what) {
 
 namespace detail {
 
+// [first, last) input positions a pass reads over all its outputs.
+inline std::pair<int64_t, int64_t> input_span(const ResampleCoeffs& c) {
+  int64_t first = c.first.empty() ? 0 : c.first.front(), last = first;
+  for (std::size_t i = 0; i < c.first.size(); ++i) {
+    first = std::min<int64_t>(first, c.first[i]);
+    last = std::max<int64_t>(last, c.first[i] + c.count[i]);
+  }
+  return {first, last};
+}
+
 // The resize itself: the virtual in_h x in_w source has pixel (y, x) at img[y - vy][x - vx]; img need only hold
 // the pixels the output window reads (a decoded region, or a full image with a source box at (-vy, -vx)).
 inline at::Tensor resize_core(const at::Tensor& img, int64_t vy, int64_t vx, int64_t in_h, int64_t in_w, int64_t out_h,
@@ -384,21 +395,15 @@ inline at::Tensor resize_core(const at::Tensor& img, int64_t vy, int64_t vx, int
   at::Tensor out = at::empty({window.height, window.width, C}, at::kByte);
 
   std::shared_ptr<const CoeffEntry> vertical, horizontal;
-  int64_t row_first = window.top - vy, row_last = window.top + window.height - vy;  // rows of img read
+  auto [row_first, row_last] = std::pair{window.top - vy, window.top + window.height - vy};  // rows of img read
   if (need_v) {
     vertical = cached_coeffs(in_h, out_h, window.top, window.height, vy);
-    const auto& vc = vertical->coeffs;
-    row_first = vc.first.front();
-    row_last = 0;
-    for (size_t i = 0; i < vc.first.size(); ++i) row_last = std::max<int64_t>(row_last, vc.first[i] + vc.count[i]);
+    std::tie(row_first, row_last) = input_span(vertical->coeffs);
   }
-  int64_t col_first = window.left - vx, col_last = window.left + window.width - vx;  // columns of img read
+  auto [col_first, col_last] = std::pair{window.left - vx, window.left + window.width - vx};  // columns read
   if (need_h) {
     horizontal = cached_coeffs(in_w, out_w, window.left, window.width, vx);
-    const auto& hc = horizontal->coeffs;
-    col_first = hc.first.front();
-    col_last = 0;
-    for (size_t i = 0; i < hc.first.size(); ++i) col_last = std::max<int64_t>(col_last, hc.first[i] + hc.count[i]);
+    std::tie(col_first, col_last) = input_span(horizontal->coeffs);
   }
   TAXON_CHECK(row_first >= 0 && row_last <= H && col_first >= 0 && col_last <= W, "data.bad-box", "resize reads rows [",
               row_first, ", ", row_last, ") and columns [", col_first, ", ", col_last, ") of a ", H, "x", W, " buffer");

@@ -8,15 +8,12 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <string_view>
 
 #if !defined(__GNUC__)
 #error "taxon's fused CPU loss kernels need GCC or Clang vector extensions"
 #endif
-
 
 namespace taxon::loss::cpu {
 
