@@ -13,7 +13,7 @@ namespace taxon::cpu {
 
 // Instruction sets with a compiled variant, in increasing order; `TAXON_CPU_ISA=baseline|avx2|avx512|avx512_vnni`
 // caps the choice (tests use it to run every variant the machine supports). avx512 means F, DQ, BW and VL
-// (Skylake-X, Zen 4 and later); avx512_vnni adds the VNNI dot products (Ice Lake, Zen 4 and later).
+// (Skylake-X, Zen 4 and later); avx512_vnni adds VNNI dot products and VBMI byte permutes (Ice Lake, Zen 4 and later).
 enum class Isa { baseline, avx2, avx512, avx512_vnni };
 
 inline const char* isa_name(Isa isa) {
@@ -29,7 +29,8 @@ inline bool isa_supported(Isa isa) {
 #if defined(TAXON_SIMD_X86_DISPATCH)
   __builtin_cpu_init();
   switch (isa) {
-    case Isa::avx512_vnni: return isa_supported(Isa::avx512) && __builtin_cpu_supports("avx512vnni");
+    case Isa::avx512_vnni:
+      return isa_supported(Isa::avx512) && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
     case Isa::avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");

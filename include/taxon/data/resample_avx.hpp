@@ -9,6 +9,7 @@
 #if defined(TAXON_SIMD_X86_DISPATCH)
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -93,8 +94,7 @@ __attribute__((target("avx2"))) inline void resample_rows_horizontal_rgb_avx2(co
   }
 }
 
-// Four rows per 512-bit register. Stamped twice: with AVX512-VNNI, vpdpwssd fuses each multiply-add pair with its
-// accumulation (Ice Lake, Zen 4 and later); without it, vpmaddwd + vpaddd.
+// Four rows per 512-bit register.
 #define TAXON_RGB_H_AVX512(NAME, TARGET, ACC) \
 __attribute__((target(TARGET))) inline void NAME( \
     const uint8_t* src, int64_t stride, const ResampleCoeffs& c, const PairWeights& w, int64_t outputs, \
@@ -135,14 +135,56 @@ __attribute__((target(TARGET))) inline void NAME( \
 }
 
 #define TAXON_MADD_ADD(acc, x, w) _mm512_add_epi32(acc, _mm512_madd_epi16(x, w))
-#define TAXON_DPWSSD(acc, x, w) _mm512_dpwssd_epi32(acc, x, w)
 TAXON_RGB_H_AVX512(resample_rows_horizontal_rgb_avx512, "avx512f,avx512bw,avx512dq,avx512vl,avx2", TAXON_MADD_ADD)
-TAXON_RGB_H_AVX512(resample_rows_horizontal_rgb_avx512vnni, "avx512f,avx512bw,avx512dq,avx512vl,avx2,avx512vnni", TAXON_DPWSSD)
 #undef TAXON_MADD_ADD
-#undef TAXON_DPWSSD
 #undef TAXON_RGB_H_AVX512
-#undef TAXON_RGB_COMPACT
-#undef TAXON_WEIGHTS256
+
+// Four output positions per register (see QuadGather) for four rows at a time, which share the tables: one
+// 64-byte load per row serves the group, vpermb builds each tap pair's operand for all four positions, vpdpwssd
+// multiplies and accumulates. Needs VBMI and VNNI (Ice Lake, Zen 4 and later).
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,avx512vnni,avx512vbmi"))) inline void
+resample_rows_horizontal_rgb_vbmi(const uint8_t* src, int64_t stride, int64_t rows, const uint8_t* readable_end,
+                                  const QuadGather& g, uint8_t* dst, int64_t dst_stride) {
+  constexpr int kRows = 4;
+  const __mmask64 low_bytes = 0x0555055505550555ULL;  // per lane: low bytes of int16 slots 0..5 (R, G, B pairs)
+  const __m512i bias = _mm512_set1_epi32(1 << (kPrecisionBits - 1));
+  const __m512i zero = _mm512_setzero_si512(), top = _mm512_set1_epi32(255);
+  // Byte 0 of the R, G, B int32 of each lane's output, packed into 12 bytes.
+  const __m512i gather_out = _mm512_set_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                             0, 0, 0, 0, 56, 52, 48, 40, 36, 32, 24, 20, 16, 8, 4, 0);
+  for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+    const int n = static_cast<int>(std::min<int64_t>(kRows, rows - r0));
+    for (int64_t q = 0; q < g.groups; ++q) {
+      __m512i data[kRows], hi[kRows], lo[kRows];
+      for (int r = 0; r < kRows; ++r) {
+        const uint8_t* p = src + (r0 + std::min(r, n - 1)) * stride + static_cast<int64_t>(g.base[static_cast<size_t>(q)]) * 3;
+        const int64_t avail = readable_end - p;  // masked loads never touch memory past the image
+        data[r] = avail >= 64 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(avail <= 0 ? 0 : (~0ULL >> (64 - avail)), p);
+        hi[r] = lo[r] = zero;
+      }
+      const uint8_t* index = g.index.data() + q * g.pairs * 64;
+      const int16_t* wh = g.hi.data() + q * g.pairs * 32;
+      const int16_t* wl = g.lo.data() + q * g.pairs * 32;
+      for (int k = 0; k < g.pairs; ++k) {
+        const __m512i idx = _mm512_loadu_si512(index + 64 * k);
+        const __m512i whk = _mm512_loadu_si512(wh + 32 * k), wlk = _mm512_loadu_si512(wl + 32 * k);
+        for (int r = 0; r < kRows; ++r) {
+          const __m512i v = _mm512_maskz_permutexvar_epi8(low_bytes, idx, data[r]);
+          hi[r] = _mm512_dpwssd_epi32(hi[r], v, whk);
+          lo[r] = _mm512_dpwssd_epi32(lo[r], v, wlk);
+        }
+      }
+      for (int r = 0; r < n; ++r) {
+        __m512i s = _mm512_srai_epi32(_mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(hi[r], kSplitBits), lo[r]), bias),
+                                      kPrecisionBits);
+        s = _mm512_min_epi32(_mm512_max_epi32(s, zero), top);  // Pillow's clip8
+        _mm512_mask_storeu_epi8(dst + (r0 + r) * dst_stride + 12 * q, 0xFFF, _mm512_permutexvar_epi8(gather_out, s));
+      }
+    }
+  }
+}
 
 #undef TAXON_RGB_PAIR_MASK
 

@@ -122,6 +122,17 @@ void resample_row_horizontal(const uint8_t* in, const ResampleCoeffs& c, int64_t
   }
 }
 
+// Output position i of one RGB row (the scalar algorithm), for the few outputs a grouped kernel leaves over.
+inline void resample_one_rgb(const uint8_t* in, const ResampleCoeffs& c, int64_t i, uint8_t* out) {
+  const int32_t* k = c.weights.data() + i * c.ksize;
+  const uint8_t* p = in + static_cast<int64_t>(c.first[static_cast<size_t>(i)]) * 3;
+  for (int ch = 0; ch < 3; ++ch) {
+    int32_t s = 1 << (kPrecisionBits - 1);
+    for (int t = 0; t < c.count[static_cast<size_t>(i)]; ++t) s += static_cast<int32_t>(p[t * 3 + ch]) * k[t];
+    out[i * 3 + ch] = clip8(s);
+  }
+}
+
 #if defined(__SSE2__)
 // SSE2 kernels. PIL's 22-bit weights do not fit int16, so each weight is split exactly as k = hi * 2^11 + lo
 // (lo in [0, 2048)) and sum(v * k) = 2^11 * sum(v * hi) + sum(v * lo), each half computed with pmaddwd on pairs
@@ -153,6 +164,51 @@ inline PairWeights pair_weights(const ResampleCoeffs& c, int64_t outputs, int la
         }
   }
   return w;
+}
+
+// Tables for the AVX-512 VBMI horizontal kernel: outputs in groups of 4 (one per 128-bit lane) read one 64-byte
+// window of the row, and per tap pair a byte permute builds the pmaddwd operand of all 4 from it. Usable when
+// every group's taps fit in 21 pixels (63 bytes): downscales up to about 2x, e.g. CLIP's 500 -> 298.
+struct QuadGather {
+  int pairs = 0;                  // tap pairs per group (the group's maximum)
+  int64_t groups = 0;             // outputs / 4; the last outputs % 4 are left to other kernels
+  std::vector<int32_t> base;      // [groups] first pixel of each group's window
+  std::vector<uint8_t> index;     // [groups, pairs, 64] byte of the window for each int16 slot (low bytes)
+  std::vector<int16_t> hi, lo;    // [groups, pairs, 32] the split weights, slots as index
+  bool usable = false;
+};
+
+inline QuadGather quad_gather(const ResampleCoeffs& c, int64_t outputs) {
+  QuadGather g;
+  g.groups = outputs / 4;
+  if (g.groups == 0) return g;
+  for (int64_t i = 0; i < g.groups * 4; ++i) g.pairs = std::max(g.pairs, (c.count[static_cast<size_t>(i)] + 1) / 2);
+  g.base.resize(static_cast<size_t>(g.groups));
+  g.index.assign(static_cast<size_t>(g.groups * g.pairs * 64), 0);
+  g.hi.assign(static_cast<size_t>(g.groups * g.pairs * 32), 0);
+  g.lo.assign(static_cast<size_t>(g.groups * g.pairs * 32), 0);
+  for (int64_t q = 0; q < g.groups; ++q) {
+    const int base = c.first[static_cast<size_t>(4 * q)];
+    g.base[static_cast<size_t>(q)] = base;
+    for (int lane = 0; lane < 4; ++lane) {
+      const auto i = static_cast<size_t>(4 * q + lane);
+      const int offset = c.first[i] - base, n = c.count[i];
+      if (offset < 0 || (offset + n) * 3 > 64) return QuadGather{};  // taps outside the window: not usable
+      const int32_t* k = c.weights.data() + static_cast<int64_t>(i) * c.ksize;
+      for (int p = 0; p < g.pairs; ++p)
+        for (int ch = 0; ch < 3; ++ch)
+          for (int half = 0; half < 2; ++half) {
+            const int t = 2 * p + half, slot = lane * 8 + ch * 2 + half;
+            const size_t at = static_cast<size_t>((q * g.pairs + p) * 32 + slot);
+            g.index[static_cast<size_t>((q * g.pairs + p) * 64 + 2 * slot)] = static_cast<uint8_t>(((offset + t) * 3 + ch) & 63);
+            const int32_t kt = t < n ? k[t] : 0;  // taps past the count weigh 0, whatever byte they read
+            g.hi[at] = static_cast<int16_t>(kt >> kSplitBits);
+            g.lo[at] = static_cast<int16_t>(kt & ((1 << kSplitBits) - 1));
+          }
+    }
+  }
+  g.usable = true;
+  return g;
 }
 
 inline __m128i load3px(const uint8_t* p) {
@@ -237,8 +293,16 @@ struct CoeffEntry {
     }
     return pairs;
   }
+  const QuadGather& rgb_quads() const {
+    if (!quads_ready) {
+      quads = quad_gather(coeffs, static_cast<int64_t>(coeffs.first.size()));
+      quads_ready = true;
+    }
+    return quads;
+  }
   mutable PairWeights pairs;
-  mutable bool pairs_ready = false;
+  mutable QuadGather quads;
+  mutable bool pairs_ready = false, quads_ready = false;
 #endif
 };
 
@@ -292,13 +356,17 @@ void resample_rows_horizontal(const uint8_t* src, int64_t src_stride, int64_t ro
       int64_t quad_end = 0;  // the wide kernels load 16 bytes per 4 taps
       for (int64_t i = 0; i < outputs; ++i) quad_end = std::max(quad_end, rgb_quad_read_end(c, i));
       const int64_t row_bytes = outputs * 3;
+      if (taxon::cpu::active_at_least(Isa::avx512_vnni) && e.rgb_quads().usable) {
+        const QuadGather& quads = e.rgb_quads();
+        resample_rows_horizontal_rgb_vbmi(src, src_stride, rows, readable_end, quads, dst, row_bytes);
+        for (; r < rows; ++r)
+          for (int64_t i = quads.groups * 4; i < outputs; ++i) resample_one_rgb(src + r * src_stride, c, i, dst + r * row_bytes);
+      }
       if (taxon::cpu::active_at_least(Isa::avx512)) {
-        const bool vnni = taxon::cpu::active_at_least(Isa::avx512_vnni);
         for (; r + 4 <= rows && src + (r + 3) * src_stride + quad_end <= readable_end; r += 4) {
           uint8_t* const out[4] = {dst + r * row_bytes, dst + (r + 1) * row_bytes, dst + (r + 2) * row_bytes,
                                    dst + (r + 3) * row_bytes};
-          if (vnni) resample_rows_horizontal_rgb_avx512vnni(src + r * src_stride, src_stride, c, w, outputs, out);
-          else resample_rows_horizontal_rgb_avx512(src + r * src_stride, src_stride, c, w, outputs, out);
+          resample_rows_horizontal_rgb_avx512(src + r * src_stride, src_stride, c, w, outputs, out);
         }
       }
       for (; r + 2 <= rows && src + (r + 1) * src_stride + quad_end <= readable_end; r += 2)
