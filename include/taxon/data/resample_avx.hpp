@@ -188,90 +188,52 @@ resample_rows_horizontal_rgb_vbmi(const uint8_t* src, int64_t stride, int64_t ro
 
 #undef TAXON_RGB_PAIR_MASK
 
-// Vertical pass, 32 bytes of a row per step (the SSE2 kernel's scheme on 256-bit registers: every step keeps
-// byte order because unpack and pack both work within 128-bit lanes); the tail goes to the scalar loop.
-__attribute__((target("avx2"))) inline int64_t resample_vertical_avx2(const uint8_t* src, int64_t src_stride, int64_t row0,
-                                                                  int64_t row_len, int64_t j_begin, const ResampleCoeffs& c,
-                                                                  int64_t outputs, uint8_t* dst) {
-  const __m256i zero = _mm256_setzero_si256();
-  const __m256i bias = _mm256_set1_epi32(1 << (kPrecisionBits - 1));
-  const int64_t vec_end = j_begin + (row_len - j_begin) / 32 * 32;
-  for (int64_t i = 0; i < outputs; ++i) {
-    const int32_t* k = c.weights.data() + i * c.ksize;
-    const int64_t first = c.first[static_cast<size_t>(i)] - row0;
-    const int n = c.count[static_cast<size_t>(i)];
-    uint8_t* out = dst + i * row_len;
-    for (int64_t j = j_begin; j < vec_end; j += 32) {
-      __m256i hi[4] = {zero, zero, zero, zero}, lo[4] = {zero, zero, zero, zero};
-      for (int t = 0; t < n; t += 2) {
-        const int32_t k0 = k[t], k1 = t + 1 < n ? k[t + 1] : 0;
-        const uint8_t* ra = src + (first + t) * src_stride + j;
-        const uint8_t* rb = t + 1 < n ? ra + src_stride : ra;
-        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ra));
-        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rb));
-        const __m256i wh = _mm256_set1_epi32(static_cast<int32_t>((static_cast<uint32_t>(static_cast<uint16_t>(k1 >> kSplitBits)) << 16) |
-                                                                  static_cast<uint16_t>(k0 >> kSplitBits)));
-        const __m256i wl = _mm256_set1_epi32(static_cast<int32_t>((static_cast<uint32_t>(k1 & ((1 << kSplitBits) - 1)) << 16) |
-                                                                  static_cast<uint32_t>(k0 & ((1 << kSplitBits) - 1))));
-        const __m256i ab_lo = _mm256_unpacklo_epi8(a, b), ab_hi = _mm256_unpackhi_epi8(a, b);
-        const __m256i v[4] = {_mm256_unpacklo_epi8(ab_lo, zero), _mm256_unpackhi_epi8(ab_lo, zero),
-                              _mm256_unpacklo_epi8(ab_hi, zero), _mm256_unpackhi_epi8(ab_hi, zero)};
-        for (int q = 0; q < 4; ++q) {
-          hi[q] = _mm256_add_epi32(hi[q], _mm256_madd_epi16(v[q], wh));
-          lo[q] = _mm256_add_epi32(lo[q], _mm256_madd_epi16(v[q], wl));
-        }
-      }
-      __m256i s[4];
-      for (int q = 0; q < 4; ++q)
-        s[q] = _mm256_srai_epi32(_mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(hi[q], kSplitBits), lo[q]), bias), kPrecisionBits);
-      const __m256i packed = _mm256_packus_epi16(_mm256_packs_epi32(s[0], s[1]), _mm256_packs_epi32(s[2], s[3]));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), packed);
-    }
+// Vertical pass, one register width of a row per step: the SSE2 kernel's scheme on 256/512-bit registers (byte
+// order survives because unpack and pack both work within 128-bit lanes). Stamped for AVX2 (P = _mm256, 32 bytes)
+// and AVX-512 (P = _mm512, 64 bytes); returns the first column left for a narrower kernel.
+#define TAXON_VERTICAL_KERNEL(NAME, TARGET, V, P, S, BYTES)                                                          \
+  __attribute__((target(TARGET))) inline int64_t NAME(const uint8_t* src, int64_t src_stride, int64_t row0,          \
+                                                      int64_t row_len, int64_t j_begin, const ResampleCoeffs& c,     \
+                                                      int64_t outputs, uint8_t* dst) {                               \
+    const V zero = P##_setzero_##S();                                                                                \
+    const V bias = P##_set1_epi32(1 << (kPrecisionBits - 1));                                                        \
+    const int64_t vec_end = j_begin + (row_len - j_begin) / BYTES * BYTES;                                           \
+    for (int64_t i = 0; i < outputs; ++i) {                                                                          \
+      const int32_t* k = c.weights.data() + i * c.ksize;                                                             \
+      const int64_t first = c.first[static_cast<size_t>(i)] - row0;                                                  \
+      const int n = c.count[static_cast<size_t>(i)];                                                                 \
+      uint8_t* out = dst + i * row_len;                                                                              \
+      for (int64_t j = j_begin; j < vec_end; j += BYTES) {                                                           \
+        V hi[4] = {zero, zero, zero, zero}, lo[4] = {zero, zero, zero, zero};                                        \
+        for (int t = 0; t < n; t += 2) {                                                                             \
+          const int32_t k0 = k[t], k1 = t + 1 < n ? k[t + 1] : 0;                                                    \
+          const uint8_t* ra = src + (first + t) * src_stride + j;                                                    \
+          const uint8_t* rb = t + 1 < n ? ra + src_stride : ra;                                                      \
+          const V a = P##_loadu_##S(reinterpret_cast<const V*>(ra));                                                 \
+          const V b = P##_loadu_##S(reinterpret_cast<const V*>(rb));                                                 \
+          const V wh = P##_set1_epi32(weight_pair_hi(k0, k1)), wl = P##_set1_epi32(weight_pair_lo(k0, k1));          \
+          const V ab_lo = P##_unpacklo_epi8(a, b), ab_hi = P##_unpackhi_epi8(a, b);                                  \
+          const V v[4] = {P##_unpacklo_epi8(ab_lo, zero), P##_unpackhi_epi8(ab_lo, zero),                            \
+                          P##_unpacklo_epi8(ab_hi, zero), P##_unpackhi_epi8(ab_hi, zero)};                           \
+          for (int q = 0; q < 4; ++q) {                                                                              \
+            hi[q] = P##_add_epi32(hi[q], P##_madd_epi16(v[q], wh));                                                  \
+            lo[q] = P##_add_epi32(lo[q], P##_madd_epi16(v[q], wl));                                                  \
+          }                                                                                                          \
+        }                                                                                                            \
+        V r[4];                                                                                                      \
+        for (int q = 0; q < 4; ++q)                                                                                  \
+          r[q] = P##_srai_epi32(P##_add_epi32(P##_add_epi32(P##_slli_epi32(hi[q], kSplitBits), lo[q]), bias),       \
+                                kPrecisionBits);                                                                     \
+        P##_storeu_##S(reinterpret_cast<V*>(out + j),                                                                \
+                       P##_packus_epi16(P##_packs_epi32(r[0], r[1]), P##_packs_epi32(r[2], r[3])));                  \
+      }                                                                                                              \
+    }                                                                                                                \
+    return vec_end;                                                                                                  \
   }
-  return vec_end;
-}
 
-// The same on 512-bit registers, 64 bytes per step.
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2"))) inline int64_t resample_vertical_avx512(const uint8_t* src, int64_t src_stride, int64_t row0,
-                                                                  int64_t row_len, int64_t j_begin, const ResampleCoeffs& c,
-                                                                  int64_t outputs, uint8_t* dst) {
-  const __m512i zero = _mm512_setzero_si512();
-  const __m512i bias = _mm512_set1_epi32(1 << (kPrecisionBits - 1));
-  const int64_t vec_end = j_begin + (row_len - j_begin) / 64 * 64;
-  for (int64_t i = 0; i < outputs; ++i) {
-    const int32_t* k = c.weights.data() + i * c.ksize;
-    const int64_t first = c.first[static_cast<size_t>(i)] - row0;
-    const int n = c.count[static_cast<size_t>(i)];
-    uint8_t* out = dst + i * row_len;
-    for (int64_t j = j_begin; j < vec_end; j += 64) {
-      __m512i hi[4] = {zero, zero, zero, zero}, lo[4] = {zero, zero, zero, zero};
-      for (int t = 0; t < n; t += 2) {
-        const int32_t k0 = k[t], k1 = t + 1 < n ? k[t + 1] : 0;
-        const uint8_t* ra = src + (first + t) * src_stride + j;
-        const uint8_t* rb = t + 1 < n ? ra + src_stride : ra;
-        const __m512i a = _mm512_loadu_si512(reinterpret_cast<const void*>(ra));
-        const __m512i b = _mm512_loadu_si512(reinterpret_cast<const void*>(rb));
-        const __m512i wh = _mm512_set1_epi32(static_cast<int32_t>((static_cast<uint32_t>(static_cast<uint16_t>(k1 >> kSplitBits)) << 16) |
-                                                                  static_cast<uint16_t>(k0 >> kSplitBits)));
-        const __m512i wl = _mm512_set1_epi32(static_cast<int32_t>((static_cast<uint32_t>(k1 & ((1 << kSplitBits) - 1)) << 16) |
-                                                                  static_cast<uint32_t>(k0 & ((1 << kSplitBits) - 1))));
-        const __m512i ab_lo = _mm512_unpacklo_epi8(a, b), ab_hi = _mm512_unpackhi_epi8(a, b);
-        const __m512i v[4] = {_mm512_unpacklo_epi8(ab_lo, zero), _mm512_unpackhi_epi8(ab_lo, zero),
-                              _mm512_unpacklo_epi8(ab_hi, zero), _mm512_unpackhi_epi8(ab_hi, zero)};
-        for (int q = 0; q < 4; ++q) {
-          hi[q] = _mm512_add_epi32(hi[q], _mm512_madd_epi16(v[q], wh));
-          lo[q] = _mm512_add_epi32(lo[q], _mm512_madd_epi16(v[q], wl));
-        }
-      }
-      __m512i s[4];
-      for (int q = 0; q < 4; ++q)
-        s[q] = _mm512_srai_epi32(_mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(hi[q], kSplitBits), lo[q]), bias), kPrecisionBits);
-      const __m512i packed = _mm512_packus_epi16(_mm512_packs_epi32(s[0], s[1]), _mm512_packs_epi32(s[2], s[3]));
-      _mm512_storeu_si512(reinterpret_cast<void*>(out + j), packed);
-    }
-  }
-  return vec_end;
-}
+TAXON_VERTICAL_KERNEL(resample_vertical_avx2, "avx2", __m256i, _mm256, si256, 32)
+TAXON_VERTICAL_KERNEL(resample_vertical_avx512, "avx512f,avx512bw,avx512dq,avx512vl,avx2", __m512i, _mm512, si512, 64)
+#undef TAXON_VERTICAL_KERNEL
 
 // uint8 RGB pixels -> three float planes, v * scale[c] - shift[c] (multiply then subtract, as the scalar loop, so
 // results are identical). Eight pixels (24 bytes) per step.

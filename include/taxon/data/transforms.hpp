@@ -139,6 +139,16 @@ inline void resample_one_rgb(const uint8_t* in, const ResampleCoeffs& c, int64_t
 // of taps. Integer arithmetic throughout, so results stay bit-identical to the scalar (= Pillow) path.
 inline constexpr int kSplitBits = 11;
 
+// The (hi, lo) halves of two taps' weights as one pmaddwd word pair each: tap t in the low 16 bits, t+1 above.
+inline int32_t weight_pair_hi(int32_t k0, int32_t k1) {
+  return static_cast<int32_t>((static_cast<uint32_t>(static_cast<uint16_t>(k1 >> kSplitBits)) << 16) |
+                              static_cast<uint16_t>(k0 >> kSplitBits));
+}
+inline int32_t weight_pair_lo(int32_t k0, int32_t k1) {
+  return static_cast<int32_t>((static_cast<uint32_t>(k1 & ((1 << kSplitBits) - 1)) << 16) |
+                              static_cast<uint32_t>(k0 & ((1 << kSplitBits) - 1)));
+}
+
 // Per output position, per pair of taps: 16-bit (hi, lo) weights laid out for pmaddwd.
 struct PairWeights {
   std::vector<int16_t> hi, lo;  // [outputs, pairs, 8]
@@ -259,10 +269,7 @@ inline int64_t resample_vertical_sse2(const uint8_t* src, int64_t src_stride, in
         const uint8_t* rb = t + 1 < n ? ra + src_stride : ra;
         const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ra));
         const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rb));
-        const __m128i wh = _mm_set1_epi32(static_cast<int32_t>((static_cast<uint32_t>(static_cast<uint16_t>(k1 >> kSplitBits)) << 16) |
-                                                               static_cast<uint16_t>(k0 >> kSplitBits)));
-        const __m128i wl = _mm_set1_epi32(static_cast<int32_t>((static_cast<uint32_t>(k1 & ((1 << kSplitBits) - 1)) << 16) |
-                                                               static_cast<uint32_t>(k0 & ((1 << kSplitBits) - 1))));
+        const __m128i wh = _mm_set1_epi32(weight_pair_hi(k0, k1)), wl = _mm_set1_epi32(weight_pair_lo(k0, k1));
         const __m128i ab_lo = _mm_unpacklo_epi8(a, b), ab_hi = _mm_unpackhi_epi8(a, b);
         const __m128i v[4] = {_mm_unpacklo_epi8(ab_lo, zero), _mm_unpackhi_epi8(ab_lo, zero), _mm_unpacklo_epi8(ab_hi, zero),
                               _mm_unpackhi_epi8(ab_hi, zero)};
