@@ -366,6 +366,41 @@ TEST_CASE("decoding: decode_resize_center_crop equals resize_center_crop of the 
                       "data.bad-box");
 }
 
+TEST_CASE("decoding: per-thread buffers are reused only once released, rows start at odd addresses", "[data][decode]") {
+  using namespace taxon::data;
+  const std::string a = encode_jpeg(test_data::textured(120, 160, 1), 90), b = encode_jpeg(test_data::textured(120, 160, 2), 90);
+  const at::Tensor expect_a = decode_jpeg(a, "a.jpg").clone(), expect_b = decode_jpeg(b, "b.jpg").clone();
+  // libjpeg-turbo streams 16-byte-aligned rows past the cache; an odd start keeps them cached for the resize.
+  CHECK(reinterpret_cast<std::uintptr_t>(decode_jpeg(a, "a.jpg").data_ptr()) % 2 == 1);
+
+  const void* first = nullptr;
+  {
+    const at::Tensor img = decode_jpeg(a, "a.jpg");
+    first = img.data_ptr();
+  }
+  const at::Tensor kept = decode_jpeg(a, "a.jpg");  // the released buffer comes back
+  CHECK(kept.data_ptr() == first);
+  const at::Tensor view = kept.slice(0, 10, 20);  // a view keeps the buffer busy too
+  const at::Tensor second = decode_jpeg(b, "b.jpg");
+  const at::Tensor third = decode_jpeg(b, "b.jpg");
+  CHECK(second.data_ptr() != kept.data_ptr());
+  CHECK(third.data_ptr() != kept.data_ptr());
+  CHECK(third.data_ptr() != second.data_ptr());
+  CHECK(at::equal(kept, expect_a));  // nothing overwrote an image still in use
+  CHECK(at::equal(view, expect_a.slice(0, 10, 20)));
+  CHECK(at::equal(second, expect_b));
+  CHECK(at::equal(third, expect_b));
+
+  // The resize output is recycled the same way.
+  Rng rng(0);
+  const auto crop = resize_center_crop(64, 64);
+  const at::Tensor r1 = crop(expect_a, rng).clone();
+  const at::Tensor held = crop(expect_a, rng);
+  const at::Tensor other = crop(expect_b, rng);
+  CHECK(held.data_ptr() != other.data_ptr());
+  CHECK(at::equal(held, r1));
+}
+
 TEST_CASE("decoding: truncated, random and empty files give an error naming the file", "[data][decode]") {
   using namespace taxon::data;
   test_data::TempDir dir;

@@ -29,6 +29,33 @@ inline std::string read_bytes(const fs::path& p) { return taxon::io::read_file(p
 
 }  // namespace test_io
 
+TEST_CASE("read_file_into reuses the caller's buffer and names the file on errors", "[io]") {
+  test_io::TempDir dir;
+  std::string big(200000, 'x'), small = "tiny";
+  big[12345] = '\0';  // binary content survives
+  test_io::write_bytes(dir.path / "big.bin", big);
+  test_io::write_bytes(dir.path / "small.bin", small);
+  test_io::write_bytes(dir.path / "empty.bin", "");
+  std::string buffer;
+  taxon::io::read_file_into(dir.path / "big.bin", buffer);
+  CHECK(buffer == big);
+  const char* storage = buffer.data();
+  taxon::io::read_file_into(dir.path / "small.bin", buffer);
+  CHECK(buffer == small);
+  CHECK(buffer.data() == storage);  // shrinking keeps the capacity: no allocation per file
+  taxon::io::read_file_into(dir.path / "empty.bin", buffer);
+  CHECK(buffer.empty());
+  CHECK(taxon::io::read_file(dir.path / "big.bin") == big);
+  REQUIRE_TAXON_ERROR(taxon::io::read_file_into(dir.path / "missing.bin", buffer), "io.missing-file");
+  REQUIRE_TAXON_ERROR(taxon::io::read_file(dir.path / "no_dir" / "x.bin"), "io.missing-file");
+  REQUIRE_TAXON_ERROR(taxon::io::read_file(dir.path), "io.cannot-read");
+  try {
+    taxon::io::read_file(dir.path / "missing.bin");
+  } catch (const taxon::Error& e) {
+    CHECK_THAT(e.what(), Catch::Contains("missing.bin"));
+  }
+}
+
 TEST_CASE("npy round trip keeps dtype, shape and values", "[io][npy]") {
   test_io::TempDir dir;
   std::vector<at::Tensor> tensors = {

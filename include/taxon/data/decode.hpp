@@ -6,6 +6,7 @@
 // Small encoders (JPEG, PNG) let tests and benchmarks generate their own files.
 #include "taxon/core/error.hpp"
 #include "taxon/data/box.hpp"
+#include "taxon/data/recycle.hpp"
 #include "taxon/io/atomic_file.hpp"
 
 #include <ATen/ATen.h>
@@ -144,6 +145,17 @@ struct JpegDecompressor {
   JpegDecompressor& operator=(const JpegDecompressor&) = delete;
 };
 
+// Decoded pixels, in this thread's recycled buffers (see recycle.hpp).
+inline at::Tensor decoded_image(std::int64_t height, std::int64_t width, std::int64_t offset = 0) {
+  thread_local RecycledBuffers buffers;
+  return buffers.take({height, width, 3}, offset);
+}
+
+// Output for libjpeg-turbo: its SIMD colour conversion writes 16-byte-aligned rows with non-temporal stores,
+// which evict the pixels right before the resize reads them; an odd start keeps every row of an even-width image
+// cached (measured 568 vs 610 us for a 375x400 region, 398 vs 411 us for a full 375x500 decode).
+inline at::Tensor jpeg_output(std::int64_t height, std::int64_t width) { return decoded_image(height, width, 1); }
+
 struct PngReader {
   const unsigned char* data;
   std::size_t size;
@@ -202,7 +214,7 @@ inline at::Tensor decode_jpeg(std::string_view bytes, const std::string& name, i
     TAXON_FAIL("data.corrupt-image", name, ": cannot decode JPEG: ", err.message);
   TAXON_CHECK(cinfo.output_components == 3, "data.corrupt-image", name, ": unexpected JPEG output components ",
               cinfo.output_components);
-  at::Tensor out = at::empty({static_cast<int64_t>(cinfo.output_height), static_cast<int64_t>(cinfo.output_width), 3}, at::kByte);
+  at::Tensor out = detail::jpeg_output(cinfo.output_height, cinfo.output_width);
   if (detail::jpeg_stage_read(&cinfo, &err, out.data_ptr<uint8_t>(), static_cast<std::size_t>(cinfo.output_width) * 3) != 0)
     TAXON_FAIL("data.corrupt-image", name, ": cannot decode JPEG: ", err.message);
   return out;
@@ -228,7 +240,7 @@ inline at::Tensor decode_png(std::string_view bytes, const std::string& name) {
   TAXON_CHECK(rc == 0, "data.corrupt-image", name, ": unsupported PNG layout");
   TAXON_CHECK(w > 0 && h > 0 && static_cast<uint64_t>(w) * h <= (1ull << 31), "data.corrupt-image", name,
               ": implausible PNG size ", w, "x", h);
-  at::Tensor out = at::empty({static_cast<int64_t>(h), static_cast<int64_t>(w), 3}, at::kByte);
+  at::Tensor out = detail::decoded_image(h, w);
   std::vector<png_bytep> rows(h);
   for (png_uint_32 y = 0; y < h; ++y) rows[y] = out.data_ptr<uint8_t>() + static_cast<std::size_t>(y) * w * 3;
   TAXON_CHECK(detail::png_stage_read(png, rows.data()) == 0, "data.corrupt-image", name, ": cannot decode PNG: ", message);
@@ -288,7 +300,7 @@ inline DecodedRegion decode_region(std::string_view bytes, const std::string& na
   TAXON_CHECK(cinfo.output_components == 3, "data.corrupt-image", name, ": unexpected JPEG output components ",
               cinfo.output_components);
   // After cropping, libjpeg writes output_width pixels per row, starting at column x.
-  at::Tensor out = at::empty({static_cast<std::int64_t>(bottom - top), static_cast<std::int64_t>(cinfo.output_width), 3}, at::kByte);
+  at::Tensor out = detail::jpeg_output(bottom - top, cinfo.output_width);
   std::vector<unsigned char> scratch(static_cast<std::size_t>(cinfo.output_width) * 3);
   if (detail::jpeg_stage_read_region(&cinfo, &err, out.data_ptr<uint8_t>(), static_cast<std::size_t>(cinfo.output_width) * 3,
                                      bottom, scratch.data()) != 0)
@@ -296,9 +308,17 @@ inline DecodedRegion decode_region(std::string_view bytes, const std::string& na
   return {out, static_cast<std::int64_t>(top), static_cast<std::int64_t>(x), H, W};
 }
 
+namespace detail {
+// The file's bytes in this thread's buffer, valid until the thread's next call (one file per sample in a loader).
+inline std::string_view read_encoded(const std::filesystem::path& path) {
+  thread_local std::string bytes;
+  io::read_file_into(path, bytes);
+  return bytes;
+}
+}  // namespace detail
+
 inline at::Tensor read_image(const std::filesystem::path& path, int min_side = 0) {
-  const std::string bytes = io::read_file(path);
-  return decode_image(bytes, path.string(), min_side);
+  return decode_image(detail::read_encoded(path), path.string(), min_side);
 }
 
 namespace detail {

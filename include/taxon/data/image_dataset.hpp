@@ -39,7 +39,7 @@ class ImageFileDataset {
     check_index(i, size(), "image dataset");
     const auto& path = paths_[static_cast<size_t>(i)];
     if (decode_crop_.enabled())
-      return Sample{decode_resize_center_crop(io::read_file(path), path.string(), decode_crop_.resize_to, decode_crop_.crop),
+      return Sample{decode_resize_center_crop(detail::read_encoded(path), path.string(), decode_crop_.resize_to, decode_crop_.crop),
                     labels(i)};
     return Sample{read_image(path, decode_min_side_), labels(i)};
   }

@@ -10,6 +10,7 @@
 #include "taxon/core/error.hpp"
 #include "taxon/core/seed.hpp"
 #include "taxon/data/box.hpp"
+#include "taxon/data/recycle.hpp"
 
 #include <ATen/ATen.h>
 
@@ -467,7 +468,8 @@ inline at::Tensor resize_core(const at::Tensor& img, int64_t vy, int64_t vx, int
   const uint8_t* data = img.data_ptr<uint8_t>();
   const uint8_t* end = data + H * stride;
   const bool need_h = out_w != in_w, need_v = out_h != in_h;
-  at::Tensor out = at::empty({window.height, window.width, C}, at::kByte);
+  thread_local RecycledBuffers outputs;  // per-image buffers that glibc would otherwise trim and re-fault
+  at::Tensor out = outputs.take({window.height, window.width, C});
 
   std::shared_ptr<const CoeffEntry> vertical, horizontal;
   auto [row_first, row_last] = std::pair{window.top - vy, window.top + window.height - vy};  // rows of img read

@@ -4,6 +4,7 @@
 #include "taxon/core/error.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -69,16 +70,36 @@ inline void write_text_atomically(const fs::path& target, std::string_view text)
 }
 
 // Reads a whole file; a missing or unreadable file is an error that names it.
+// Reads a whole file into `out`, reusing its capacity (loaders read one file per sample into a per-thread buffer).
+inline void read_file_into(const fs::path& path, std::string& out) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    TAXON_CHECK(err != ENOENT && err != ENOTDIR, "io.missing-file", "file not found: ", path.string());
+    TAXON_FAIL("io.cannot-read", "cannot open ", path.string(), ": ", std::strerror(err));
+  }
+  struct Close {
+    int fd;
+    ~Close() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  TAXON_CHECK(::fstat(fd, &st) == 0, "io.cannot-read", "cannot stat ", path.string(), ": ", std::strerror(errno));
+  TAXON_CHECK(!S_ISDIR(st.st_mode), "io.cannot-read", "cannot read ", path.string(), ": is a directory");
+  out.resize(static_cast<size_t>(st.st_size));
+  size_t got = 0;
+  while (got < out.size()) {
+    const ssize_t n = ::read(fd, out.data() + got, out.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    TAXON_CHECK(n >= 0, "io.cannot-read", "read of ", path.string(), " failed: ", std::strerror(errno));
+    TAXON_CHECK(n > 0, "io.cannot-read", "read of ", path.string(), " failed: file shrank from ", out.size(), " to ", got,
+                " bytes while reading");
+    got += static_cast<size_t>(n);
+  }
+}
+
 inline std::string read_file(const fs::path& path) {
-  TAXON_CHECK(fs::exists(path), "io.missing-file", "file not found: ", path.string());
-  std::ifstream in(path, std::ios::binary);
-  TAXON_CHECK(in.good(), "io.cannot-read", "cannot open ", path.string(), ": ", std::strerror(errno));
   std::string data;
-  in.seekg(0, std::ios::end);
-  data.resize(static_cast<size_t>(in.tellg()));
-  in.seekg(0, std::ios::beg);
-  in.read(data.data(), static_cast<std::streamsize>(data.size()));
-  TAXON_CHECK(in.good() || data.empty(), "io.cannot-read", "read of ", path.string(), " failed");
+  read_file_into(path, data);
   return data;
 }
 
