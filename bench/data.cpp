@@ -4,6 +4,7 @@
 // The Loader runs two ways, both bit-identical to PIL's CLIP preprocessing: `fused:0` decodes every image in full
 // and clip_eval(224) resizes and crops it; `fused:1` sets the dataset's decode_resize_crop({224, 224}), which
 // decodes only the columns the center crop reads (libjpeg-turbo partial decode) and resizes straight away.
+// `u8:1` collates uint8 [B,3,224,224] (to_chw) for normalize_batch on the GPU instead of float32 batches.
 // All rates are wall-clock (UseRealTime); on a shared VM compare them only at similar /proc/loadavg (recorded
 // in the context block). BM_ClipPreprocessOnly shows the preprocessing share of the per-image CPU cost.
 #include "support/context.hpp"
@@ -168,16 +169,20 @@ inline std::shared_ptr<const taxon::data::ImageFolderDataset> dataset(bool fused
 
 }  // namespace bench_data
 
-// The Loader over the same files: read + decode + clip_eval(224) + collate into [32,3,224,224] batches.
+// The Loader over the same files: read + decode + CLIP eval preprocessing + collate into [32,3,224,224] batches,
+// float32 normalised (`u8:0`), or uint8 for normalize_batch on the device (`u8:1`, the CPU side only).
 static void BM_LoaderClip224(benchmark::State& state) {
   const int workers = static_cast<int>(state.range(0));
-  const bool fused = state.range(1) == 1;
+  const bool fused = state.range(1) == 1, u8 = state.range(2) == 1;
+  const taxon::data::TransformFn transform =
+      u8 ? taxon::data::Compose{taxon::data::resize_center_crop(224, 224), taxon::data::to_chw()}
+         : taxon::data::clip_eval(224);
   const taxon::data::Loader<taxon::data::ImageFolderDataset> loader(
-      bench_data::dataset(fused), taxon::data::clip_eval(224),
+      bench_data::dataset(fused), transform,
       taxon::data::LoaderOptions().batch_size(32).workers(workers).prefetch(2).shuffle(true).seed(1));
   int64_t images = 0, epoch = 0;
   // Warm up: the batch pool grows to workers * prefetch + 1 buffers, and each one's first fill pays its page faults.
-  for (; epoch < 3; ++epoch)
+  for (; epoch < 2; ++epoch)
     for (auto& batch : loader.epoch(epoch)) benchmark::DoNotOptimize(batch.images.data_ptr());
   for (auto _ : state) {
     for (auto& batch : loader.epoch(epoch++)) {
@@ -187,5 +192,5 @@ static void BM_LoaderClip224(benchmark::State& state) {
   }
   state.SetItemsProcessed(images);
 }
-BENCHMARK(BM_LoaderClip224)->ArgNames({"workers", "fused"})->ArgsProduct({{1, 2}, {0, 1}})->UseRealTime()
+BENCHMARK(BM_LoaderClip224)->ArgNames({"workers", "fused", "u8"})->ArgsProduct({{1, 2}, {0, 1}, {0, 1}})->UseRealTime()
     ->MinTime(3.0)->Unit(benchmark::kMillisecond);

@@ -256,6 +256,38 @@ TEST_CASE("vectorised normalize equals the scalar formula", "[data][transforms]"
   }
 }
 
+TEST_CASE("to_chw + normalize_batch equal normalize bit for bit, on every ISA", "[data][transforms]") {
+  using namespace taxon::data;
+  const auto gen = at::make_generator<at::CPUGeneratorImpl>(6);
+  Rng rng(0);
+  const auto norm = normalize(kClipMean, kClipStd);
+  for (int64_t side : {1, 5, 16, 33, 224}) {
+    std::vector<at::Tensor> images, floats;
+    for (int b = 0; b < 3; ++b) {
+      images.push_back(at::randint(0, 256, {side, side + 3, 3}, gen, at::kByte));
+      floats.push_back(norm(images.back(), rng));
+    }
+    for (auto isa : taxon::test::runnable_isas()) {
+      INFO("side " << side << " isa=" << taxon::cpu::isa_name(isa));
+      taxon::test::IsaScope scope(isa);
+      std::vector<at::Tensor> planes;
+      for (const auto& img : images) {
+        planes.push_back(to_chw()(img, rng));
+        CHECK(at::equal(planes.back(), img.permute({2, 0, 1})));
+      }
+      CHECK(at::equal(normalize_batch(at::stack(planes), kClipMean, kClipStd), at::stack(floats)));
+    }
+  }
+  const at::Tensor grey = at::randint(0, 256, {7, 9, 1}, gen, at::kByte);
+  const at::Tensor rgb = to_chw(3)(grey, rng);
+  REQUIRE(rgb.sizes() == at::IntArrayRef({3, 7, 9}));
+  CHECK(at::equal(rgb[2], grey.select(2, 0)));
+  CHECK(at::equal(normalize_batch(rgb.unsqueeze(0), kClipMean, kClipStd)[0], norm(grey, rng)));
+  REQUIRE_TAXON_ERROR(to_chw(3)(at::zeros({4, 4, 2}, at::kByte), rng), "data.bad-image");
+  REQUIRE_TAXON_ERROR(normalize_batch(rgb, kClipMean, kClipStd), "data.bad-normalize");  // not a batch
+  REQUIRE_TAXON_ERROR(normalize_batch(rgb.unsqueeze(0).to(at::kFloat), kClipMean, kClipStd), "data.bad-normalize");
+}
+
 TEST_CASE("a transform writes into an offered output slot only when it fits", "[data][transforms]") {
   using namespace taxon::data;
   Rng rng(0);
