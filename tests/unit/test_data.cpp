@@ -456,6 +456,27 @@ TEST_CASE("loader: corrupt files are skipped and counted, or surface with the fi
   CHECK(msg.find("bad_") != std::string::npos);
 }
 
+TEST_CASE("loader: uint8 batches normalised afterwards equal float batches, fused decode or not", "[data][loader]") {
+  using namespace taxon::data;
+  test_data::TempDir dir;
+  for (int i = 0; i < 5; ++i)
+    write_image(dir.path / "cls" / ("img" + std::to_string(i) + ".jpg"), test_data::textured(60 + 7 * i, 90 - 5 * i, i));
+  const auto full = std::make_shared<const ImageFolderDataset>(dir.path);
+  const auto fused = std::make_shared<const ImageFolderDataset>(dir.path, ImageFolderDatasetOptions().decode_resize_crop({48, 48}));
+  const auto opts = LoaderOptions().batch_size(2).workers(2).seed(3);
+  const Loader<ImageFolderDataset> floats(full, clip_eval(48), opts);
+  const Loader<ImageFolderDataset> bytes(fused, Compose{resize_center_crop(48, 48), to_chw()}, opts);
+  const auto f = test_data::collect(floats, 0), b = test_data::collect(bytes, 0);
+  REQUIRE(f.size() == 3);
+  REQUIRE(b.size() == f.size());
+  for (size_t k = 0; k < f.size(); ++k) {
+    REQUIRE(b[k].images.scalar_type() == at::kByte);
+    REQUIRE(b[k].images.sizes() == at::IntArrayRef({f[k].images.size(0), 3, 48, 48}));
+    CHECK(at::equal(normalize_batch(b[k].images, kClipMean, kClipStd), f[k].images));
+    CHECK(at::equal(b[k].indices, f[k].indices));
+  }
+}
+
 TEST_CASE("loader: identical batches with 0, 1 and 4 workers, each index once per epoch", "[data][loader]") {
   using namespace taxon::data;
   const auto ds = std::make_shared<const test_data::SyntheticDataset>(50);

@@ -7,6 +7,9 @@
 //   Loader loader(dataset, clip_train(224), LoaderOptions().batch_size(64).workers(4).seed(1));
 //   for (auto& batch : loader.epoch(e)) { ... batch.images [B,3,224,224], batch.labels [B,R] ... }
 //
+// For GPU training, end the transform with to_chw() instead of normalize() to collate uint8 [B,3,H,W] and call
+// normalize_batch() on the device batch (same values, a quarter of the bytes through pinned memory and PCIe).
+//
 // Leaving the loop early (break, exception) stops and joins the workers. An exception inside a worker is
 // re-thrown in the caller, unchanged, when the batch it belongs to is reached.
 #include "taxon/core/error.hpp"
