@@ -286,6 +286,8 @@ TEST_CASE("to_chw + normalize_batch equal normalize bit for bit, on every ISA", 
   REQUIRE_TAXON_ERROR(to_chw(3)(at::zeros({4, 4, 2}, at::kByte), rng), "data.bad-image");
   REQUIRE_TAXON_ERROR(normalize_batch(rgb, kClipMean, kClipStd), "data.bad-normalize");  // not a batch
   REQUIRE_TAXON_ERROR(normalize_batch(rgb.unsqueeze(0).to(at::kFloat), kClipMean, kClipStd), "data.bad-normalize");
+  REQUIRE_TAXON_ERROR(normalize({0.5}, {0.0}), "data.bad-normalize");  // a zero std would divide by zero
+  REQUIRE_TAXON_ERROR(normalize_batch(rgb.unsqueeze(0), {0.5, 0.5}, {0.5}), "data.bad-normalize");
 }
 
 TEST_CASE("a transform writes into an offered output slot only when it fits", "[data][transforms]") {

@@ -614,15 +614,32 @@ inline TransformFn resize_center_crop(int64_t resize_to, int64_t crop) {
   };
 }
 
-// uint8 [H,W,C] -> float32 [C,H,W] in [0,1], then (x - mean) / std per channel (ToTensor + Normalize).
-// A 1-channel image with 3-channel statistics is replicated to RGB (grayscale -> RGB).
-inline TransformFn normalize(std::vector<double> mean, std::vector<double> stdev) {
+namespace detail {
+// ToTensor + Normalize as one multiply and one subtract per value, v * scale[c] - shift[c] in float, with
+// scale = 1 / (255 std) and shift = mean / std: the CPU kernels and normalize_batch share these constants.
+struct NormalizeConstants {
+  std::vector<float> scale, shift;
+};
+inline NormalizeConstants normalize_constants(const std::vector<double>& mean, const std::vector<double>& stdev) {
   TAXON_CHECK(mean.size() == stdev.size() && !mean.empty(), "data.bad-normalize", "mean has ", mean.size(),
               " values but std has ", stdev.size());
-  return [mean = std::move(mean), stdev = std::move(stdev)](const at::Tensor& image, Rng&) {
+  NormalizeConstants k;
+  for (std::size_t c = 0; c < mean.size(); ++c) {
+    TAXON_CHECK(stdev[c] > 0, "data.bad-normalize", "std[", c, "] is ", stdev[c], "; it must be positive");
+    k.scale.push_back(static_cast<float>(1.0 / (255.0 * stdev[c])));
+    k.shift.push_back(static_cast<float>(mean[c] / stdev[c]));
+  }
+  return k;
+}
+}  // namespace detail
+
+// uint8 [H,W,C] -> float32 [C,H,W] in [0,1], then (x - mean) / std per channel (ToTensor + Normalize).
+// A 1-channel image with 3-channel statistics is replicated to RGB (grayscale -> RGB).
+inline TransformFn normalize(const std::vector<double>& mean, const std::vector<double>& stdev) {
+  return [k = detail::normalize_constants(mean, stdev)](const at::Tensor& image, Rng&) {
     detail::check_hwc_u8(image, "normalize");
     const at::Tensor img = image.contiguous();
-    const int64_t H = img.size(0), W = img.size(1), C = img.size(2), OC = static_cast<int64_t>(mean.size());
+    const int64_t H = img.size(0), W = img.size(1), C = img.size(2), OC = static_cast<int64_t>(k.scale.size());
     TAXON_CHECK(C == OC || C == 1, "data.bad-normalize", "normalize has ", OC, " channel statistics but the image has ",
                 C, " channels");
     at::Tensor out = output_tensor({OC, H, W}, at::kFloat);
@@ -632,18 +649,12 @@ inline TransformFn normalize(std::vector<double> mean, std::vector<double> stdev
     int64_t done = 0;  // pixels the SIMD kernel has written
 #if defined(TAXON_SIMD_X86_DISPATCH)
     if (C == 3 && OC == 3 && taxon::cpu::active_at_least(taxon::cpu::Isa::avx2)) {
-      float scale[3], shift[3];
-      for (int c = 0; c < 3; ++c) {
-        scale[c] = static_cast<float>(1.0 / (255.0 * stdev[static_cast<size_t>(c)]));
-        shift[c] = static_cast<float>(mean[static_cast<size_t>(c)] / stdev[static_cast<size_t>(c)]);
-      }
       float* const planes[3] = {dst, dst + plane, dst + 2 * plane};
-      done = detail::normalize_rgb_avx2(src, plane, planes, scale, shift);
+      done = detail::normalize_rgb_avx2(src, plane, planes, k.scale.data(), k.shift.data());
     }
 #endif
     for (int64_t c = 0; c < OC; ++c) {
-      const float scale = static_cast<float>(1.0 / (255.0 * stdev[static_cast<size_t>(c)]));
-      const float shift = static_cast<float>(mean[static_cast<size_t>(c)] / stdev[static_cast<size_t>(c)]);
+      const float scale = k.scale[static_cast<size_t>(c)], shift = k.shift[static_cast<size_t>(c)];
       const int64_t sc = C == 1 ? 0 : c;
       float* d = dst + c * plane;
       for (int64_t p = done; p < plane; ++p) d[p] = static_cast<float>(src[p * C + sc]) * scale - shift;
@@ -687,22 +698,14 @@ inline TransformFn to_chw(int64_t channels = 0) {
 // bit for bit.
 inline at::Tensor normalize_batch(const at::Tensor& images, const std::vector<double>& mean,
                                   const std::vector<double>& stdev) {
-  TAXON_CHECK(mean.size() == stdev.size() && !mean.empty(), "data.bad-normalize", "mean has ", mean.size(),
-              " values but std has ", stdev.size());
-  TAXON_CHECK(images.dim() == 4 && images.scalar_type() == at::kByte &&
-                  images.size(1) == static_cast<int64_t>(mean.size()),
-              "data.bad-normalize", "normalize_batch expects a [B,", mean.size(), ",H,W] uint8 batch, got ",
-              images.sizes(), " ", images.scalar_type());
-  std::vector<float> scale, shift;
-  for (std::size_t c = 0; c < mean.size(); ++c) {
-    scale.push_back(static_cast<float>(1.0 / (255.0 * stdev[c])));
-    shift.push_back(static_cast<float>(mean[c] / stdev[c]));
-  }
-  const auto C = static_cast<int64_t>(mean.size());
-  const auto on = [&](const std::vector<float>& v) {
+  const auto k = detail::normalize_constants(mean, stdev);
+  const auto C = static_cast<int64_t>(k.scale.size());
+  TAXON_CHECK(images.dim() == 4 && images.scalar_type() == at::kByte && images.size(1) == C, "data.bad-normalize",
+              "normalize_batch expects a [B,", C, ",H,W] uint8 batch, got ", images.sizes(), " ", images.scalar_type());
+  const auto on_device = [&](const std::vector<float>& v) {
     return at::tensor(v, at::kFloat).view({1, C, 1, 1}).to(images.device());
   };
-  return images.to(at::kFloat).mul_(on(scale)).sub_(on(shift));
+  return images.to(at::kFloat).mul_(on_device(k.scale)).sub_(on_device(k.shift));
 }
 
 inline TransformFn horizontal_flip(double p = 0.5) {
@@ -832,7 +835,7 @@ inline Compose small_image(int64_t size, std::vector<double> mean, std::vector<d
     return (img.size(0) == size && img.size(1) == size) ? img : resize_bicubic(img, size, size);
   });
   if (flip) c.then(horizontal_flip(0.5));
-  c.then(normalize(std::move(mean), std::move(stdev)));
+  c.then(normalize(mean, stdev));
   return c;
 }
 
