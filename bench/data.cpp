@@ -1,9 +1,9 @@
 // Decode + CLIP preprocessing throughput (images/s) to 224x224 from 500x375 JPEGs that the benchmark writes
 // itself, through the Loader with 1 and 2 workers, next to raw single-thread libjpeg-turbo decode of the same
 // files (read + full-size decode only). Target: Loader at 2 workers >= 80% of 2x the raw single-thread decode rate.
-// The Loader runs two ways, both bit-identical to PIL's CLIP preprocessing: `fused:0` decodes every image in full
-// and clip_eval(224) resizes and crops it; `fused:1` sets the dataset's decode_resize_crop({224, 224}), which
-// decodes only the columns the center crop reads (libjpeg-turbo partial decode) and resizes straight away.
+// The Loader runs two ways, both bit-identical to PIL's CLIP preprocessing: `fused:1` (the default) lets the
+// dataset decode straight to the transform's leading resize + center crop (libjpeg-turbo partial decode of the
+// columns the crop reads); `fused:0` (LoaderOptions::fused_decode(false)) decodes every image in full first.
 // `u8:1` collates uint8 [B,3,224,224] (to_chw) for normalize_batch on the GPU instead of float32 batches.
 // All rates are wall-clock (UseRealTime); on a shared VM compare them only at similar /proc/loadavg (recorded
 // in the context block). BM_ClipPreprocessOnly shows the preprocessing share of the per-image CPU cost.
@@ -157,18 +157,6 @@ static void BM_ClipPreprocessOnly(benchmark::State& state) {
 }
 BENCHMARK(BM_ClipPreprocessOnly)->UseRealTime()->MinTime(2.0)->Unit(benchmark::kMillisecond);
 
-namespace bench_data {
-
-// The same files with the decode settings of one loader variant.
-inline std::shared_ptr<const taxon::data::ImageFolderDataset> dataset(bool fused) {
-  auto& f = fixture();
-  if (!fused) return f.dataset;
-  return std::make_shared<const taxon::data::ImageFolderDataset>(
-      f.root, taxon::data::ImageFolderDatasetOptions().decode_resize_crop({224, 224}));
-}
-
-}  // namespace bench_data
-
 // The Loader over the same files: read + decode + CLIP eval preprocessing + collate into [32,3,224,224] batches,
 // float32 normalised (`u8:0`), or uint8 for normalize_batch on the device (`u8:1`, the CPU side only).
 static void BM_LoaderClip224(benchmark::State& state) {
@@ -178,8 +166,8 @@ static void BM_LoaderClip224(benchmark::State& state) {
       u8 ? taxon::data::Compose{taxon::data::resize_center_crop(224, 224), taxon::data::to_chw()}
          : taxon::data::clip_eval(224);
   const taxon::data::Loader<taxon::data::ImageFolderDataset> loader(
-      bench_data::dataset(fused), transform,
-      taxon::data::LoaderOptions().batch_size(32).workers(workers).prefetch(2).shuffle(true).seed(1));
+      bench_data::fixture().dataset, transform,
+      taxon::data::LoaderOptions().batch_size(32).workers(workers).prefetch(2).shuffle(true).seed(1).fused_decode(fused));
   int64_t images = 0, epoch = 0;
   // Warm up: the batch pool grows to workers * prefetch + 1 buffers, and each one's first fill pays its page faults.
   for (; epoch < 2; ++epoch)

@@ -477,6 +477,90 @@ TEST_CASE("loader: uint8 batches normalised afterwards equal float batches, fuse
   }
 }
 
+TEST_CASE("split_leading_crop finds resize_center_crop at the head of a transform", "[data][transforms]") {
+  using namespace taxon::data;
+  Rng rng(0);
+  const at::Tensor img = test_data::textured(30, 40, 1);
+  const LeadingCrop clip = split_leading_crop(clip_eval(16));
+  REQUIRE(clip.crop);
+  CHECK(clip.crop->resize_to == 16);
+  CHECK(clip.crop->crop == 16);
+  REQUIRE(clip.rest);
+  const at::Tensor cropped = resize_center_crop(16, 16)(img, rng);
+  CHECK(at::equal(clip.rest(cropped, rng), clip_eval(16)(img, rng)));  // the rest is what follows the crop
+  const LeadingCrop timm = split_leading_crop(timm_eval(16));
+  REQUIRE(timm.crop);
+  CHECK(timm.crop->resize_to == 18);  // floor(16 / (224 / 256))
+  const LeadingCrop alone = split_leading_crop(resize_center_crop(20, 12));
+  REQUIRE(alone.crop);
+  CHECK(!alone.rest);
+  const LeadingCrop nested = split_leading_crop(Compose{Compose{resize_center_crop(20, 12), to_chw()}, horizontal_flip(1.0)});
+  REQUIRE(nested.crop);
+  CHECK(nested.crop->crop == 12);
+  CHECK(nested.rest.target<Compose>()->size() == 2);
+  CHECK(!split_leading_crop(clip_train(16)).crop);
+  CHECK(!split_leading_crop(Compose{normalize(kClipMean, kClipStd), resize_center_crop(20, 12)}).crop);
+  CHECK(!split_leading_crop([](const at::Tensor& t, Rng& r) { return resize_center_crop(16, 16)(t, r); }).crop);
+  CHECK(!split_leading_crop(TransformFn()).crop);
+}
+
+TEST_CASE("loader: fused decode of a leading resize_center_crop gives the same batches as decoding in full", "[data][loader]") {
+  using namespace taxon::data;
+  test_data::TempDir dir;
+  for (int i = 0; i < 7; ++i) {
+    const at::Tensor img = test_data::textured(60 + 9 * i, 95 - 6 * i, i);
+    write_image(dir.path / "cls" / ("img" + std::to_string(i) + (i == 3 ? ".png" : ".jpg")), img);
+  }
+  const auto ds = std::make_shared<const ImageFolderDataset>(dir.path);
+
+  // The dataset claims an offered crop only when it would otherwise decode the whole file.
+  {
+    DecodeHint hint(DecodeResizeCrop{48, 40});
+    CHECK(ds->get(0).image.sizes() == at::IntArrayRef({40, 40, 3}));
+    CHECK(hint.used());
+    CHECK(ds->get(1).image.size(0) == 60 + 9);  // claimed once: a second get decodes in full
+  }
+  auto scaled = ImageFolderDataset(dir.path);
+  scaled.set_decode_min_side(16);
+  {
+    DecodeHint hint(DecodeResizeCrop{48, 40});
+    CHECK(scaled.get(0).image.size(0) != 40);
+    CHECK(!hint.used());  // scaled decode asked for: the hint is left alone
+  }
+
+  // The Loader offers the crop only when asked to fuse and the transform starts with one.
+  struct Probe {
+    std::shared_ptr<const ImageFolderDataset> inner;
+    mutable std::atomic<int> offered{0};
+    int64_t size() const { return inner->size(); }
+    Sample get(int64_t i) const {
+      offered += taxon::data::detail::active_decode_hint() != nullptr;
+      return inner->get(i);
+    }
+    std::vector<int64_t> labels(int64_t i) const { return inner->labels(i); }
+    const Taxonomy& taxonomy() const { return inner->taxonomy(); }
+  };
+  const auto probe = std::make_shared<const Probe>(ds);
+  (void)test_data::collect(Loader<Probe>(probe, clip_eval(40), LoaderOptions().workers(2).fused_decode(false)), 0);
+  (void)test_data::collect(Loader<Probe>(probe, clip_train(40), LoaderOptions().workers(2)), 0);
+  CHECK(probe->offered == 0);
+  (void)test_data::collect(Loader<Probe>(probe, clip_eval(40), LoaderOptions().workers(2)), 0);
+  CHECK(probe->offered == 7);
+
+  const auto sub = std::make_shared<const Subset<ImageFolderDataset>>(ds, std::vector<int64_t>{6, 0, 3, 5, 1});
+  for (const TransformFn& t : {TransformFn(clip_eval(40)), TransformFn(timm_eval(40)), resize_center_crop(50, 36)}) {
+    const auto opts = LoaderOptions().batch_size(3).workers(2).seed(5);
+    const auto fused = test_data::collect(Loader<ImageFolderDataset>(ds, t, opts), 0);
+    const auto full = test_data::collect(Loader<ImageFolderDataset>(ds, t, LoaderOptions(opts).fused_decode(false)), 0);
+    REQUIRE(fused.size() == full.size());
+    for (size_t k = 0; k < fused.size(); ++k) CHECK(at::equal(fused[k].images, full[k].images));
+    const auto sub_fused = test_data::collect(Loader<Subset<ImageFolderDataset>>(sub, t, LoaderOptions(opts).workers(0)), 0);
+    const auto sub_full = test_data::collect(Loader<Subset<ImageFolderDataset>>(sub, t, LoaderOptions(opts).fused_decode(false)), 0);
+    REQUIRE(sub_fused.size() == 2);
+    for (size_t k = 0; k < sub_fused.size(); ++k) CHECK(at::equal(sub_fused[k].images, sub_full[k].images));
+  }
+}
+
 TEST_CASE("loader: identical batches with 0, 1 and 4 workers, each index once per epoch", "[data][loader]") {
   using namespace taxon::data;
   const auto ds = std::make_shared<const test_data::SyntheticDataset>(50);

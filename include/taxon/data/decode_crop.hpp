@@ -26,6 +26,48 @@ inline Box resize_support(int64_t in_h, int64_t in_w, int64_t out_h, int64_t out
 
 }  // namespace detail
 
+// Decode straight to resize_center_crop(resize_to, crop) — CLIP eval's first step, e.g. {224, 224} — reading
+// only the pixels the crop needs; bit-identical to decoding in full and then cropping. {0, 0} = off.
+struct DecodeResizeCrop {
+  std::int64_t resize_to = 0, crop = 0;
+  bool enabled() const { return resize_to > 0 && crop > 0; }
+};
+
+class DecodeHint;
+namespace detail {
+inline DecodeHint*& active_decode_hint() {
+  thread_local DecodeHint* hint = nullptr;
+  return hint;
+}
+}  // namespace detail
+
+// Offered by a Loader around dataset.get() when its transform starts with resize_center_crop: an image dataset
+// that would decode the whole file claims it and decodes straight to the crop instead, and the Loader then
+// skips that step. Datasets that never claim it are unaffected.
+class DecodeHint {
+ public:
+  explicit DecodeHint(DecodeResizeCrop crop) : crop_(crop), previous_(detail::active_decode_hint()) {
+    detail::active_decode_hint() = this;
+  }
+  ~DecodeHint() { detail::active_decode_hint() = previous_; }
+  DecodeHint(const DecodeHint&) = delete;
+  DecodeHint& operator=(const DecodeHint&) = delete;
+  bool used() const noexcept { return used_; }
+
+  // The crop offered on this thread, claimed (once: a dataset wrapping another cannot apply it twice), or {}.
+  static DecodeResizeCrop claim() {
+    DecodeHint* hint = detail::active_decode_hint();
+    if (hint == nullptr || hint->used_) return {};
+    hint->used_ = true;
+    return hint->crop_;
+  }
+
+ private:
+  DecodeResizeCrop crop_;
+  DecodeHint* previous_;
+  bool used_ = false;
+};
+
 // resize_center_crop(resize_to, crop) of an encoded JPEG or PNG, decoding only what the crop needs.
 inline at::Tensor decode_resize_center_crop(std::string_view bytes, const std::string& name, int64_t resize_to,
                                             int64_t crop) {

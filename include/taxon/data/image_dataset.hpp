@@ -24,13 +24,6 @@ namespace taxon::data {
 // What to do with rows whose image file does not exist: drop them (reported: count + first few), or fail.
 enum class MissingFilePolicy { skip, reject };
 
-// Decode straight to resize_center_crop(resize_to, crop) — CLIP eval's first step, e.g. {224, 224} — reading
-// only the pixels the crop needs; bit-identical to decoding in full and then cropping. {0, 0} = off.
-struct DecodeResizeCrop {
-  std::int64_t resize_to = 0, crop = 0;
-  bool enabled() const { return resize_to > 0 && crop > 0; }
-};
-
 // Image files with per-rank label ids; get() reads and decodes (thread-safe: no shared mutable state).
 class ImageFileDataset {
  public:
@@ -38,9 +31,11 @@ class ImageFileDataset {
   Sample get(std::int64_t i) const {
     check_index(i, size(), "image dataset");
     const auto& path = paths_[static_cast<size_t>(i)];
-    if (decode_crop_.enabled())
-      return Sample{decode_resize_center_crop(detail::read_encoded(path), path.string(), decode_crop_.resize_to, decode_crop_.crop),
-                    labels(i)};
+    // A Loader's hint applies only where this dataset would otherwise decode in full (no scaled decode).
+    DecodeResizeCrop crop = decode_crop_;
+    if (!crop.enabled() && decode_min_side_ == 0) crop = DecodeHint::claim();
+    if (crop.enabled())
+      return Sample{decode_resize_center_crop(detail::read_encoded(path), path.string(), crop.resize_to, crop.crop), labels(i)};
     return Sample{read_image(path, decode_min_side_), labels(i)};
   }
   std::vector<std::int64_t> labels(std::int64_t i) const {

@@ -17,6 +17,7 @@
 #include "taxon/core/options.hpp"
 #include "taxon/core/seed.hpp"
 #include "taxon/data/dataset.hpp"
+#include "taxon/data/decode_crop.hpp"
 #include "taxon/data/transforms.hpp"
 
 #include <ATen/ATen.h>
@@ -57,6 +58,9 @@ class LoaderOptions {
   TAXON_ARG(bool, even_shards) = true;
   TAXON_ARG(bool, pin_memory) = false;      // honoured only when CUDA is available
   TAXON_ARG(ErrorPolicy, on_error) = ErrorPolicy::reject;
+  // When the transform starts with resize_center_crop (clip_eval, timm_eval), image datasets decode straight to
+  // the crop (only the JPEG columns it reads), bit-identical to decoding in full; false decodes in full.
+  TAXON_ARG(bool, fused_decode) = true;
 };
 
 // Sample order of one epoch for one shard: a seeded permutation (or identity), split across ranks by striding.
@@ -195,8 +199,21 @@ class Loader {
     mutable std::mutex skip_mutex;
     std::vector<std::string> skip_examples;
 
+    LeadingCrop leading;  // the transform's leading resize_center_crop, offered to the dataset's decoder
+
     Shared(std::shared_ptr<const D> d, TransformFn t, LoaderOptions o)
-        : dataset(std::move(d)), transform(std::move(t)), options(std::move(o)), pool_threads(options.workers()) {}
+        : dataset(std::move(d)), transform(std::move(t)), options(std::move(o)), pool_threads(options.workers()) {
+      if (options.fused_decode()) leading = split_leading_crop(transform);
+    }
+
+    // The sample and the part of the transform still to apply: all of it, or what follows a leading crop that
+    // the dataset already did while decoding.
+    std::pair<Sample, const TransformFn*> load(std::int64_t idx) {
+      if (!leading.crop) return {dataset->get(idx), &transform};
+      DecodeHint hint(DecodeResizeCrop{leading.crop->resize_to, leading.crop->crop});
+      Sample s = dataset->get(idx);
+      return {std::move(s), hint.used() ? &leading.rest : &transform};
+    }
 
     // Builds batch `b` of `order`: everything a worker does. Each image goes into the batch buffer right after
     // its transform, while it is still in cache (a copy at the end would read a whole batch back from memory).
@@ -210,7 +227,7 @@ class Loader {
       for (std::int64_t k = begin; k < end; ++k) {
         const std::int64_t idx = order[static_cast<size_t>(k)];
         try {
-          Sample s = dataset->get(idx);
+          auto [s, todo] = load(idx);
           Rng rng = make_engine(options.seed(), {static_cast<std::uint64_t>(epoch), static_cast<std::uint64_t>(idx)});
           const auto slot = static_cast<std::int64_t>(indices.size());
           at::Tensor target = buffer.defined() ? buffer[slot] : at::Tensor();
@@ -218,7 +235,7 @@ class Loader {
           {
             std::optional<OfferOutput> offer;
             if (target.defined()) offer.emplace(target);  // the last step may write straight into the batch
-            img = (transform ? transform(s.image, rng) : s.image).contiguous();
+            img = (*todo ? (*todo)(s.image, rng) : s.image).contiguous();
           }
           TAXON_CHECK(static_cast<std::int64_t>(s.labels.size()) == ranks, "data.bad-sample", "sample ", idx, " carries ",
                       s.labels.size(), " labels for ", ranks, " ranks");

@@ -26,6 +26,7 @@
 #include <functional>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <random>
 #include <tuple>
 #include <utility>
@@ -604,15 +605,18 @@ inline TransformFn center_crop(int64_t height, int64_t width) {
 }
 
 // Resize shorter side to `resize_to`, then center crop crop x crop — fused: only the kept pixels are computed,
-// bit-identical to resize_shortest followed by center_crop.
-inline TransformFn resize_center_crop(int64_t resize_to, int64_t crop) {
-  return [resize_to, crop](const at::Tensor& img, Rng&) {
+// bit-identical to resize_shortest followed by center_crop. A named step, so a Loader can find it at the head of
+// a transform and have the dataset decode straight to the crop (split_leading_crop, DecodeHint).
+struct ResizeCenterCrop {
+  int64_t resize_to = 0, crop = 0;
+  at::Tensor operator()(const at::Tensor& img, Rng&) const {
     detail::check_hwc_u8(img, "resize_center_crop");
     const auto [h, w] = shortest_side_size(img.size(0), img.size(1), resize_to);
     TAXON_CHECK(h >= crop && w >= crop, "data.bad-box", "crop ", crop, " larger than the resized ", h, "x", w, " image");
     return resize_bicubic(img, h, w, {}, Box{center_offset(h, crop), center_offset(w, crop), crop, crop});
-  };
-}
+  }
+};
+inline TransformFn resize_center_crop(int64_t resize_to, int64_t crop) { return ResizeCenterCrop{resize_to, crop}; }
 
 namespace detail {
 // ToTensor + Normalize as one multiply and one subtract per value, v * scale[c] - shift[c] in float, with
@@ -796,10 +800,30 @@ class Compose {
   }
   std::size_t size() const noexcept { return steps_.size(); }
   bool empty() const noexcept { return steps_.empty(); }
+  const std::vector<TransformFn>& steps() const noexcept { return steps_; }
 
  private:
   std::vector<TransformFn> steps_;
 };
+
+// A transform whose first step is resize_center_crop, as that step and the rest (empty: nothing left to do),
+// so the crop can happen while decoding; `crop` is empty when the transform does not start with one.
+struct LeadingCrop {
+  std::optional<ResizeCenterCrop> crop;
+  TransformFn rest;
+};
+inline LeadingCrop split_leading_crop(const TransformFn& transform) {
+  if (!transform) return {};
+  if (const auto* step = transform.target<ResizeCenterCrop>()) return {*step, TransformFn()};
+  const auto* compose = transform.target<Compose>();
+  if (compose == nullptr || compose->empty()) return {};
+  LeadingCrop head = split_leading_crop(compose->steps().front());
+  if (!head.crop) return {};
+  std::vector<TransformFn> rest;
+  if (head.rest) rest.push_back(head.rest);
+  rest.insert(rest.end(), compose->steps().begin() + 1, compose->steps().end());
+  return {head.crop, rest.empty() ? TransformFn() : TransformFn(Compose(std::move(rest)))};
+}
 
 // ---- presets ----
 
