@@ -7,6 +7,8 @@
 //   Loader loader(dataset, clip_train(224), LoaderOptions().batch_size(64).workers(4).seed(1));
 //   for (auto& batch : loader.epoch(e)) { ... batch.images [B,3,224,224], batch.labels [B,R] ... }
 //
+// A transform that starts with resize_center_crop (clip_eval, timm_eval) is split: image datasets decode straight
+// to the crop (DecodeHint), and the rest of the transform runs on it; the batches are the same bit for bit.
 // For GPU training, end the transform with to_chw() instead of normalize() to collate uint8 [B,3,H,W] and call
 // normalize_batch() on the device batch (same values, a quarter of the bytes through pinned memory and PCIe).
 //
