@@ -71,16 +71,13 @@ class DecodeHint {
 // resize_center_crop(resize_to, crop) of an encoded JPEG or PNG, decoding only what the crop needs.
 inline at::Tensor decode_resize_center_crop(std::string_view bytes, const std::string& name, int64_t resize_to,
                                             int64_t crop) {
-  Box window;
-  int64_t out_h = 0, out_w = 0;
+  ResizeCenterCrop::Plan plan{};
   const DecodedRegion region = decode_region(bytes, name, [&](int64_t H, int64_t W) {
-    std::tie(out_h, out_w) = shortest_side_size(H, W, resize_to);
-    TAXON_CHECK(out_h >= crop && out_w >= crop, "data.bad-box", name, ": crop ", crop, " larger than the resized ",
-                out_h, "x", out_w, " image");
-    window = Box{center_offset(out_h, crop), center_offset(out_w, crop), crop, crop};
-    return detail::resize_support(H, W, out_h, out_w, window);
+    plan = ResizeCenterCrop{resize_to, crop}.plan(H, W, name);
+    return detail::resize_support(H, W, plan.out_h, plan.out_w, plan.window);
   });
-  return detail::resize_core(region.pixels, region.top, region.left, region.height, region.width, out_h, out_w, window);
+  return detail::resize_core(region.pixels, region.top, region.left, region.height, region.width, plan.out_h,
+                             plan.out_w, plan.window);
 }
 
 }  // namespace taxon::data

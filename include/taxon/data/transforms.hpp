@@ -28,6 +28,7 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -609,11 +610,21 @@ inline TransformFn center_crop(int64_t height, int64_t width) {
 // a transform and have the dataset decode straight to the crop (split_leading_crop, DecodeHint).
 struct ResizeCenterCrop {
   int64_t resize_to = 0, crop = 0;
+  // The resized size of an H x W image and the crop window in it (shared with decode_resize_center_crop).
+  struct Plan {
+    int64_t out_h, out_w;
+    Box window;
+  };
+  Plan plan(int64_t H, int64_t W, const std::string& what) const {
+    const auto [h, w] = shortest_side_size(H, W, resize_to);
+    TAXON_CHECK(h >= crop && w >= crop, "data.bad-box", what, ": crop ", crop, " larger than the resized ", h, "x", w,
+                " image");
+    return {h, w, Box{center_offset(h, crop), center_offset(w, crop), crop, crop}};
+  }
   at::Tensor operator()(const at::Tensor& img, Rng&) const {
     detail::check_hwc_u8(img, "resize_center_crop");
-    const auto [h, w] = shortest_side_size(img.size(0), img.size(1), resize_to);
-    TAXON_CHECK(h >= crop && w >= crop, "data.bad-box", "crop ", crop, " larger than the resized ", h, "x", w, " image");
-    return resize_bicubic(img, h, w, {}, Box{center_offset(h, crop), center_offset(w, crop), crop, crop});
+    const Plan p = plan(img.size(0), img.size(1), "resize_center_crop");
+    return resize_bicubic(img, p.out_h, p.out_w, {}, p.window);
   }
 };
 inline TransformFn resize_center_crop(int64_t resize_to, int64_t crop) { return ResizeCenterCrop{resize_to, crop}; }
