@@ -14,6 +14,7 @@
 #include "taxon/backbone/checkpoint.hpp"
 #include "taxon/backbone/torchscript.hpp"
 #include "taxon/backbone/embed.hpp"
+#include "taxon/text/text.hpp"
 #include "taxon/loss/loss.hpp"
 #include "taxon/pfc/pfc.hpp"
 #include "taxon/cluster/cluster.hpp"

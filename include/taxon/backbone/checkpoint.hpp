@@ -166,8 +166,8 @@ inline void save_checkpoint(const std::filesystem::path& path, const VisionTrans
   io::save_safetensors(path, std::vector<std::pair<std::string, at::Tensor>>(dict.begin(), dict.end()), metadata);
 }
 
-// Rebuilds a ViT from a safetensors file: our own checkpoint (config metadata), or an open_clip / UNICOM state dict
-// whose architecture is inferred from shapes. Weights are cast to fp32.
+// Rebuilds a ViT from a safetensors file: our own ViT or CLIP checkpoint (config metadata), or an open_clip / UNICOM
+// state dict whose architecture is inferred from shapes. Weights are cast to fp32.
 inline VisionTransformer load_checkpoint(const std::filesystem::path& path, const InferOptions& infer = {}) {
   const auto file = io::load_safetensors(path);
   const std::string source = path.string();
@@ -180,8 +180,13 @@ inline VisionTransformer load_checkpoint(const std::filesystem::path& path, cons
   } catch (const nlohmann::json::exception& e) {
     TAXON_FAIL("backbone.bad-config", source, ": 'config' metadata is not valid JSON: ", e.what());
   }
-  VisionTransformer model(j.get<VisionTransformerOptions>());
-  load_state_dict(*model, dict, /*strict=*/true, source);
+  // taxon's CLIP checkpoint (text/clip.hpp): the visual tower's config and its "visual." keys.
+  const auto format = file.metadata.find("taxon.format");
+  const bool clip = format != file.metadata.end() && format->second == "clip";
+  TAXON_CHECK(!clip || (j.is_object() && j.contains("visual")), "backbone.bad-config", source,
+              ": CLIP checkpoint config lacks 'visual'");
+  VisionTransformer model((clip ? j["visual"] : j).get<VisionTransformerOptions>());
+  load_state_dict(*model, clip ? visual_state_dict(dict) : dict, /*strict=*/true, source);
   return model;
 }
 
