@@ -27,7 +27,13 @@ struct Config {
   double cluster_ratio = 0.1;
   int kmeans_iters = 20;
   std::string labels_from;  // train on a metadata rank instead of clusters
-  std::string cluster_on = "model";  // round 0 features: model embeddings, or raw pixels (bootstrap from random init)
+  // Clustering features: image (= model) embeddings; raw pixels in round 0 (bootstrap from random init); caption
+  // text embeddings; or their mean / concatenation, each part L2-normalised (the seeds' joint features).
+  std::string cluster_on = "model";
+  std::string caption_column;  // CSV column of captions (text/mean/concat)
+  std::string vocab;           // CLIP BPE vocabulary (default: bpe_simple_vocab_16e6.txt.gz next to --weights)
+  bool zero_shot = true;       // zero-shot accuracy per rank before/after, when the weights have a text tower
+  std::vector<std::string> templates;  // zero-shot prompt templates (default: clip, taxonomic and name sets)
   int rounds = 1;
   // training
   int epochs = 3, batch_size = 128, accumulation = 1;
@@ -47,7 +53,8 @@ struct Config {
 
   NLOHMANN_DEFINE_TYPE_INTRUSIVE(Config, dataset, csv, images, path_column, ranks, group_rank, train_limit,
                                  eval_limit, image_size, workers, model, weights, clusters, cluster_ratio,
-                                 kmeans_iters, labels_from, cluster_on, rounds, epochs, batch_size, accumulation, lr,
+                                 kmeans_iters, labels_from, cluster_on, caption_column, vocab, zero_shot,
+                                 templates, rounds, epochs, batch_size, accumulation, lr,
                                  lr_pfc_weight, weight_decay, clip_grad_norm, scale, m1, m2, m3, filter,
                                  sample_rate, num_feat, schedule, amp, augment, run_dir, resume, seed, threads,
                                  eval_fraction)
@@ -74,8 +81,14 @@ inline void add_options(CLI::App& app, Config& c) {
   app.add_option("--cluster-ratio", c.cluster_ratio, "pseudo-classes as a fraction of the training samples")->capture_default_str();
   app.add_option("--kmeans-iters", c.kmeans_iters, "k-means iterations")->capture_default_str();
   app.add_option("--cluster-on", c.cluster_on,
-                 "features clustered in round 0: model embeddings, or raw pixels (a better start than a random-init model)")
-      ->check(CLI::IsMember({"model", "pixels"}))->capture_default_str();
+                 "features to cluster: image (= model) embeddings; pixels (round 0 only, a better start than a "
+                 "random-init model); text (caption embeddings); mean or concat of L2-normalised image and text")
+      ->check(CLI::IsMember({"model", "image", "pixels", "text", "mean", "concat"}))->capture_default_str();
+  app.add_option("--caption-column", c.caption_column, "CSV column with a caption (any text) per image, for --cluster-on text|mean|concat");
+  app.add_option("--vocab", c.vocab, "CLIP BPE vocabulary bpe_simple_vocab_16e6.txt.gz (default: next to --weights)");
+  app.add_option("--zero-shot", c.zero_shot, "zero-shot accuracy per rank before and after training when the weights have a text tower")
+      ->capture_default_str();
+  app.add_option("--template", c.templates, "zero-shot prompt template, repeatable ({} name, {taxonomic}, {RANK}); replaces the default sets");
   app.add_option("--labels-from", c.labels_from, "train on this metadata rank instead of cluster pseudo-labels");
   app.add_option("--rounds", c.rounds, "cluster+train rounds, re-embedding in between (DeepCluster-style)")->capture_default_str();
   app.add_option("--epochs", c.epochs, "epochs per round")->capture_default_str();

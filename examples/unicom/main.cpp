@@ -17,6 +17,7 @@
 #include <iostream>
 
 #include "config.hpp"
+#include "text_side.hpp"
 
 namespace fs = std::filesystem;
 using namespace taxon;
@@ -33,6 +34,7 @@ struct Datasets {
   data::TransformFn train_transform, eval_transform;
   bool small_images = false;  // raw-pixel baseline only makes sense for small images
   std::string group_rank;     // dataset's default for --group-rank
+  std::vector<std::string> train_texts;  // --caption-column of each training image (CSV datasets)
 };
 
 // "species=scientificName", "genus=@genus(scientificName)", "taxa==Fish" -> how a CSV rank is read.
@@ -46,11 +48,20 @@ data::RankSpec parse_rank(const std::string& spec) {
   return data::RankSpec::column(rank, rest);
 }
 
+// The rows `limited` keeps (all of them without a limit), in its order.
+std::vector<int64_t> limited_rows(int64_t size, int64_t limit, uint64_t seed) {
+  if (limit <= 0 || limit >= size) {
+    std::vector<int64_t> all(static_cast<size_t>(size));
+    for (int64_t i = 0; i < size; ++i) all[static_cast<size_t>(i)] = i;
+    return all;
+  }
+  return data::train_test_split(size, 1.0 - static_cast<double>(limit) / size, seed).train;
+}
+
 template <data::Dataset D>
 std::shared_ptr<const Dataset> limited(std::shared_ptr<const D> d, int64_t limit, uint64_t seed) {
   if (limit <= 0 || limit >= d->size()) return std::make_shared<const Dataset>(d);
-  auto split = data::train_test_split(d->size(), 1.0 - static_cast<double>(limit) / d->size(), seed);
-  return std::make_shared<const Dataset>(std::make_shared<const data::Subset<D>>(d, split.train));
+  return std::make_shared<const Dataset>(std::make_shared<const data::Subset<D>>(d, limited_rows(d->size(), limit, seed)));
 }
 
 Datasets load_datasets(const unicom::Config& c) {
@@ -80,6 +91,7 @@ Datasets load_datasets(const unicom::Config& c) {
                                                             .sources({{c.csv, c.images.empty() ? fs::path(c.csv).parent_path() : fs::path(c.images), {}}})
                                                             .path_column(c.path_column)
                                                             .ranks(ranks)
+                                                            .text_column(c.caption_column)
                                                             .decode_min_side(static_cast<int>(size)));
   } else {
     TAXON_CHECK(!c.images.empty(), "cli.missing-option", "--dataset folder needs --images DIR");
@@ -88,6 +100,9 @@ Datasets load_datasets(const unicom::Config& c) {
   // Held-out images for evaluation; the encoder never trains on them.
   auto split = data::train_test_split(all->size(), c.eval_fraction, c.seed);
   out.train = limited(std::make_shared<const data::Subset<data::ImageFileDataset>>(all, split.train), c.train_limit, c.seed);
+  if (!c.caption_column.empty())
+    for (auto k : limited_rows(static_cast<int64_t>(split.train.size()), c.train_limit, c.seed))
+      out.train_texts.push_back(all->text(split.train[static_cast<size_t>(k)]));
   out.eval = limited(std::make_shared<const data::Subset<data::ImageFileDataset>>(all, split.test), c.eval_limit, c.seed + 1);
   out.eval_transform = data::clip_eval(size);
   out.train_transform = c.augment ? data::clip_train(size, 0.0, {0.5, 1.0}) : data::clip_eval(size);
@@ -290,13 +305,24 @@ int run(unicom::Config c) {
   if (c.group_rank.empty()) c.group_rank = data.group_rank;
   log::info("train: ", data.train->size(), " images, eval: ", data.eval->size(), " images");
   auto model = load_backbone(c);
+  auto text_side = unicom::load_text_side(c);
+  at::Tensor caption_features;  // the text tower is not trained: caption embeddings serve every round
+  if (unicom::needs_text(c)) {
+    TAXON_CHECK(c.dataset == "csv" && !c.caption_column.empty(), "cli.missing-option", "--cluster-on ", c.cluster_on,
+                " needs --dataset csv with --caption-column COLUMN");
+    caption_features = text_side.embed(data.train_texts, "embed captions");
+    log::info("clustering on ", c.cluster_on, " of image and caption features (", caption_features.size(1), "-d text)");
+  }
+  const bool zero_shot = c.zero_shot && text_side.ready();
   Report report;
   const fs::path eval_cache = run_dir / "eval-before.json";
 
   if (!fs::exists(eval_cache)) {  // the baselines, once per run
     if (data.small_images) evaluate(report, "raw-pixels", pixels(data.eval, data.eval_transform, c), *data.eval, c);
-    evaluate(report, "before", embed_all(model, data.eval, data.eval_transform, c, "embed eval"), *data.eval, c);
-    io::write_text_atomically(eval_cache, nlohmann::json{{"metrics", report.json}, {"table", report.table.to_csv()}}.dump(2));
+    const auto before = embed_all(model, data.eval, data.eval_transform, c, "embed eval");
+    evaluate(report, "before", before, *data.eval, c);
+    const std::string zs = zero_shot ? unicom::zero_shot(text_side, "before", before, eval_columns(*data.eval, c.group_rank), c).to_csv() : "";
+    io::write_text_atomically(eval_cache, nlohmann::json{{"metrics", report.json}, {"table", report.table.to_csv()}, {"zero_shot", zs}}.dump(2));
   }
 
   for (int round = 0; round < c.rounds; ++round) {
@@ -311,7 +337,9 @@ int run(unicom::Config c) {
       labels = round_labels(dir,
                             round == 0 && c.cluster_on == "pixels"
                                 ? pixels(data.train, data.eval_transform, c)
-                                : embed_all(model, data.train, data.eval_transform, c, "embed train"),
+                                : unicom::cluster_features(c, c.cluster_on == "text" ? at::Tensor()
+                                                              : embed_all(model, data.train, data.eval_transform, c, "embed train"),
+                                                           caption_features),
                             *data.train, c);
     else
       labels = round_labels(dir, at::Tensor(), *data.train, c);
@@ -338,6 +366,19 @@ int run(unicom::Config c) {
   const std::string table_csv = before["table"].get<std::string>() + report.table.to_csv().substr(report.table.to_csv().find('\n') + 1);
   io::write_text_atomically(run_dir / "eval_table.csv", table_csv);
   report.table.write_markdown(run_dir / "eval_table_after.md");
+  if (zero_shot) {  // zero-shot per rank before and after, and the fine-tuned CLIP (visual trained, text as loaded)
+    const auto after = unicom::zero_shot(text_side, "after", embeddings, eval_columns(*data.eval, c.group_rank), c);
+    const std::string before_csv = before.value("zero_shot", std::string());
+    const std::string csv = before_csv.empty() ? after.to_csv() : before_csv + after.to_csv().substr(after.to_csv().find('\n') + 1);
+    io::write_text_atomically(run_dir / "zero_shot.csv", csv);
+    after.write_markdown(run_dir / "zero_shot_after.md");
+    std::cout << "\nzero-shot (top-1 / top-5 by prompt set, group and rank):\n" << csv;
+    text::ClipModel clip;
+    clip.visual = model;
+    clip.text = text_side.tower;
+    clip.logit_scale = text_side.logit_scale;
+    text::save_clip_checkpoint(run_dir / "clip.safetensors", clip);
+  }
   io::write_text_atomically(run_dir / "retrieval.json", report.json.dump(2));
   std::cout << "\n" << table_csv << "\nretrieval (leave-one-out on the eval set):\n";
   for (auto& [name, m] : report.json.items())

@@ -46,6 +46,12 @@ class ImageFileDataset {
   }
   const Taxonomy& taxonomy() const { return taxonomy_; }
   const std::filesystem::path& path(std::int64_t i) const { return paths_[static_cast<size_t>(i)]; }
+  // The row's text column (captions for image+text features; CsvImageDatasetOptions::text_column), or "".
+  const std::string& text(std::int64_t i) const {
+    check_index(i, size(), "image dataset");
+    static const std::string none;
+    return texts_.empty() ? none : texts_[static_cast<size_t>(i)];
+  }
   // Rows/files dropped because the file was missing: total and the first few paths.
   std::int64_t missing_count() const noexcept { return missing_count_; }
   const std::vector<std::string>& missing_examples() const noexcept { return missing_examples_; }
@@ -86,6 +92,7 @@ class ImageFileDataset {
 
   std::vector<std::filesystem::path> paths_;
   std::vector<std::int64_t> labels_;  // [size, ranks] row-major
+  std::vector<std::string> texts_;    // per row when a text column was read
   Taxonomy taxonomy_;
   std::int64_t missing_count_ = 0;
   std::vector<std::string> missing_examples_;
@@ -129,6 +136,8 @@ class CsvImageDatasetOptions {
   TAXON_ARG(bool, strip_labels) = false;
   TAXON_ARG(int, decode_min_side) = 0;
   TAXON_ARG(DecodeResizeCrop, decode_resize_crop);
+  // A column of free text kept per row (e.g. captions), read back with text(i); empty: none.
+  TAXON_ARG(std::string, text_column);
 
  public:
   CsvImageDatasetOptions& add_source(std::filesystem::path csv, std::filesystem::path image_root,
@@ -156,6 +165,8 @@ inline CsvImageDatasetOptions vlm4bio_options(const std::vector<Vlm4BioSource>& 
 }
 
 class CsvImageDataset : public ImageFileDataset {
+  static inline const std::string kNoText;
+
  public:
   explicit CsvImageDataset(const CsvImageDatasetOptions& options) {
     TAXON_CHECK(!options.sources().empty(), "data.bad-options", "CsvImageDataset: no CSV source given");
@@ -173,6 +184,8 @@ class CsvImageDataset : public ImageFileDataset {
         return {table.column(col), nullptr};
       };
       const auto path_col = resolve(options.path_column());
+      const auto text_col = options.text_column().empty() ? std::make_pair(std::int64_t(-1), &kNoText)
+                                                          : resolve(options.text_column());
       std::vector<std::pair<std::int64_t, const std::string*>> cols;
       for (const auto& r : options.ranks())
         cols.push_back(r.kind == RankSpec::Kind::constant ? std::make_pair(std::int64_t(-1), &r.source) : resolve(r.source));
@@ -197,6 +210,7 @@ class CsvImageDataset : public ImageFileDataset {
         }
         paths_.push_back(std::move(p));
         names.push_back(std::move(labels));
+        if (!options.text_column().empty()) texts_.push_back(cell(text_col));
       }
     }
     report_missing(what, options.missing_files());
