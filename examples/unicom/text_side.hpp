@@ -1,6 +1,7 @@
 #pragma once
 // taxon-unicom's use of the text side of CLIP: the text tower of --weights (when it has one) with its tokenizer,
 // caption embeddings for clustering, the joint features of --cluster-on, and zero-shot tables.
+#include <taxon/cluster/features.hpp>
 #include <taxon/core/log.hpp>
 #include <taxon/text/clip_pt.hpp>
 #include <taxon/text/text.hpp>
