@@ -210,7 +210,10 @@ struct ZeroShotTable {
   std::string to_csv() const {
     std::string out;
     auto line = [&](const std::vector<std::string>& cs) {
-      for (std::size_t i = 0; i < cs.size(); ++i) out += (i ? "," : "") + data_quote(cs[i]);
+      for (std::size_t i = 0; i < cs.size(); ++i) {
+        if (i) out += ',';
+        out += data_quote(cs[i]);
+      }
       out += "\n";
     };
     line(header());
