@@ -152,8 +152,8 @@ TEST_CASE("PartialFC bad inputs produce their error ids", "[pfc]") {
   bad[1][1] = std::nanf("");
   REQUIRE_TAXON_ERROR(head->forward(bad, at::tensor({0, 1, 2}, at::kLong)), "pfc.non-finite-embeddings");
   REQUIRE_TAXON_ERROR(head->forward(emb, at::tensor({0, 1}, at::kLong)), "pfc.batch-mismatch");
-  REQUIRE_TAXON_ERROR(taxon::pfc::PartialFC<taxon::loss::ArcFace>(taxon::pfc::PartialFCOptions(0, 8)), "pfc.bad-options");
-  REQUIRE_TAXON_ERROR(taxon::pfc::PartialFC<taxon::loss::ArcFace>(taxon::pfc::PartialFCOptions(10, 8).num_feat(-1)), "pfc.bad-options");
+  REQUIRE_TAXON_ERROR(taxon::pfc::PartialFC<taxon::loss::ArcFace>(taxon::pfc::PartialFCOptions(0, 8)), "pfc.bad-option");
+  REQUIRE_TAXON_ERROR(taxon::pfc::PartialFC<taxon::loss::ArcFace>(taxon::pfc::PartialFCOptions(10, 8).num_feat(-1)), "pfc.bad-option");
   // num_feat >= D selects every feature, as upstream: identical to num_feat 0.
   taxon::pfc::PartialFC<taxon::loss::ArcFace> all(taxon::pfc::PartialFCOptions(10, 8).num_feat(9), taxon::loss::ArcFace(32, 0.3));
   taxon::pfc::PartialFC<taxon::loss::ArcFace> none(taxon::pfc::PartialFCOptions(10, 8), taxon::loss::ArcFace(32, 0.3));
@@ -184,4 +184,14 @@ TEST_CASE("PartialFC centroids round-trip through .npy and safetensors", "[pfc]"
   REQUIRE_TAXON_ERROR(wrong->load_centroids(dir / "c.npy"), "pfc.centroid-shape");
   REQUIRE_TAXON_ERROR(wrong->load_centroids(dir / "c.safetensors"), "pfc.centroid-shape");
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("PartialFC refuses world_size > 1 until a process group is given", "[pfc]") {
+  // Without collectives each rank would compute a softmax over its own class shard only: silently wrong.
+  using Head = taxon::pfc::PartialFC<taxon::loss::ArcFace>;
+  REQUIRE_TAXON_ERROR(Head(taxon::pfc::PartialFCOptions(10, 8).world_size(2)), "pfc.no-process-group");
+  REQUIRE_TAXON_ERROR(Head(taxon::pfc::PartialFCOptions(10, 8).rank(1).world_size(4)), "pfc.no-process-group");
+  REQUIRE_TAXON_ERROR(Head(taxon::pfc::PartialFCOptions(10, 8).rank(2).world_size(2)), "dist.bad-rank");
+  Head single(taxon::pfc::PartialFCOptions(10, 8).world_size(1));
+  CHECK(single->shard().num_local == 10);
 }
