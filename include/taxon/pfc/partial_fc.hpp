@@ -18,6 +18,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <concepts>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -75,7 +76,7 @@ class PartialFCImpl : public torch::nn::Module {
   // Scalar loss: mean over the batch of margin-softmax CE. Embeddings [B, D] (fp32), labels [B] global class ids
   // (or -1 to ignore a row). B may change between calls.
   at::Tensor forward(const at::Tensor& embeddings, const at::Tensor& labels) {
-    const at::Tensor y = loss::validate_inputs("pfc", embeddings, weight, labels, options_.num_classes());
+    const at::Tensor y = loss::validate_inputs(embeddings, weight, labels, options_.num_classes(), "PartialFC");
     const at::Tensor local = dist::localize_labels(y, shard_).to(weight.device());
     ClassSample sample = sampler_.sample(local, shard_.num_local, generator_);
     last_sample_ = sample;
@@ -89,8 +90,13 @@ class PartialFCImpl : public torch::nn::Module {
       w = w.index_select(1, ids);
       e = e.index_select(1, ids);
     }
-    return loss::margin_softmax_ce(e, w, sample.labels, margin_.params(), options_.impl(),
-                                   loss::FusedOptions().chunk_size(options_.chunk_size()));
+    const auto fused = loss::FusedOptions().chunk_size(options_.chunk_size());
+    if constexpr (std::same_as<Sampler, AllClasses> || std::same_as<Sampler, UniformNegatives>) {
+      // Checked once above (each check is a host sync): these samplers map the checked labels into their sample.
+      return loss::margin_softmax_ce(e, w, loss::ValidLabels{sample.labels}, margin_.params(), options_.impl(), fused);
+    } else {
+      return loss::margin_softmax_ce(e, w, sample.labels, margin_.params(), options_.impl(), fused);  // checks them
+    }
   }
 
   // The class centres this rank owns, [num_local, D] (shares storage with the parameter).
