@@ -2,7 +2,7 @@
 // bit-exact resume, on a tiny MLP backbone and a normalized-softmax head defined here.
 #include "taxon/train/train.hpp"
 
-#include "taxon/backbone/checkpoint.hpp"
+#include "taxon/backbone/weights.hpp"
 #include "taxon/backbone/zoo.hpp"
 #include "taxon/core/seed.hpp"
 #include "taxon/data/dataset.hpp"
@@ -932,6 +932,33 @@ TEST_CASE("MetricsLog turns filesystem failures and damaged lines into taxon err
   const auto e = taxon_error_of([&] { t.fit(source, log); });
   CHECK(e.id() == "train.bad-metrics-log");
   CHECK(std::string(e.what()).find("line 2") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("TrainingCheckpoint writes a manifest and still reads format 1 checkpoints", "[train][checkpoint]") {
+  auto dir = temp_dir("format1");
+  Blobs data(64, 4, 25);
+  const EpochSource source{data.x, data.y, 16, 9};
+  TinyMlp b(8, 16, 8);
+  CosineHead h(4, 8);
+  Trainer t(b, h, TrainerOptions().epochs(1).lr(1e-2));
+  t.fit(source);
+  const auto ckpt = t.save_checkpoint(dir);
+  auto doc = nlohmann::json::parse(read_text(ckpt / "trainer.json"));
+  CHECK(doc.at("format") == taxon::train::TrainingCheckpoint::kFormat);
+  for (const auto& part : taxon::train::TrainingCheckpoint::kParts)
+    CHECK(doc.at("files").at(part.part).at("bytes").get<std::uint64_t>() == fs::file_size(ckpt / part.file));
+  // Format 1, as taxon wrote it before the manifest: the trainer's state at the top level.
+  nlohmann::json v1 = doc.at("trainer");
+  v1["format"] = 1;
+  std::ofstream(ckpt / "trainer.json") << v1.dump();
+  TinyMlp b2(8, 16, 8);
+  CosineHead h2(4, 8);
+  Trainer resumed(b2, h2, TrainerOptions().epochs(1).lr(1e-2));
+  REQUIRE(resumed.resume(dir));
+  CHECK(resumed.global_step() == t.global_step());
+  const auto saved = all_params(b, h), restored = all_params(b2, h2);
+  for (size_t i = 0; i < saved.size(); ++i) CHECK(at::equal(saved[i], restored[i]));
   fs::remove_all(dir);
 }
 
