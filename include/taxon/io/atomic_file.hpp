@@ -9,7 +9,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -36,6 +38,28 @@ inline bool path_exists(const fs::path& path) {
   const bool found = fs::exists(path, ec);
   TAXON_CHECK(!ec, "io.cannot-read", "cannot check whether ", path.string(), " exists: ", ec.message());
   return found;
+}
+
+// Size in bytes of an existing file.
+inline std::uint64_t file_size(const fs::path& path) {
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  TAXON_CHECK(ec != std::errc::no_such_file_or_directory, "io.missing-file", "file not found: ", path.string());
+  TAXON_CHECK(!ec, "io.cannot-read", "cannot get the size of ", path.string(), ": ", ec.message());
+  return size;
+}
+
+// Names of the directories directly inside `dir`, sorted.
+inline std::vector<std::string> subdirectory_names(const fs::path& dir) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code type_ec;
+    if (it->is_directory(type_ec)) names.push_back(it->path().filename().string());
+  }
+  TAXON_CHECK(!ec, "io.cannot-read", "cannot list directory ", dir.string(), ": ", ec.message());
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 // `path` must be an existing file; `what` says what it is for ("weights", "image folder", ...).

@@ -87,12 +87,7 @@ class TrainingCheckpoint {
       });
       write_pickle(d / file_of("rng"), generators);
       nlohmann::json files = nlohmann::json::object();
-      for (const auto& p : kParts) {
-        std::error_code ec;
-        const auto bytes = std::filesystem::file_size(d / p.file, ec);
-        TAXON_CHECK(!ec, "io.cannot-read", "cannot stat ", (d / p.file).string(), ": ", ec.message());
-        files[p.part] = {{"name", p.file}, {"bytes", bytes}};
-      }
+      for (const auto& p : kParts) files[p.part] = {{"name", p.file}, {"bytes", io::file_size(d / p.file)}};
       const nlohmann::json doc = {{"format", kFormat}, {"files", std::move(files)}, {"trainer", state}};
       io::write_text_atomically(d / kStateFile, doc.dump(2));
     });
@@ -131,14 +126,8 @@ class TrainingCheckpoint {
   static void prune(const std::filesystem::path& root, int keep) {
     if (keep <= 0 || !io::path_exists(root)) return;
     std::vector<std::string> names;
-    std::error_code ec;
-    for (std::filesystem::directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
-      const std::string n = it->path().filename().string();
-      std::error_code dir_ec;
-      if (n.rfind("step-", 0) == 0 && it->is_directory(dir_ec)) names.push_back(n);
-    }
-    TAXON_CHECK(!ec, "io.cannot-read", "cannot list checkpoint directory ", root.string(), ": ", ec.message());
-    std::sort(names.begin(), names.end());
+    for (auto& n : io::subdirectory_names(root))
+      if (n.rfind("step-", 0) == 0) names.push_back(std::move(n));
     const auto newest = latest(root);
     for (size_t i = 0; i + static_cast<size_t>(keep) < names.size(); ++i) {
       if (newest && newest->filename() == names[i]) continue;
