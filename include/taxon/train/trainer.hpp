@@ -3,7 +3,7 @@
 //
 //   backbone → embeddings → head(embeddings, labels) → loss → backward → AdamW(two groups) + schedule
 //
-// Differences from upstream retrieval.py (spec §3.3), on purpose:
+// Differences from upstream deepglint/unicom unicom/retrieval.py, on purpose:
 // - Gradient accumulation: upstream steps when `global_step % gradient_acc == 0` *before* incrementing (so the
 //   first step follows a single micro-batch) and never divides the loss. Here the optimizer steps after every
 //   complete group of `accumulation` micro-batches, each micro-batch loss divided by `accumulation`, so
