@@ -347,7 +347,8 @@ int run(unicom::Config c) {
   io::save_npy(run_dir / "labels.npy", at::tensor(eval_labels, at::kLong));
   evaluate(report, "after", embeddings, *data.eval, c);
 
-  const std::string table_csv = baselines->table_csv + report.table.to_csv().substr(report.table.to_csv().find('\n') + 1);
+  const std::string after_csv = report.table.to_csv();
+  const std::string table_csv = baselines->table_csv + after_csv.substr(after_csv.find('\n') + 1);
   io::write_text_atomically(run_dir / "eval_table.csv", table_csv);
   report.table.write_markdown(run_dir / "eval_table_after.md");
   io::write_text_atomically(run_dir / "retrieval.json", report.json.dump(2));

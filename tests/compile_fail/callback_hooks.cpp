@@ -21,7 +21,9 @@ TORCH_MODULE(TinyBackbone);
 
 struct TinyHeadImpl : torch::nn::Module {
   at::Tensor weight{register_parameter("weight", at::randn({3, 4}))};
-  at::Tensor forward(const at::Tensor& e, const at::Tensor& y) { return at::cross_entropy_loss(at::mm(e, weight.t()), y); }
+  at::Tensor forward(const at::Tensor& e, const at::Tensor& y) {
+    return at::cross_entropy_loss(at::mm(e, weight.t()), y);
+  }
   at::Tensor centroids() const { return weight; }
   int64_t num_classes() const { return 3; }
 };

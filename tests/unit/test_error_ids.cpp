@@ -127,7 +127,8 @@ inline Scan scan_sources(const fs::path& root) {
         const std::size_t open = static_cast<std::size_t>(m.position(0) + m.length(0)) - 1;
         const std::size_t line_start = text.rfind('\n', open) + 1;
         if (text.compare(line_start, 7, "#define") == 0) continue;
-        const int line = 1 + static_cast<int>(std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(open), '\n'));
+        const auto before = text.begin() + static_cast<std::ptrdiff_t>(open);
+        const int line = 1 + static_cast<int>(std::count(text.begin(), before, '\n'));
         const std::string where = rel.string() + ":" + std::to_string(line);
         const auto args = call_arguments(text, open);
         const std::size_t index = m[2] == "TAXON_CHECK" ? 1 : 0;
@@ -144,14 +145,17 @@ inline Scan scan_sources(const fs::path& root) {
           if (!std::regex_match(id, parts_of_id, id_form)) {
             scan.problems.push_back(where + ": id '" + id + "' is not <area>.<kebab-case-what>");
           } else if (parts_of_id[1] != area) {
-            scan.problems.push_back(where + ": id '" + id + "' is raised in " + (area == "cli" ? "an example" : "include/taxon/" + area) +
-                                    ", so its area must be '" + area + "'");
-          } else if (parts_of_id[2].str().size() >= 8 && parts_of_id[2].str().rfind("bad-options") != std::string::npos) {
+            const std::string place = area == "cli" ? "an example" : "include/taxon/" + area;
+            scan.problems.push_back(where + ": id '" + id + "' is raised in " + place + ", so its area must be '" +
+                                    area + "'");
+          } else if (parts_of_id[2].str().find("bad-options") != std::string::npos) {
             scan.problems.push_back(where + ": id '" + id + "': invalid options are <area>.bad-option (singular)");
           }
           scan.raises.push_back({id, where});
         }
-        if (!any) scan.problems.push_back(where + ": the id is not a string literal (" + id_arg + "); write it out so it can be found");
+        if (!any)
+          scan.problems.push_back(where + ": the id is not a string literal (" + id_arg +
+                                  "); write it out so it can be found");
       }
     }
   }
@@ -168,7 +172,8 @@ inline std::map<std::string, std::string> documented_ids(const fs::path& file, s
     std::smatch m;
     if (!std::regex_search(line, m, row)) continue;
     const std::string meaning = std::regex_replace(m[2].str(), std::regex(R"(^\s+|\s+$)"), "");
-    if (meaning.empty()) problems.push_back("docs/errors.md:" + std::to_string(number) + ": " + m[1].str() + " has no meaning");
+    if (meaning.empty())
+      problems.push_back("docs/errors.md:" + std::to_string(number) + ": " + m[1].str() + " has no meaning");
     if (!out.emplace(m[1].str(), meaning).second)
       problems.push_back("docs/errors.md:" + std::to_string(number) + ": " + m[1].str() + " is listed twice");
   }

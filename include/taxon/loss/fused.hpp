@@ -257,8 +257,8 @@ inline at::Tensor fused_margin_softmax_ce(const at::Tensor& embeddings, const at
 inline at::Tensor fused_margin_softmax_ce(const at::Tensor& embeddings, const at::Tensor& centres,
                                           const at::Tensor& labels, const MarginParams& p,
                                           const FusedOptions& options = {}) {
-  return fused_margin_softmax_ce(embeddings, centres,
-                                 ValidLabels{validate_inputs(embeddings, centres, labels, centres.size(0))}, p, options);
+  const ValidLabels y{validate_inputs(embeddings, centres, labels, centres.size(0))};
+  return fused_margin_softmax_ce(embeddings, centres, y, p, options);
 }
 
 // Frees this thread's reusable chunk-cache buffer (at most FusedOptions::cache_bytes, kept between calls).

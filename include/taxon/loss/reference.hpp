@@ -55,8 +55,8 @@ inline at::Tensor reference_margin_softmax_ce(const at::Tensor& embeddings, cons
 // Reference loss from raw embeddings [B, D] and raw class centres [C, D].
 inline at::Tensor reference_margin_softmax_ce(const at::Tensor& embeddings, const at::Tensor& centres,
                                               const at::Tensor& labels, const MarginParams& p) {
-  return reference_margin_softmax_ce(embeddings, centres,
-                                     ValidLabels{validate_inputs(embeddings, centres, labels, centres.size(0))}, p);
+  const ValidLabels y{validate_inputs(embeddings, centres, labels, centres.size(0))};
+  return reference_margin_softmax_ce(embeddings, centres, y, p);
 }
 
 }  // namespace taxon::loss

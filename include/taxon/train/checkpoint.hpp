@@ -231,7 +231,9 @@ class TrainingCheckpoint {
 
   static void write_pickle(const std::filesystem::path& file, const TensorDict& dict) {
     const std::vector<char> bytes = torch::pickle_save(dict);
-    io::write_atomically(file, [&](std::ostream& out) { out.write(bytes.data(), static_cast<std::streamsize>(bytes.size())); });
+    io::write_atomically(file, [&](std::ostream& out) {
+      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    });
   }
 
   static c10::IValue read_pickle(const std::filesystem::path& file, const char* what) {
@@ -270,7 +272,8 @@ class TrainingCheckpoint {
       TAXON_CHECK(it != state.end(), "train.checkpoint-mismatch", what, " tensor '", name, "' is missing from ",
                   file.string());
       TAXON_CHECK(it->value().sizes() == target.sizes(), "train.checkpoint-mismatch", what, " tensor '", name,
-                  "' has shape ", it->value().sizes(), " in ", file.string(), " but the model expects ", target.sizes());
+                  "' has shape ", it->value().sizes(), " in ", file.string(), " but the model expects ",
+                  target.sizes());
       ++matched;
     };
     for (const auto& p : module.named_parameters(true)) check(p.key(), p.value());

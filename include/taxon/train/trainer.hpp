@@ -146,11 +146,10 @@ struct TrainerOptions {
 // AdamW with UNICOM's two groups: [backbone @ lr] + [head @ lr × lr_pfc_weight].
 template <typename B, typename H>
 std::unique_ptr<torch::optim::AdamW> make_adamw(B& backbone, H& head, const TrainerOptions& o) {
+  const auto betas = std::make_tuple(o.beta1().value_or(kAdamWBeta1), o.beta2());
   auto group_options = [&](double lr) {
-    return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(lr)
-                                                            .betas(std::make_tuple(o.beta1().value_or(kAdamWBeta1), o.beta2()))
-                                                            .eps(o.adam_eps())
-                                                            .weight_decay(o.weight_decay()));
+    return std::make_unique<torch::optim::AdamWOptions>(
+        torch::optim::AdamWOptions(lr).betas(betas).eps(o.adam_eps()).weight_decay(o.weight_decay()));
   };
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(backbone->parameters(), group_options(o.lr()));
@@ -279,9 +278,11 @@ class Trainer {
     schedule.load_state(state_value(state, "schedule", where), where + " 'schedule'");
     GradScaler scaler = scaler_;
     scaler.load_state(state_value(state, "scaler", where), where + " 'scaler'");
-    // Informational or optional fields: a null last_loss is what JSON makes of a NaN.
-    const auto last_loss = state.contains("last_loss") && state["last_loss"].is_number() ? state["last_loss"].get<double>() : 0.0;
-    const auto threads = state.contains("threads") && state["threads"].is_number_integer() ? state["threads"].get<int>() : 0;
+    // Informational fields, read leniently (a null last_loss is what JSON makes of a NaN).
+    const auto& last_loss_json = state.contains("last_loss") ? state["last_loss"] : nlohmann::json();
+    const auto& threads_json = state.contains("threads") ? state["threads"] : nlohmann::json();
+    const double last_loss = last_loss_json.is_number() ? last_loss_json.get<double>() : 0.0;
+    const int threads = threads_json.is_number_integer() ? threads_json.get<int>() : 0;
     const GeneratorStates generators = checkpoint->generators();
 
     checkpoint->restore(checkpoint_parts(), device_);
@@ -391,8 +392,10 @@ class Trainer {
     // Look everything up first, so a missing state changes no generator.
     const at::Tensor cpu = get("cpu");
     at::Tensor head, backbone;
-    if constexpr (requires { { head_->generator() } -> std::convertible_to<at::Generator>; }) head = get("head");
-    if constexpr (requires { { backbone_->generator() } -> std::convertible_to<at::Generator>; }) backbone = get("backbone");
+    if constexpr (requires { { head_->generator() } -> std::convertible_to<at::Generator>; })
+      head = get("head");
+    if constexpr (requires { { backbone_->generator() } -> std::convertible_to<at::Generator>; })
+      backbone = get("backbone");
     try {
       set_cpu_rng_state(cpu);
       if constexpr (requires { { head_->generator() } -> std::convertible_to<at::Generator>; })
