@@ -119,7 +119,7 @@ inline void run(benchmark::State& state, const std::string& model_name, std::vec
   state.counters["fraction_of_matmul"] = model_rate / matmul_rate;  // target >= 0.30 (ViT-B/32)
   state.counters["sdpa"] = TAXON_HAS_SDPA;
   state.counters["fused_adamw"] = fused_adamw ? 1 : 0;
-  state.counters["peak_MiB"] = taxon::bench::allocated_mib(*device, true);
+  if (device->is_cuda()) state.counters["peak_MiB"] = taxon::bench::allocated_mib(*device, true);
 }
 
 void BM_TrainStep_ViT_B32(benchmark::State& state) { run(state, "ViT-B/32", {256}, state.range(0) == 1); }
