@@ -25,7 +25,12 @@ def fmt(v, spec=".3g"):
     return "n/a" if v is None else format(v, spec)
 
 
+DRY_RUN = False
+
+
 def verdict(value, target, higher_is_better):
+    if DRY_RUN:
+        return "dry run"
     if value is None:
         return "not measured"
     ok = value >= target if higher_is_better else value <= target
@@ -70,6 +75,8 @@ def main():
     ap.add_argument("--torch", default="?")
     ap.add_argument("--main-note", default="")
     a = ap.parse_args()
+    global DRY_RUN
+    DRY_RUN = bool(a.dry_run)
     work = a.work
     machine = open(os.path.join(work, "machine.txt")).read() if os.path.exists(os.path.join(work, "machine.txt")) else ""
     stages = [l.rstrip("\n").split("|") for l in open(os.path.join(work, "stages.txt")) if l.strip()]
