@@ -8,6 +8,7 @@
 //   distance_avg         class with the lowest mean Euclidean distance over its gallery images.
 // Ties: the first gallery row (gallery order = split order) for individual metrics, the lexicographically
 // smallest label for class-level ones. A query whose label is absent from the gallery always counts wrong.
+#include "taxon/core/device.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/core/log.hpp"
 #include "taxon/core/options.hpp"
@@ -154,6 +155,7 @@ struct TaxonomyEvalOptions {
   // Query rows per similarity/distance block.
   TAXON_ARG(int64_t, chunk_size) = 1024;
   TAXON_ARG(at::ScalarType, dtype) = at::kFloat;
+  // Where the similarity and distance blocks are computed (query block by query block on a GPU).
   TAXON_ARG(at::Device, device) = at::Device(at::kCPU);
 };
 
@@ -261,6 +263,7 @@ inline std::vector<FourAccuracies> score_columns(
   detail::check_matrix(gallery, "gallery");
   TAXON_CHECK(queries.size(1) == gallery.size(1), "eval.dim-mismatch", "queries have ", queries.size(1),
               " dimensions, gallery ", gallery.size(1));
+  require_usable(o.device());
   auto Q = queries.detach().to(o.device(), o.dtype());
   auto G = gallery.detach().to(o.device(), o.dtype());
   if (o.normalize()) {
