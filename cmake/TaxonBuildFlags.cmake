@@ -14,6 +14,10 @@ endif()
 
 function(taxon_internal_target target)
   target_link_libraries(${target} PRIVATE taxon::taxon)
+  # In a TAXON_WITH_CUDA build every test, example and benchmark gets the CUDA kernels (plain C++ launchers).
+  if(TARGET taxon::cuda)
+    target_link_libraries(${target} PRIVATE taxon::cuda)
+  endif()
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter)
   if(TAXON_LINKER_FLAGS)
     target_link_options(${target} PRIVATE ${TAXON_LINKER_FLAGS})

@@ -3,6 +3,11 @@ include_guard(GLOBAL)
 
 include(TaxonTorch)
 
+# A pip LibTorch ships its own libgomp.so.1 beside libtorch_cpu.so; two files of one SONAME cannot both load, and
+# the rpath would pick LibTorch's anyway. Link taxon's and faiss's OpenMP code against that copy: one runtime.
+if(TORCH_INSTALL_PREFIX AND EXISTS "${TORCH_INSTALL_PREFIX}/lib/libgomp.so.1")
+  set(OpenMP_gomp_LIBRARY "${TORCH_INSTALL_PREFIX}/lib/libgomp.so.1" CACHE FILEPATH "LibTorch's OpenMP runtime")
+endif()
 # Debian's faiss config references OpenMP::OpenMP_CXX without finding it: OpenMP must come first.
 find_package(OpenMP REQUIRED)
 find_package(faiss REQUIRED)

@@ -13,7 +13,43 @@ if(NOT Torch_DIR)
   endif()
 endif()
 
+if(TAXON_WITH_CUDA)
+  # A100 (sm_80) and H100/H200 (sm_90) machine code for taxon::cuda. LibTorch's config otherwise probes for a GPU
+  # and, finding none, lists architectures back to sm_50, which CUDA 13 no longer compiles.
+  set(TAXON_CUDA_ARCHITECTURES "80;90" CACHE STRING "CUDA architectures of the taxon::cuda kernels")
+  if(NOT DEFINED TORCH_CUDA_ARCH_LIST AND NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
+    set(TORCH_CUDA_ARCH_LIST "")
+    foreach(_arch IN LISTS TAXON_CUDA_ARCHITECTURES)
+      string(REGEX REPLACE "([0-9]+)([0-9])$" "\\1.\\2" _arch "${_arch}")
+      list(APPEND TORCH_CUDA_ARCH_LIST "${_arch}")
+    endforeach()
+  endif()
+endif()
+
+# TorchConfig looks its libraries up with find_library, whose system folders come before LibTorch's own lib/: on a
+# machine that also has Debian's LibTorch in /usr/lib, a pip LibTorch would pick up Debian's libtorch.so/libc10.so.
+# Putting the root of the LibTorch being configured in front of the search keeps the two apart.
+if(Torch_DIR)
+  get_filename_component(_taxon_torch_root "${Torch_DIR}/../../.." ABSOLUTE)
+  list(PREPEND CMAKE_PREFIX_PATH "${_taxon_torch_root}")
+endif()
+foreach(_taxon_prefix IN LISTS CMAKE_PREFIX_PATH)
+  if(EXISTS "${_taxon_prefix}/Torch/TorchConfig.cmake")  # torch.utils.cmake_prefix_path form: <root>/share/cmake
+    get_filename_component(_taxon_torch_root "${_taxon_prefix}/../.." ABSOLUTE)
+    list(PREPEND CMAKE_PREFIX_PATH "${_taxon_torch_root}")
+    break()
+  endif()
+endforeach()
+
 find_package(Torch REQUIRED)
+
+foreach(_taxon_lib IN ITEMS TORCH_LIBRARY c10_LIBRARY)
+  if(${_taxon_lib} AND NOT "${${_taxon_lib}}" MATCHES "^${TORCH_INSTALL_PREFIX}/")
+    message(FATAL_ERROR "[taxon] LibTorch at ${TORCH_INSTALL_PREFIX} resolved ${_taxon_lib} to ${${_taxon_lib}}, a "
+                        "different LibTorch: two LibTorch installations would mix. Configure a fresh build folder "
+                        "with -DTorch_DIR=${TORCH_INSTALL_PREFIX}/share/cmake/Torch.")
+  endif()
+endforeach()
 
 # TorchConfig decorates the imported `torch` target with include dirs and flags but gives no namespace or
 # version variable on 1.13; record what we found for the compat header and the build log.

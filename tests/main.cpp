@@ -3,6 +3,7 @@
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
+#include "support/cuda_guard.hpp"
 #include "taxon/core/log.hpp"
 #include "taxon/core/seed.hpp"
 
@@ -10,6 +11,7 @@
 #include <ATen/Parallel.h>
 
 #include <cstdlib>
+#include <iostream>
 
 int main(int argc, char* argv[]) {
   int threads = 2;
@@ -19,7 +21,11 @@ int main(int argc, char* argv[]) {
   if (!std::getenv("TAXON_LOG_LEVEL")) taxon::log::set_level(taxon::log::Level::warn);
   Catch::Session session;
   if (const int rc = session.applyCommandLine(argc, argv); rc != 0) return rc;
-  // Without a GPU, a plain run skips [cuda] tests, as ctest does (name them explicitly to force them).
-  if (session.configData().testsOrTags.empty() && !at::hasCUDA()) session.configData().testsOrTags = {"~[cuda]"};
+  // [cuda] tests live in taxon_gpu_tests; asking this binary for them must not pass by matching nothing.
+  if (taxon::test::selects_cuda_tag(session.configData().testsOrTags)) {
+    std::cerr << "[taxon.cuda.wrong-binary] taxon_tests holds no [cuda] tests: they are in taxon_gpu_tests, built "
+                 "with -DTAXON_WITH_CUDA=ON (scripts/test-cuda) and run on a machine with a GPU\n";
+    return 1;
+  }
   return session.run();
 }

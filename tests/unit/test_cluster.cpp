@@ -221,19 +221,4 @@ TEST_CASE("pseudo-labels and centroids round-trip through .npy", "[cluster]") {
   std::filesystem::remove_all(dir);
 }
 
-TEST_CASE("LibTorch k-means on CUDA matches the CPU run", "[cluster][cuda]") {
-  if (!at::hasCUDA()) {
-    WARN("no CUDA device: skipped");
-    return;
-  }
-  at::Tensor truth;
-  auto x = blobs(100, 10, 12, 4.0, 8, &truth);
-  auto opts = KMeansOptions().k(10).niter(5).backend(KMeansBackend::torch).verbose(false);
-  auto cpu = KMeans(opts).fit(x);
-  auto gpu = KMeans(opts).fit(x.cuda());
-  REQUIRE(gpu.centroids.is_cuda());
-  REQUIRE(at::equal(cpu.labels, gpu.labels));
-  REQUIRE_TENSORS_CLOSE(gpu.centroids.cpu(), cpu.centroids, 1e-4, 1e-4);
-}
-
 }  // namespace test_cluster

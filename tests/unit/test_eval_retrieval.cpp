@@ -204,17 +204,4 @@ TEST_CASE("kNN-vote accuracy weights votes by exp(cos / T)", "[eval]") {
   REQUIRE_TAXON_ERROR(knn_vote_accuracy(x, labels, KnnVoteOptions().temperature(0)), "eval.bad-temperature");
 }
 
-TEST_CASE("LibTorch kNN on CUDA matches faiss on the CPU", "[eval][cuda]") {
-  if (!at::hasCUDA()) {
-    WARN("no CUDA device: skipped");
-    return;
-  }
-  at::Tensor labels;
-  auto x = clustered(3000, 64, 40, 5, &labels);
-  auto cpu = evaluate_retrieval(x, labels, RetrievalOptions().backend(KnnBackend::faiss));
-  auto gpu = evaluate_retrieval(x.cuda(), labels.cuda(), RetrievalOptions().backend(KnnBackend::torch));
-  REQUIRE(gpu.map_at_r == Approx(cpu.map_at_r).epsilon(1e-6));
-  REQUIRE(gpu.precision_at_1 == Approx(cpu.precision_at_1).epsilon(1e-6));
-}
-
 }  // namespace test_eval_retrieval

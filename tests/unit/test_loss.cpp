@@ -1,5 +1,6 @@
 // Margin policies and margin-softmax CE: spec worked example, exact gradient vs finite differences, fused vs
 // reference over a grid, error ids.
+#include "taxon/core/seed.hpp"
 #include "taxon/loss/loss.hpp"
 
 #include <ATen/ATen.h>
@@ -197,6 +198,51 @@ TEST_CASE("fused equals reference: loss and both gradients over a grid", "[loss]
       }
     }
   }
+}
+
+TEST_CASE("fused loss takes bf16 embeddings: the reference on their fp32 values, gradient back in bf16", "[loss]") {
+  using namespace taxon::loss;
+  const MarginParams p = ArcFace(ArcFaceOptions(32, 0.3).filter(0.2)).params();
+  auto gen = taxon::make_generator(31);
+  auto emb = at::randn({24, 48}, gen).to(at::kBFloat16);
+  auto w = at::randn({301, 48}, gen) * 0.1;
+  auto y = at::randint(0, 301, {24}, gen);
+  y[4] = -1;
+  auto e16 = emb.clone().requires_grad_(true), w1 = w.clone().requires_grad_(true);
+  auto fused = fused_margin_softmax_ce(e16, w1, y, p, FusedOptions().chunk_size(64));
+  fused.backward();
+  auto e32 = emb.to(at::kFloat).requires_grad_(true), w2 = w.clone().requires_grad_(true);
+  auto ref = reference_margin_softmax_ce(e32, w2, y, p);
+  ref.backward();
+  REQUIRE(e16.grad().scalar_type() == at::kBFloat16);
+  REQUIRE_TENSORS_CLOSE(fused.detach(), ref.detach(), 1e-5, 0);
+  REQUIRE_TENSORS_CLOSE(e16.grad().to(at::kFloat), e32.grad(), 1e-2, 1e-2 * e32.grad().abs().max().item<double>());
+  REQUIRE_TENSORS_CLOSE(w1.grad(), w2.grad(), 1e-5, 1e-5 * w2.grad().abs().max().item<double>());
+}
+
+TEST_CASE("fused loss with bf16 GEMM operands equals fp32 arithmetic on bf16-rounded operands", "[loss]") {
+  using namespace taxon::loss;
+  const MarginParams p = CosFace(64, 0.4).params();
+  auto gen = taxon::make_generator(32);
+  auto emb = at::randn({16, 64}, gen);
+  auto w = at::randn({500, 64}, gen) * 0.05;
+  auto y = at::randint(0, 500, {16}, gen);
+  auto e1 = emb.clone().requires_grad_(true), w1 = w.clone().requires_grad_(true);
+  auto fused = fused_margin_softmax_ce(e1, w1, y, p, FusedOptions().chunk_size(128).matmul(MatmulPrecision::bf16));
+  fused.backward();
+  // What the kernel computes: normalised embeddings and raw centres rounded to bf16, fp32 products, fp32 norms.
+  auto round = [](const at::Tensor& t) { return t.to(at::kBFloat16).to(at::kFloat); };
+  auto e2 = emb.clone().requires_grad_(true), w2 = w.clone().requires_grad_(true);
+  auto cos = at::mm(round(l2_normalize_rows(e2)), round(w2).t()) / w2.norm(2, {1}).clamp_min(1e-12);
+  auto ref = margin_ce_from_cosines(cos, y, p);
+  ref.backward();
+  REQUIRE_TENSORS_CLOSE(fused.detach(), ref.detach(), 1e-5, 0);
+  // The gradient GEMMs take the chunk's ∂L/∂dot rounded to bf16 as well.
+  REQUIRE_TENSORS_CLOSE(e1.grad(), e2.grad(), 2e-2, 2e-2 * e2.grad().abs().max().item<double>());
+  REQUIRE_TENSORS_CLOSE(w1.grad(), w2.grad(), 2e-2, 2e-2 * w2.grad().abs().max().item<double>());
+  // And it is not the fp32 result: the rounding is really applied.
+  auto ref32 = reference_margin_softmax_ce(emb, w, y, p);
+  REQUIRE(fused.item<double>() != ref32.item<double>());
 }
 
 TEST_CASE("fused loss gives the same gradients on a second backward of a retained graph", "[loss]") {

@@ -439,8 +439,8 @@ TEST_CASE("resume after an interruption ends bit-exact with the uninterrupted ru
   REQUIRE(s1.size() == s3.size());
   const auto fp = b1->parameters()[0];
   const auto rp = b3->parameters()[0];
-  auto& st1 = static_cast<torch::optim::AdamWParamState&>(*s1.at(c10::guts::to_string(fp.unsafeGetTensorImpl())));
-  auto& st3 = static_cast<torch::optim::AdamWParamState&>(*s3.at(c10::guts::to_string(rp.unsafeGetTensorImpl())));
+  auto& st1 = static_cast<torch::optim::AdamWParamState&>(taxon::compat::optimizer_param_state(s1, fp));
+  auto& st3 = static_cast<torch::optim::AdamWParamState&>(taxon::compat::optimizer_param_state(s3, rp));
   CHECK(st1.step() == st3.step());
   CHECK(at::equal(st1.exp_avg_sq(), st3.exp_avg_sq()));
   // A changed run length is refused rather than silently re-scheduled.

@@ -2,6 +2,10 @@
 // The one place that papers over LibTorch version differences (Debian's 1.13 vs pip/NGC 2.x).
 #include <torch/version.h>
 
+#include <sstream>
+#include <string>
+#include <type_traits>
+
 #define TAXON_TORCH_VERSION_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
 
@@ -20,6 +24,36 @@
 #define TAXON_AUTOCAST_PER_DEVICE 0
 #endif
 
+// at::mm_out(out, a, b, out_dtype): bf16 × bf16 → fp32 in one cuBLAS call (CUDA), used by the fused loss's
+// MatmulPrecision::bf16; older LibTorch converts the operands to fp32 instead.
+#if TAXON_TORCH_VERSION_AT_LEAST(2, 9)
+#define TAXON_HAS_MM_OUT_DTYPE 1
+#else
+#define TAXON_HAS_MM_OUT_DTYPE 0
+#endif
+
+// at::_fused_adamw_ (one multi-tensor kernel for the whole AdamW update, CUDA and CPU) from 2.4 on; used by
+// train/fused_adamw.hpp when TrainerOptions::fused_adamw is set.
+#if TAXON_TORCH_VERSION_AT_LEAST(2, 4)
+#define TAXON_HAS_FUSED_ADAMW 1
+#else
+#define TAXON_HAS_FUSED_ADAMW 0
+#endif
+
 namespace taxon::compat {
 inline constexpr const char* torch_version = TORCH_VERSION;
+
+// A parameter's entry in torch::optim::Optimizer::state(), keyed by its TensorImpl address: formatted as a string
+// on 1.13 (c10::guts::to_string), the pointer itself on 2.x. StateMap is the optimizer's state() map.
+template <typename StateMap, typename TensorT>
+auto& optimizer_param_state(StateMap& state, const TensorT& param) {
+  using Key = typename std::decay_t<StateMap>::key_type;
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream address;
+    address << param.unsafeGetTensorImpl();
+    return *state.at(address.str());
+  } else {
+    return *state.at(static_cast<Key>(param.unsafeGetTensorImpl()));
+  }
+}
 }  // namespace taxon::compat

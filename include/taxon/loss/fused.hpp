@@ -4,6 +4,7 @@
 // except for the last chunks, whose dot products a fixed cache (FusedOptions::cache_bytes) keeps from forward.
 // The centre normalisation is folded in (per-chunk norms, kept as [C] floats), so no normalised [C, D] copy exists.
 // Extra memory: the chunk cache (≥ one [B, chunk] buffer), [C] norms and O(B·C/chunk) row statistics.
+#include "taxon/core/compat.hpp"
 #include "taxon/core/options.hpp"
 #include "taxon/loss/cpu_kernels.hpp"
 #include "taxon/loss/margin_math.hpp"
@@ -11,6 +12,7 @@
 #include "taxon/loss/validate.hpp"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -25,8 +27,14 @@
 
 namespace taxon::loss {
 
+// Operands of the chunk GEMMs. bf16: embeddings and centres are rounded to bfloat16 and multiplied with fp32
+// accumulation and fp32 results (tensor cores on CUDA; the same rounding emulated exactly on CPU); the log-sum-exp,
+// the margin and the gradients' elementwise parts stay fp32, and the fp32 centres remain the master weights.
+enum class MatmulPrecision { fp32, bf16 };
+
 struct FusedOptions {
   TAXON_ARG(std::int64_t, chunk_size) = 0;  // classes per chunk; 0 = about 4 MiB of logits per chunk
+  TAXON_ARG(MatmulPrecision, matmul) = MatmulPrecision::fp32;
   // Dot products of the last chunks kept from forward for backward (which runs in reverse chunk order), so those
   // chunks skip the recompute GEMM. A fixed budget, independent of C; at least one chunk (the scratch buffer
   // itself) is always reused. 0 = pure streaming.
@@ -44,6 +52,22 @@ inline std::int64_t fused_chunk_size(std::int64_t requested, std::int64_t B, std
 inline std::int64_t fused_slot_count(std::int64_t cache_bytes, std::int64_t B, std::int64_t ck, std::int64_t nchunks) {
   const std::int64_t slot_bytes = std::max<std::int64_t>(B * ck, 1) * static_cast<std::int64_t>(sizeof(float));
   return std::clamp<std::int64_t>(cache_bytes / slot_bytes, 1, std::max<std::int64_t>(nchunks, 1));
+}
+
+// out = a · b in out's dtype (fp32) whatever the operands' dtype (fp32, or bf16 for MatmulPrecision::bf16).
+inline void mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() == out.scalar_type() && b.scalar_type() == out.scalar_type()) {
+    at::mm_out(out, a, b);
+    return;
+  }
+#if TAXON_HAS_MM_OUT_DTYPE
+  if (out.is_cuda()) {  // cuBLAS bf16 × bf16 → fp32
+    at::mm_out(out, a, b, out.scalar_type());
+    return;
+  }
+#endif
+  // bf16 values are exact in fp32, so this is the same product up to summation order.
+  at::mm_out(out, a.to(out.scalar_type()), b.to(out.scalar_type()));
 }
 
 // The CPU chunk kernels split rows (or centre rows) over the intra-op threads; the per-row work is SIMD code
@@ -95,8 +119,10 @@ inline at::Tensor chunk_slots(std::int64_t nslots, std::int64_t slot_elems, cons
 // serves as the scratch buffer for the remaining chunks. The centre norms ([C] floats) are kept for backward.
 struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& en, const at::Tensor& w,
-                            const at::Tensor& labels, MarginParams p, std::int64_t chunk, std::int64_t cache_bytes) {
+                            const at::Tensor& labels, MarginParams p, std::int64_t chunk, std::int64_t cache_bytes,
+                            bool bf16_matmul) {
     const std::int64_t B = en.size(0), C = w.size(0);
+    const at::Tensor en_mm = bf16_matmul ? en.to(at::kBFloat16) : en;
     const std::int64_t ck = detail::fused_chunk_size(chunk, B, C);
     const std::int64_t nchunks = C == 0 ? 0 : (C + ck - 1) / ck;
     const std::int64_t nslots = detail::fused_slot_count(cache_bytes, B, ck, nchunks);
@@ -113,7 +139,7 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
       at::norm_out(norm, wk, 2, {1});
       const at::Tensor inv_norm = 1.0 / norm.clamp_min(1e-12);
       at::Tensor logits = slots[k % nslots].narrow(0, 0, B * n).view({B, n});
-      at::mm_out(logits, en, wk.t());
+      detail::mm_into(logits, en_mm, matmul_operand(wk, bf16_matmul).t());
       run_chunk_forward(logits, n, c0, inv_norm, labels, p, stats_max[k], stats_sum[k], target_cos);
     }
     // Merge the per-chunk (max, Σexp) pairs into one log-sum-exp per row.
@@ -135,6 +161,7 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
     ctx->saved_data["m3"] = static_cast<double>(p.m3);
     ctx->saved_data["filter"] = static_cast<double>(p.filter);
     ctx->saved_data["exact"] = p.exact;
+    ctx->saved_data["bf16_matmul"] = bf16_matmul;
     return loss;
   }
 
@@ -157,6 +184,8 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
     p.m3 = static_cast<float>(ctx->saved_data["m3"].toDouble());
     p.filter = static_cast<float>(ctx->saved_data["filter"].toDouble());
     p.exact = ctx->saved_data["exact"].toBool();
+    const bool bf16_matmul = ctx->saved_data["bf16_matmul"].toBool();
+    const at::Tensor en_mm = bf16_matmul ? en.to(at::kBFloat16) : en;
     const std::int64_t B = en.size(0), C = w.size(0), D = en.size(1);
     const std::int64_t nchunks = C == 0 ? 0 : (C + ck - 1) / ck;
     const std::int64_t nslots = slots.size(0);
@@ -164,27 +193,37 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
     const bool need_w = ctx->needs_input_grad(1);
     at::Tensor grad_en = at::zeros({B, D}, en.options());
     at::Tensor grad_w = need_w ? at::empty({C, D}, w.options()) : at::Tensor();
+    at::Tensor grad_en_k = bf16_matmul ? at::empty({B, D}, en.options()) : at::Tensor();
     for (std::int64_t k = nchunks - 1; k >= 0; --k) {
       const std::int64_t c0 = k * ck, n = std::min(ck, C - c0);
       const at::Tensor wk = w.narrow(0, c0, n);
+      const at::Tensor wk_mm = matmul_operand(wk, bf16_matmul);
       const at::Tensor norm = norms.narrow(0, c0, n);
       const at::Tensor inv_norm = 1.0 / norm.clamp_min(1e-12);
       const bool cached = cache_live && k >= nchunks - nslots;
       // Uncached chunks recompute into the slot that chunk k + nslots (already consumed) occupied.
       at::Tensor logits = slots[k % nslots].narrow(0, 0, B * n).view({B, n});
-      if (!cached) at::mm_out(logits, en, wk.t());
+      if (!cached) detail::mm_into(logits, en_mm, wk_mm.t());
       run_chunk_backward(logits, n, c0, inv_norm, labels, p, lse, scale);
-      grad_en.addmm_(logits, wk);
+      const at::Tensor dlogits = matmul_operand(logits, bf16_matmul);
+      if (bf16_matmul) {
+        detail::mm_into(grad_en_k, dlogits, wk_mm);
+        grad_en.add_(grad_en_k);
+      } else {
+        grad_en.addmm_(logits, wk);
+      }
       if (need_w) {
         at::Tensor gw = grad_w.narrow(0, c0, n);
-        at::mm_out(gw, logits.t(), en);
+        detail::mm_into(gw, dlogits.t(), en_mm);
         run_normalize_backward(gw, wk, inv_norm, norm);
       }
     }
-    return {grad_en, grad_w, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_en, grad_w, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 
  private:
+  static at::Tensor matmul_operand(const at::Tensor& t, bool bf16) { return bf16 ? t.to(at::kBFloat16) : t; }
+
   // z_y = s·margin_target(cos_y) over [B] with ATen ops (device-generic, same formula as margin_target).
   static at::Tensor target_logits(const at::Tensor& t, const MarginParams& p) {
     if (!is_angular(p)) return (t - p.m3) * p.s;
@@ -231,14 +270,18 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
   }
 };
 
-// Fused loss from raw embeddings [B, D] and raw centres [C, D] (fp32); same value and gradients as the reference.
+// Fused loss from raw embeddings [B, D] (fp32, or bf16/fp16 as autocast leaves them: normalised in fp32, their
+// gradient returned in their dtype) and raw centres [C, D] (fp32); same value and gradients as the reference on
+// the embeddings converted to fp32.
 inline at::Tensor fused_margin_softmax_ce(const at::Tensor& embeddings, const at::Tensor& centres,
                                           const at::Tensor& labels, const MarginParams& p,
                                           const FusedOptions& options = {}) {
   const at::Tensor y = validate_inputs("loss", embeddings, centres, labels, centres.size(0));
-  TAXON_CHECK(embeddings.scalar_type() == at::kFloat && centres.scalar_type() == at::kFloat, "loss.dtype",
-              "the fused loss takes float32 embeddings and centres, got ", embeddings.scalar_type(), " and ",
-              centres.scalar_type());
+  const auto e_type = embeddings.scalar_type();
+  TAXON_CHECK((e_type == at::kFloat || e_type == at::kBFloat16 || e_type == at::kHalf) &&
+                  centres.scalar_type() == at::kFloat,
+              "loss.dtype", "the fused loss takes float32, bfloat16 or float16 embeddings and float32 centres, got ",
+              e_type, " and ", centres.scalar_type());
 #if !defined(TAXON_WITH_CUDA)
   TAXON_CHECK(!embeddings.is_cuda() && !centres.is_cuda(), "loss.no-cuda",
               "CUDA tensors need taxon built with TAXON_WITH_CUDA (the taxon::cuda component); got embeddings on ",
@@ -246,11 +289,12 @@ inline at::Tensor fused_margin_softmax_ce(const at::Tensor& embeddings, const at
 #endif
   TAXON_CHECK(embeddings.device() == centres.device(), "loss.device-mismatch", "embeddings on ", embeddings.device(),
               " but centres on ", centres.device());
-  const at::Tensor en = l2_normalize_rows(embeddings).contiguous();
+  const at::Tensor en = l2_normalize_rows(embeddings.to(at::kFloat)).contiguous();
   // Without a backward pass to serve, one scratch slot is all the forward needs.
   const bool grad = at::GradMode::is_enabled() && (embeddings.requires_grad() || centres.requires_grad());
   return FusedMarginCE::apply(en, centres.contiguous(), y.to(embeddings.device()), p, options.chunk_size(),
-                              grad ? options.cache_bytes() : std::int64_t{0});
+                              grad ? options.cache_bytes() : std::int64_t{0},
+                              options.matmul() == MatmulPrecision::bf16);
 }
 
 // Frees this thread's reusable chunk-cache buffer (at most FusedOptions::cache_bytes, kept between calls).

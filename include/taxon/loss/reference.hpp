@@ -5,6 +5,7 @@
 #include "taxon/loss/validate.hpp"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 namespace taxon::loss {
 

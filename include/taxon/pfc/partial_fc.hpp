@@ -15,6 +15,7 @@
 #include "taxon/pfc/sampler.hpp"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
