@@ -4,6 +4,7 @@
 // The GPU halves of these (real CUDA devices, GPU <-> CPU resume) are in tests/gpu/.
 #include "taxon/backbone/embed.hpp"
 #include "taxon/cluster/kmeans.hpp"
+#include "taxon/core/compat.hpp"
 #include "taxon/core/device.hpp"
 #include "taxon/core/seed.hpp"
 #include "taxon/data/transforms.hpp"
@@ -356,7 +357,7 @@ TEST_CASE("a checkpoint carrying a CUDA generator state resumes on the CPU, bit-
   for (auto& group : resumed.optimizer().param_groups())
     for (auto& param : group.params()) {
       auto& st = static_cast<torch::optim::AdamWParamState&>(
-          *resumed.optimizer().state().at(c10::guts::to_string(param.unsafeGetTensorImpl())));
+          taxon::compat::optimizer_param_state(resumed.optimizer().state(), param));
       CHECK(st.exp_avg().device() == param.device());
       CHECK(st.exp_avg_sq().device() == param.device());
     }
