@@ -188,8 +188,8 @@ TEST_CASE("bf16 autocast and fp16 with the GradScaler train on CUDA with finite 
           "[cuda][train][amp]") {
   require_gpu();
   CHECK(taxon::train::GradScalerOptions().growth_interval() == 200);  // UNICOM's value (PyTorch's is 2000)
-  const auto images = normalized(prototype_images(128, 8, 6, nullptr));
-  const auto batches = batches_of(images, at::randint(1003, {128}, taxon::make_generator(7), at::kLong), 32);
+  const auto images = normalized(prototype_images(192, 8, 6, nullptr));
+  const auto batches = batches_of(images, at::randint(1003, {192}, taxon::make_generator(7), at::kLong), 32);
   auto run = [&](taxon::train::Precision precision) {
     auto [vit, head] = fresh_model(12);
     taxon::train::Trainer trainer(vit, head, step_options().device(kGpu).precision(precision));
@@ -200,24 +200,29 @@ TEST_CASE("bf16 autocast and fp16 with the GradScaler train on CUDA with finite 
   const auto [fp32, p32] = run(taxon::train::Precision::fp32);
   const auto [bf16, pbf] = run(taxon::train::Precision::bf16);
   const auto [fp16, p16] = run(taxon::train::Precision::fp16);
-  REQUIRE(fp32.steps.size() == 4);
-  REQUIRE(bf16.steps.size() == 4);
-  REQUIRE(fp16.steps.size() == 4);
+  REQUIRE(fp32.steps.size() == 6);
+  REQUIRE(bf16.steps.size() == 6);
+  REQUIRE(fp16.steps.size() == 6);
   // The first step starts from the same weights: its loss differs only by the forward's precision.
-  CHECK(std::isfinite(bf16.steps[0].loss));
   CHECK(bf16.steps[0].loss == Approx(fp32.steps[0].loss).epsilon(0.03));
   CHECK(fp16.steps[0].loss == Approx(fp32.steps[0].loss).epsilon(0.01));
   CHECK(fp16.steps[0].loss_scale == 65536.0);
+  bool fp16_on_track = true;  // no fp16 step skipped yet: its weights follow the fp32 run's
   int stepped = 0;
-  for (size_t s = 0; s < 4; ++s) {
-    INFO("step " << s);
+  for (size_t s = 0; s < 6; ++s) {
+    INFO("step " << s << ": fp32 " << fp32.steps[s].loss << ", bf16 " << bf16.steps[s].loss << ", fp16 "
+                 << fp16.steps[s].loss << " (scale " << fp16.steps[s].loss_scale << ")");
     CHECK(std::isfinite(bf16.steps[s].loss));
     CHECK(std::isfinite(fp16.steps[s].loss));
-    CHECK(bf16.steps[s].loss == Approx(fp32.steps[s].loss).epsilon(0.05));
-    CHECK(fp16.steps[s].loss == Approx(fp32.steps[s].loss).epsilon(0.05));
+    CHECK(bf16.steps[s].loss == Approx(fp32.steps[s].loss).epsilon(0.1));
+    if (fp16_on_track) CHECK(fp16.steps[s].loss == Approx(fp32.steps[s].loss).epsilon(0.1));
+    // The scaler's rule: an overflow skips the step and halves the scale; growth waits 200 clean steps.
+    if (s + 1 < 6)
+      CHECK(fp16.steps[s + 1].loss_scale == fp16.steps[s].loss_scale * (fp16.steps[s].skipped ? 0.5 : 1.0));
+    fp16_on_track = fp16_on_track && !fp16.steps[s].skipped;
     stepped += fp16.steps[s].skipped ? 0 : 1;
   }
-  CHECK(stepped >= 1);  // loss scaling let at least one fp16 step through (an overflow only halves the scale)
+  CHECK(stepped >= 1);  // loss scaling let fp16 steps through
   // Mixed precision still trains the fp32 master weights.
   for (const auto* p : {&pbf, &p16})
     for (size_t i = 0; i < p32.size(); ++i) CHECK(at::isfinite((*p)[i]).all().item<bool>());
