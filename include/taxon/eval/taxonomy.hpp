@@ -104,7 +104,10 @@ struct TaxonomyTable {
     };
     std::string out;
     auto line = [&](const std::vector<std::string>& cs) {
-      for (size_t i = 0; i < cs.size(); ++i) out += (i ? "," : "") + quote(cs[i]);
+      for (size_t i = 0; i < cs.size(); ++i) {
+        if (i) out += ',';
+        out += quote(cs[i]);  // appended separately: GCC 12 -Wrestrict misreads `"," + std::string` here
+      }
       out += "\n";
     };
     line(header());
