@@ -166,6 +166,7 @@ TEST_CASE("parse_device on this machine: cuda works exactly when auto picks a GP
     REQUIRE_TAXON_ERROR(parse_device("cuda:" + std::to_string(here.devices)), "core.no-such-device");
   }
   taxon::require_usable(at::Device(at::kCPU));
+  taxon::require_usable(at::Device(at::kMeta));  // not CUDA: left to LibTorch (and to the callers' own checks)
   taxon::require_usable(at::Device(at::kCUDA, 1), two_gpus);
   REQUIRE_TAXON_ERROR(taxon::require_usable(at::Device(at::kCUDA, 1), CudaAvailability{true, 1}),
                       "core.no-such-device");

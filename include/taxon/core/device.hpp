@@ -106,11 +106,11 @@ inline DeviceChoice parse_device(std::string_view spec, const CudaAvailability& 
 // `spec` against what this process can use.
 inline DeviceChoice parse_device(std::string_view spec) { return parse_device(spec, CudaAvailability::query()); }
 
-// Fails with the same errors as parse_device when `device` cannot be used here (library options taking an
-// at::Device check it up front, so a bad choice is reported before any work, not deep inside a kernel call).
+// Fails with the same errors as parse_device when `device` is a CUDA device this process cannot use (library
+// options taking an at::Device check it up front, so a bad choice is reported before any work, not deep inside a
+// kernel call). Other device types are left to LibTorch.
 inline void require_usable(at::Device device, const CudaAvailability& cuda = CudaAvailability::query()) {
-  if (device.is_cpu()) return;
-  TAXON_CHECK(device.is_cuda(), "core.bad-device", "device ", device.str(), " is not supported (cpu or cuda only)");
+  if (!device.is_cuda()) return;
   parse_device(device.has_index() ? device.str() : std::string("cuda"), cuda);
 }
 

@@ -124,7 +124,11 @@ struct TaxonomyTable {
     std::string out;
     auto line = [&](const std::vector<std::string>& cs) {
       out += "|";
-      for (const auto& c : cs) out += " " + escape(c) + " |";
+      for (const auto& c : cs) {
+        out += ' ';
+        out += escape(c);  // appended separately, as in to_csv (GCC 12 -Wstringop-overflow false positive)
+        out += " |";
+      }
       out += "\n";
     };
     line(header());
