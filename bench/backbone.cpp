@@ -1,8 +1,8 @@
 // ViT forward throughput on CPU: images/s and the GFLOP/s reached, to read against bench_core_matmul's rate.
-// FLOPs count the matrix products (2 per multiply-add): patch embedding, qkv/out projections, attention
-// scores and mixing, MLP, head. For ViT-B/32 this gives the usual 8.82 GFLOP per image. Rates use wall time
+// FLOPs count the matrix products (support/vit_flops.hpp; ViT-B/32: 8.82 GFLOP per image). Rates use wall time
 // (UseRealTime): the main thread's CPU time undercounts work done on the BLAS/OpenMP threads.
 #include "support/context.hpp"
+#include "support/vit_flops.hpp"
 
 #include "taxon/backbone/zoo.hpp"
 
@@ -13,16 +13,7 @@
 
 namespace bench_backbone {
 
-inline double forward_flops(const taxon::backbone::VisionTransformerOptions& o) {
-  const double w = static_cast<double>(o.width()), g2 = static_cast<double>(o.grid() * o.grid());
-  const double n = static_cast<double>(o.tokens()), p = static_cast<double>(o.patch_size());
-  const double patch = g2 * w * 3 * p * p;
-  const double block = n * w * 3 * w + 2 * n * n * w + n * w * w + 2 * n * w * w * static_cast<double>(o.mlp_ratio());
-  const double head = o.layout() == taxon::backbone::Layout::clip
-                          ? w * static_cast<double>(o.output_dim())
-                          : g2 * w * w + w * static_cast<double>(o.output_dim());
-  return 2.0 * (patch + static_cast<double>(o.layers()) * block + head);
-}
+using taxon::bench::vit_forward_flops;
 
 inline void forward(benchmark::State& state, const std::string& name) {
   const int64_t batch = state.range(0);
@@ -38,8 +29,8 @@ inline void forward(benchmark::State& state, const std::string& name) {
   }
   const double images_done = static_cast<double>(batch) * static_cast<double>(state.iterations());
   state.counters["images/s"] = benchmark::Counter(images_done, benchmark::Counter::kIsRate);
-  state.counters["GFLOP/s"] = benchmark::Counter(images_done * forward_flops(o) / 1e9, benchmark::Counter::kIsRate);
-  state.counters["GFLOP/img"] = forward_flops(o) / 1e9;
+  state.counters["GFLOP/s"] = benchmark::Counter(images_done * vit_forward_flops(o) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GFLOP/img"] = vit_forward_flops(o) / 1e9;
 }
 
 }  // namespace bench_backbone

@@ -29,13 +29,16 @@ endif()
 # TorchConfig looks its libraries up with find_library, whose system folders come before LibTorch's own lib/: on a
 # machine that also has Debian's LibTorch in /usr/lib, a pip LibTorch would pick up Debian's libtorch.so/libc10.so.
 # Putting the root of the LibTorch being configured in front of the search keeps the two apart.
+set(_taxon_torch_configs "")
 if(Torch_DIR)
-  get_filename_component(_taxon_torch_root "${Torch_DIR}/../../.." ABSOLUTE)
-  list(PREPEND CMAKE_PREFIX_PATH "${_taxon_torch_root}")
+  list(APPEND _taxon_torch_configs "${Torch_DIR}")
 endif()
-foreach(_taxon_prefix IN LISTS CMAKE_PREFIX_PATH)
-  if(EXISTS "${_taxon_prefix}/Torch/TorchConfig.cmake")  # torch.utils.cmake_prefix_path form: <root>/share/cmake
-    get_filename_component(_taxon_torch_root "${_taxon_prefix}/../.." ABSOLUTE)
+foreach(_taxon_prefix IN LISTS CMAKE_PREFIX_PATH)  # the torch.utils.cmake_prefix_path form: <root>/share/cmake
+  list(APPEND _taxon_torch_configs "${_taxon_prefix}/Torch")
+endforeach()
+foreach(_taxon_config IN LISTS _taxon_torch_configs)
+  get_filename_component(_taxon_torch_root "${_taxon_config}/../../.." ABSOLUTE)
+  if(EXISTS "${_taxon_config}/TorchConfig.cmake" AND EXISTS "${_taxon_torch_root}/lib/libc10.so")
     list(PREPEND CMAKE_PREFIX_PATH "${_taxon_torch_root}")
     break()
   endif()

@@ -5,6 +5,13 @@ if(MODE STREQUAL "find_package")
 else()
   set(_args -DTAXON_SOURCE_DIR=${TAXON_SOURCE})
 endif()
+# The LibTorch taxon was built with (a pip LibTorch is not on the default search path; Debian's 1.13 would be).
+if(TORCH_DIR)
+  list(APPEND _args -DTorch_DIR=${TORCH_DIR})
+endif()
+if(CONSUMER_CUDA)
+  list(APPEND _args -DCONSUMER_CUDA=ON)
+endif()
 execute_process(COMMAND ${CMAKE_COMMAND} -S ${CONSUMER} -B ${WORK} -G ${GENERATOR} -DCMAKE_BUILD_TYPE=Release
                         -DCONSUMER_MODE=${MODE} ${_args} RESULT_VARIABLE rc)
 if(rc)

@@ -49,6 +49,7 @@
 #include "taxon/train/amp.hpp"
 #include "taxon/train/callbacks.hpp"
 #include "taxon/train/checkpoint.hpp"
+#include "taxon/train/fused_adamw.hpp"
 #include "taxon/train/schedule.hpp"
 
 #include <ATen/ATen.h>
@@ -92,6 +93,8 @@ struct TrainerOptions {
   TAXON_ARG(double, beta1) = 0.9;
   TAXON_ARG(double, beta2) = 0.999;
   TAXON_ARG(double, adam_eps) = 1e-8;
+  // AdamW as ATen's fused multi-tensor kernel (taxon::train::FusedAdamW, LibTorch >= 2.4); same update and state.
+  TAXON_ARG(bool, fused_adamw) = false;
   // Micro-batches per optimizer step.
   TAXON_ARG(int64_t, accumulation) = 1;
   // Max total L2 norm of all gradients (backbone and head); 0 = no clipping (upstream has none).
@@ -139,6 +142,7 @@ struct TrainerOptions {
             {"beta1", beta1_},
             {"beta2", beta2_},
             {"adam_eps", adam_eps_},
+            {"fused_adamw", fused_adamw_},
             {"accumulation", accumulation_},
             {"clip_grad_norm", clip_grad_norm_},
             {"precision", to_string(precision_)},
@@ -161,6 +165,12 @@ std::unique_ptr<torch::optim::AdamW> make_adamw(B& backbone, H& head, const Trai
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(backbone->parameters(), group_options(o.lr()));
   groups.emplace_back(head->parameters(), group_options(o.lr() * o.lr_pfc_weight()));
+#if TAXON_HAS_FUSED_ADAMW
+  if (o.fused_adamw()) return std::make_unique<FusedAdamW>(std::move(groups), *group_options(o.lr()));
+#else
+  TAXON_CHECK(!o.fused_adamw(), "train.bad-option", "fused_adamw needs LibTorch >= 2.4 (at::_fused_adamw_), this is ",
+              compat::torch_version);
+#endif
   return std::make_unique<torch::optim::AdamW>(std::move(groups), *group_options(o.lr()));
 }
 
