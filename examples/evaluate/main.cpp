@@ -5,6 +5,8 @@
 //
 // Row i of the CSV labels row i of the embeddings. The table is the NFHM/BioCosmos one: per group plus All, a
 // seeded 80/20 split, accuracy_individual / accuracy_avg / distance_individual / distance_avg.
+// `--device auto|cpu|cuda|cuda:N` (default auto: the first GPU when there is one) is where the similarity blocks
+// and the neighbour search run; `--device cuda` without a usable GPU fails before anything is read.
 #include <taxon/core/core.hpp>
 #include <taxon/data/csv.hpp>
 #include <taxon/data/rank_spec.hpp>
@@ -21,7 +23,7 @@
 using namespace taxon;
 
 int main(int argc, char** argv) {
-  std::string embeddings_path, labels_path, group_column, model = "model", out;
+  std::string embeddings_path, labels_path, group_column, model = "model", out, device_spec = "auto";
   std::vector<std::string> rank_specs;
   bool nfhm_compat = false, normalize = false;
   uint64_t seed = 0;
@@ -48,9 +50,13 @@ int main(int argc, char** argv) {
   app.add_option("--path-column", zs.path_column, "CSV column holding each row's image path")->capture_default_str();
   app.add_option("--template", zs.templates, "prompt template, repeatable ({} name, {taxonomic}, {RANK}); replaces the default sets");
   app.add_option("--zero-shot-out", zs.out, "write the zero-shot table here (.csv; a .md copy beside it)");
+  app.add_option("--device", device_spec, "auto (the first GPU when there is one, else the CPU), cpu, cuda or cuda:N")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   try {
+    const auto device = parse_device(device_spec);
+    log::info("device: ", device.describe());
     configure_threads();
     TAXON_CHECK(!embeddings_path.empty() || (zero_shot && !zs.weights.empty()), "cli.missing-option",
                 "--embeddings is required (or --zero-shot --weights CKPT to embed the images the CSV lists)");
@@ -71,7 +77,7 @@ int main(int argc, char** argv) {
       columns.ranks.emplace_back(rank.rank, data::rank_values(csv, rank));
     }
     auto options = eval::TaxonomyEvalOptions().model(model).seed(seed).test_size(test_size)
-                       .nfhm_compat(nfhm_compat).normalize(normalize);
+                       .nfhm_compat(nfhm_compat).normalize(normalize).device(device.device);
     if (group_column.empty()) {
       columns.taxa.assign(static_cast<size_t>(csv.num_rows()), "All");
       options.groups({"All"}).include_all(false);
@@ -84,7 +90,7 @@ int main(int argc, char** argv) {
     std::cout << table.to_csv();
 
     const auto ids = eval::encode_labels(columns.ranks.front().second).ids;
-    const auto m = eval::evaluate_retrieval(embeddings, ids);
+    const auto m = eval::evaluate_retrieval(embeddings, ids, eval::RetrievalOptions().device(device.device));
     std::printf("\n%s leave-one-out: Recall@1 %.2f%%  Recall@5 %.2f%%  MAP@R %.2f%%  R-precision %.2f%%\n",
                 columns.ranks.front().first.c_str(), 100 * m.recall_at(1), 100 * m.recall_at(5), 100 * m.map_at_r,
                 100 * m.r_precision);

@@ -45,9 +45,10 @@ struct Config {
   double scale = 32, m1 = 1.0, m2 = 0.3, m3 = 0.0, filter = 0.0, sample_rate = 1.0;
   int64_t num_feat = 0;
   std::string schedule = "onecycle";  // onecycle | cosine | constant
-  std::string amp = "off";            // off | bf16 | fp16
+  std::string amp = "auto";           // auto (bf16 on CUDA, off on the CPU) | off | bf16 | fp16
   bool augment = true;
   // run
+  std::string device = "auto";  // auto | cpu | cuda | cuda:N
   std::string run_dir = "runs/unicom";
   std::string resume;
   uint64_t seed = 0;
@@ -55,13 +56,14 @@ struct Config {
   double eval_fraction = 0.2;
   bool model_explicit = false;  // --model given on the command line: --weights must fit it exactly (not saved)
 
-  NLOHMANN_DEFINE_TYPE_INTRUSIVE(Config, dataset, csv, images, path_column, ranks, group_rank, train_limit,
+  // Keys missing from a config file keep their defaults (config.json of runs made before an option existed).
+  NLOHMANN_DEFINE_TYPE_INTRUSIVE_WITH_DEFAULT(Config, dataset, csv, images, path_column, ranks, group_rank, train_limit,
                                  eval_limit, image_size, workers, model, weights, clusters, cluster_ratio,
                                  kmeans_iters, labels_from, cluster_on, caption_column, vocab, zero_shot,
                                  templates, rounds, epochs, batch_size, accumulation, lr,
                                  lr_pfc_weight, weight_decay, clip_grad_norm, scale, m1, m2, m3, filter,
-                                 sample_rate, num_feat, schedule, amp, augment, run_dir, resume, seed, threads,
-                                 eval_fraction)
+                                 sample_rate, num_feat, schedule, amp, augment, device, run_dir, resume, seed,
+                                 threads, eval_fraction)
 };
 
 inline void add_options(CLI::App& app, Config& c) {
@@ -111,9 +113,13 @@ inline void add_options(CLI::App& app, Config& c) {
   app.add_option("--num-feat", c.num_feat, "random feature sub-selection size (0 = off)")->capture_default_str();
   app.add_option("--schedule", c.schedule, "onecycle, cosine or constant")
       ->check(CLI::IsMember({"onecycle", "cosine", "constant"}))->capture_default_str();
-  app.add_option("--amp", c.amp, "mixed precision: off, bf16 (CPU/CUDA) or fp16 (CUDA)")
-      ->check(CLI::IsMember({"off", "bf16", "fp16"}))->capture_default_str();
+  app.add_option("--amp", c.amp, "mixed precision: auto (bf16 on CUDA, off on the CPU), off, bf16 (CPU/CUDA) or "
+                 "fp16 (CUDA, with loss scaling)")
+      ->check(CLI::IsMember({"auto", "off", "bf16", "fp16"}))->capture_default_str();
   app.add_option("--augment", c.augment, "train-time augmentation (random resized crop + flip)")->capture_default_str();
+  app.add_option("--device", c.device,
+                 "auto (the first GPU when there is one, else the CPU), cpu, cuda or cuda:N; cuda fails at once "
+                 "when no GPU can be used")->capture_default_str();
   app.add_option("--run-dir", c.run_dir, "where checkpoints, tables and embeddings go")->capture_default_str();
   app.add_option("--resume", c.resume, "continue the interrupted run in this directory");
   app.add_option("--seed", c.seed, "seed for splits, clustering, sampling and augmentation")->capture_default_str();

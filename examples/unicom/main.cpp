@@ -6,6 +6,10 @@
 // Copy this file to start your own trainer. Everything in it is public taxon API; the run directory holds
 // config.json, per-round clusters and checkpoints, model.safetensors, centroids.npy, embeddings.npy, labels.npy,
 // eval tables (CSV + Markdown), retrieval.json and metrics.jsonl. `--resume RUN_DIR` continues a stopped run.
+//
+// `--device auto|cpu|cuda|cuda:N` picks where everything runs. On CUDA the loaders collate uint8 batches (to_chw)
+// into pinned memory, the copies are asynchronous and normalisation happens on the GPU; k-means, kNN and the
+// taxonomy table run there too, and --amp defaults to bf16. On the CPU the float path is unchanged.
 #include <taxon/taxon.hpp>
 
 #include <CLI/CLI.hpp>
@@ -30,9 +34,18 @@ namespace {
 volatile std::sig_atomic_t interrupted = 0;
 extern "C" void on_sigint(int) { interrupted = 1; }
 
+// Where the run computes, resolved once from --device and --amp before anything is loaded.
+struct Placement {
+  DeviceChoice device;
+  train::Precision precision = train::Precision::fp32;
+  bool cuda() const { return device.is_cuda(); }
+};
+
 struct Datasets {
   std::shared_ptr<const Dataset> train, eval;
   data::TransformFn train_transform, eval_transform;
+  // On CUDA the transforms end in to_chw() (uint8 batches) and this normalises them on the device; empty on CPU.
+  DeviceImageStep device_transform;
   bool small_images = false;  // raw-pixel baseline only makes sense for small images
   std::string group_rank;     // dataset's default for --group-rank
   std::vector<std::string> train_texts;  // --caption-column of each training image (CSV datasets)
@@ -54,7 +67,7 @@ std::shared_ptr<const Dataset> limited(std::shared_ptr<const D> d, int64_t limit
   return std::make_shared<const Dataset>(std::make_shared<const data::Subset<D>>(d, limited_rows(d->size(), limit, seed)));
 }
 
-Datasets load_datasets(const unicom::Config& c) {
+Datasets load_datasets(const unicom::Config& c, const Placement& where) {
   Datasets out;
   const int64_t size = c.image_size;
   if (c.dataset == "fashion-mnist") {
@@ -63,10 +76,18 @@ Datasets load_datasets(const unicom::Config& c) {
     out.train = limited(train, c.train_limit, c.seed);
     out.eval = limited(test, c.eval_limit, c.seed + 1);
     const std::vector<double> mean{0.2860, 0.2860, 0.2860}, stdev{0.3530, 0.3530, 0.3530};  // Fashion-MNIST stats
-    out.eval_transform = data::small_image(size, mean, stdev);
-    out.train_transform = c.augment ? data::Compose({data::random_resized_crop(size, {0.6, 1.0}),
-                                                     data::horizontal_flip(), data::normalize(mean, stdev)})
-                                    : data::small_image(size, mean, stdev);
+    if (where.cuda()) {  // grey 28x28 -> uint8 RGB [3,size,size]; normalised on the GPU
+      out.eval_transform = data::Compose({data::resize(size, size), data::to_chw(3)});
+      out.train_transform = c.augment ? data::Compose({data::random_resized_crop(size, {0.6, 1.0}),
+                                                       data::horizontal_flip(), data::to_chw(3)})
+                                      : out.eval_transform;
+      out.device_transform = data::normalize_on_device(mean, stdev);
+    } else {
+      out.eval_transform = data::small_image(size, mean, stdev);
+      out.train_transform = c.augment ? data::Compose({data::random_resized_crop(size, {0.6, 1.0}),
+                                                       data::horizontal_flip(), data::normalize(mean, stdev)})
+                                      : data::small_image(size, mean, stdev);
+    }
     out.small_images = true;
     if (c.group_rank.empty()) out.group_rank = "group";
     return out;
@@ -94,8 +115,16 @@ Datasets load_datasets(const unicom::Config& c) {
     for (auto k : limited_rows(static_cast<int64_t>(split.train.size()), c.train_limit, c.seed))
       out.train_texts.push_back(all->text(split.train[static_cast<size_t>(k)]));
   out.eval = limited(std::make_shared<const data::Subset<data::ImageFileDataset>>(all, split.test), c.eval_limit, c.seed + 1);
-  out.eval_transform = data::clip_eval(size);
-  out.train_transform = c.augment ? data::clip_train(size, 0.0, {0.5, 1.0}) : data::clip_eval(size);
+  if (where.cuda()) {  // clip_eval / clip_train with to_chw() in place of normalize(); normalised on the GPU
+    out.eval_transform = data::Compose({data::resize_center_crop(size, size), data::to_chw(3)});
+    out.train_transform = c.augment ? data::Compose({data::random_resized_crop(size, {0.5, 1.0}),
+                                                     data::horizontal_flip(0.5), data::to_chw(3)})
+                                    : out.eval_transform;
+    out.device_transform = data::normalize_on_device(data::kClipMean, data::kClipStd);
+  } else {
+    out.eval_transform = data::clip_eval(size);
+    out.train_transform = c.augment ? data::clip_train(size, 0.0, {0.5, 1.0}) : data::clip_eval(size);
+  }
   return out;
 }
 
@@ -119,26 +148,32 @@ backbone::VisionTransformer load_backbone(const unicom::Config& c) {
 }
 
 // Training loaders shuffle and drop the last partial batch; embedding loaders keep dataset order and every image.
+// For a GPU, batches are collated in pinned memory so their copies to the device are asynchronous.
 data::Loader<Dataset> make_loader(std::shared_ptr<const Dataset> d, data::TransformFn t, const unicom::Config& c,
-                                  bool training) {
+                                  const Placement& where, bool training) {
   return data::Loader<Dataset>(std::move(d), std::move(t),
                                data::LoaderOptions().batch_size(c.batch_size).workers(c.workers).shuffle(training)
-                                   .drop_last(training).seed(c.seed).on_error(data::ErrorPolicy::skip));
+                                   .drop_last(training).seed(c.seed).on_error(data::ErrorPolicy::skip)
+                                   .pin_memory(where.cuda()));
 }
 
-at::Tensor embed_all(backbone::VisionTransformer& model, std::shared_ptr<const Dataset> d, data::TransformFn t,
-                     const unicom::Config& c, const std::string& label) {
+at::Tensor embed_all(backbone::VisionTransformer& model, std::shared_ptr<const Dataset> d, const Datasets& data,
+                     const unicom::Config& c, const Placement& where, const std::string& label) {
   const int64_t d_size = d->size();
-  auto loader = make_loader(std::move(d), std::move(t), c, /*training=*/false);
+  auto loader = make_loader(std::move(d), data.eval_transform, c, where, /*training=*/false);
   auto batches = loader.epoch(0);
-  return taxon::embed(model, batches, EmbedOptions().label(label).expected_images(d_size));
+  return taxon::embed(model, batches,
+                      EmbedOptions().label(label).expected_images(d_size).device_transform(data.device_transform));
 }
 
 // Flattened preprocessed images: the raw-pixel baseline, and round-0 clustering features from random init.
-at::Tensor pixels(std::shared_ptr<const Dataset> d, data::TransformFn t, const unicom::Config& c) {
-  auto loader = make_loader(std::move(d), std::move(t), c, /*training=*/false);
+// uint8 batches (CUDA runs) are normalised here on the CPU, to the same values the float path gives.
+at::Tensor pixels(std::shared_ptr<const Dataset> d, const Datasets& data, const unicom::Config& c,
+                  const Placement& where) {
+  auto loader = make_loader(std::move(d), data.eval_transform, c, where, /*training=*/false);
   std::vector<at::Tensor> rows;
-  for (auto& batch : loader.epoch(0)) rows.push_back(batch.images.flatten(1));
+  for (auto& batch : loader.epoch(0))
+    rows.push_back((data.device_transform ? data.device_transform(batch.images) : batch.images).flatten(1));
   return at::cat(rows);
 }
 
@@ -168,9 +203,9 @@ struct Report {
 // The seeds' 4-metric table (raw embeddings, seeded 80/20 split) plus leave-one-out Recall@1 / MAP@R on the
 // finest rank, for one set of embeddings.
 void evaluate(Report& report, const std::string& name, const at::Tensor& embeddings, const Dataset& d,
-              const unicom::Config& c) {
+              const unicom::Config& c, const Placement& where) {
   const auto cols = eval_columns(d, c.group_rank);
-  auto opts = eval::TaxonomyEvalOptions().model(name).seed(c.seed).test_size(0.2);
+  auto opts = eval::TaxonomyEvalOptions().model(name).seed(c.seed).test_size(0.2).device(where.device.device);
   if (!c.group_rank.empty()) opts.taxa_column_name(c.group_rank);
   else opts.groups({"All"}).include_all(false);  // one group: every row is "All"
   const auto table = eval::TaxonomyEvaluator(opts).evaluate(embeddings, cols);
@@ -178,7 +213,7 @@ void evaluate(Report& report, const std::string& name, const at::Tensor& embeddi
 
   const auto& [rank, names] = cols.ranks.front();
   const auto encoded = eval::encode_labels(names);
-  const auto m = eval::evaluate_retrieval(embeddings, encoded.ids);
+  const auto m = eval::evaluate_retrieval(embeddings, encoded.ids, eval::RetrievalOptions().device(where.device.device));
   report.json[name] = {{"rank", rank},
                        {"precision_at_1", m.precision_at_1},
                        {"recall_at_1", m.recall_at(1)},
@@ -192,7 +227,7 @@ void evaluate(Report& report, const std::string& name, const at::Tensor& embeddi
 
 // Training labels for one round: a metadata rank (--labels-from) or k-means pseudo-classes on the embeddings.
 at::Tensor round_labels(const fs::path& dir, const at::Tensor& train_embeddings, const Dataset& train,
-                        const unicom::Config& c) {
+                        const unicom::Config& c, const Placement& where) {
   if (!c.labels_from.empty()) return at::tensor(data::rank_labels(train, c.labels_from), at::kLong);
   if (io::path_exists(dir / "labels.npy")) return cluster::load_clustering(dir).labels;  // resumed round
   auto result = cluster::KMeans(cluster::KMeansOptions()
@@ -200,7 +235,8 @@ at::Tensor round_labels(const fs::path& dir, const at::Tensor& train_embeddings,
                                     .k_fraction(c.clusters > 0 ? 0.0 : c.cluster_ratio)
                                     .niter(c.kmeans_iters)
                                     .spherical(true)
-                                    .seed(c.seed))
+                                    .seed(c.seed)
+                                    .device(where.device.device))  // faiss on the CPU, LibTorch on a GPU
                     .fit(l2_normalize_rows(train_embeddings));
   cluster::compact_labels(result);
   cluster::save_clustering(dir, result);
@@ -215,7 +251,7 @@ train::Schedule make_schedule(const unicom::Config& c) {
 
 // One cluster+train round; returns false if interrupted (the checkpoint makes it resumable).
 bool train_round(backbone::VisionTransformer& model, const fs::path& dir, const at::Tensor& labels,
-                 const Datasets& data, const unicom::Config& c) {
+                 const Datasets& data, const unicom::Config& c, const Placement& where) {
   const int64_t num_classes = labels.max().item<int64_t>() + 1;
   const int64_t dim = model->options.output_dim();
   // ArcFace keeps upstream's straight-through gradient; other margin combinations use the exact gradient.
@@ -233,14 +269,16 @@ bool train_round(backbone::VisionTransformer& model, const fs::path& dir, const 
                      .weight_decay(c.weight_decay)
                      .accumulation(c.accumulation)
                      .clip_grad_norm(c.clip_grad_norm)
-                     .precision(train::precision_from_string(c.amp))
+                     .precision(where.precision)
+                     .device(where.device.device)
+                     .device_transform(data.device_transform)
                      .label_name(c.labels_from.empty() ? "cluster" : c.labels_from)
                      .seed(c.seed);
   train::Trainer<backbone::VisionTransformer, UnicomHead> trainer(model, head, options, make_schedule(c));
   if (trainer.resume(dir / "checkpoints")) log::info("resumed ", dir.string(), " at step ", trainer.global_step());
 
   auto train_set = std::make_shared<const Dataset>(std::make_shared<const data::Relabeled<Dataset>>(data.train, labels));
-  auto loader = make_loader(train_set, data.train_transform, c, /*training=*/true);
+  auto loader = make_loader(train_set, data.train_transform, c, where, /*training=*/true);
   auto source = [&](int64_t epoch, int64_t skip) { return loader.epoch(epoch, skip); };  // resume skips without decoding
 
   const auto summary = trainer.fit(source, train::ProgressBar("train " + dir.filename().string()),
@@ -306,17 +344,39 @@ unicom::Config parse(int argc, char** argv) {
   return c;
 }
 
+// --device and --amp as the run will use them; --device cuda without a usable GPU fails here, before any data
+// is read. --amp auto is bf16 on CUDA (as the seeds train) and off on the CPU.
+Placement resolve_placement(const unicom::Config& c) {
+  Placement where;
+  where.device = parse_device(c.device);
+  log::info("device: ", where.device.describe());
+  const std::string amp = c.amp == "auto" ? (where.cuda() ? "bf16" : "off") : c.amp;
+  where.precision = train::precision_from_string(amp);
+  TAXON_CHECK(where.precision != train::Precision::fp16 || where.cuda(), "cli.bad-option",
+              "--amp fp16 needs a CUDA device but --device ", c.device, " runs on ", where.device.device.str(),
+              "; use --amp bf16 or off on the CPU");
+  log::info("mixed precision: ", train::to_string(where.precision),
+            c.amp == "auto" ? (where.cuda() ? " (--amp auto: bf16 on CUDA)" : " (--amp auto: off on the CPU)") : "");
+  return where;
+}
+
 int run(unicom::Config c) {
+  const Placement where = resolve_placement(c);
   configure_threads(c.threads);
   seed_everything(c.seed);
   const fs::path run_dir = c.run_dir;
-  io::write_text_atomically(run_dir / "config.json", nlohmann::json(c).dump(2));
+  auto config = nlohmann::json(c);
+  config["resolved"] = {{"device", where.device.device.str()},
+                        {"device_note", where.device.fallback_reason},
+                        {"amp", train::to_string(where.precision)}};
+  io::write_text_atomically(run_dir / "config.json", config.dump(2));
   std::signal(SIGINT, on_sigint);
 
-  const auto data = load_datasets(c);
+  const auto data = load_datasets(c, where);
   if (c.group_rank.empty()) c.group_rank = data.group_rank;
   log::info("train: ", data.train->size(), " images, eval: ", data.eval->size(), " images");
   auto model = load_backbone(c);
+  if (where.cuda()) model->to(where.device.device);
   auto text_side = unicom::load_text_side(c);
   at::Tensor caption_features;  // the text tower is not trained: caption embeddings serve every round
   if (unicom::needs_text(c)) {
@@ -331,9 +391,9 @@ int run(unicom::Config c) {
 
   auto baselines = read_baselines(eval_cache);
   if (!baselines) {  // once per run
-    if (data.small_images) evaluate(report, "raw-pixels", pixels(data.eval, data.eval_transform, c), *data.eval, c);
-    const auto before = embed_all(model, data.eval, data.eval_transform, c, "embed eval");
-    evaluate(report, "before", before, *data.eval, c);
+    if (data.small_images) evaluate(report, "raw-pixels", pixels(data.eval, data, c, where), *data.eval, c, where);
+    const auto before = embed_all(model, data.eval, data, c, where, "embed eval");
+    evaluate(report, "before", before, *data.eval, c, where);
     const std::string zs =
         zero_shot ? unicom::zero_shot(text_side, "before", before, eval_columns(*data.eval, c.group_rank), c).to_csv() : "";
     baselines = Baselines{report.json, report.table.to_csv(), zs};
@@ -346,6 +406,7 @@ int run(unicom::Config c) {
     const fs::path dir = run_dir / ("round-" + std::to_string(round));
     if (io::path_exists(dir / "done")) {  // finished earlier: continue from its weights
       model = backbone::load_checkpoint(dir / "model.safetensors");
+      if (where.cuda()) model->to(where.device.device);
       continue;
     }
     io::ensure_directory(dir);
@@ -353,14 +414,14 @@ int run(unicom::Config c) {
     if (c.labels_from.empty() && !io::path_exists(dir / "labels.npy"))
       labels = round_labels(dir,
                             round == 0 && c.cluster_on == "pixels"
-                                ? pixels(data.train, data.eval_transform, c)
+                                ? pixels(data.train, data, c, where)
                                 : unicom::cluster_features(c, c.cluster_on == "text" ? at::Tensor()
-                                                              : embed_all(model, data.train, data.eval_transform, c, "embed train"),
+                                                              : embed_all(model, data.train, data, c, where, "embed train"),
                                                            caption_features),
-                            *data.train, c);
+                            *data.train, c, where);
     else
-      labels = round_labels(dir, at::Tensor(), *data.train, c);
-    if (!train_round(model, dir, labels, data, c)) {
+      labels = round_labels(dir, at::Tensor(), *data.train, c, where);
+    if (!train_round(model, dir, labels, data, c, where)) {
       log::warn("interrupted: checkpoint saved; continue with --resume ", run_dir.string());
       return 130;
     }
@@ -372,12 +433,12 @@ int run(unicom::Config c) {
   io::copy_file_atomically(last / "centroids.npy", run_dir / "centroids.npy");
   report.json = baselines->metrics;
   report.table = eval::TaxonomyTable{};
-  const auto embeddings = embed_all(model, data.eval, data.eval_transform, c, "embed eval");
+  const auto embeddings = embed_all(model, data.eval, data, c, where, "embed eval");
   io::save_npy(run_dir / "embeddings.npy", embeddings);
   std::vector<int64_t> eval_labels;
   for (int64_t i = 0; i < data.eval->size(); ++i) eval_labels.push_back(data.eval->labels(i).front());
   io::save_npy(run_dir / "labels.npy", at::tensor(eval_labels, at::kLong));
-  evaluate(report, "after", embeddings, *data.eval, c);
+  evaluate(report, "after", embeddings, *data.eval, c, where);
 
   const std::string after_csv = report.table.to_csv();
   const std::string table_csv = baselines->table_csv + after_csv.substr(after_csv.find('\n') + 1);

@@ -1,7 +1,10 @@
 #pragma once
 // Embedding a dataset: run any Backbone over a range of batches (each with `.images` [B, 3, H, W]) in inference
-// mode and gather the outputs as one [N, D] float CPU tensor, in batch order.
+// mode and gather the outputs as one [N, D] float CPU tensor, in batch order. On a GPU, feed it uint8 to_chw()
+// batches from pinned memory and set device_transform(data::normalize_on_device(mean, std)): the copy is
+// asynchronous and normalisation happens on the device.
 #include "taxon/backbone/concepts.hpp"
+#include "taxon/core/device.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/core/normalize.hpp"
 #include "taxon/core/options.hpp"
@@ -29,6 +32,9 @@ struct EmbedOptions {
   TAXON_ARG(bool, normalize) = false;
   // Where the images go; defaults to the device of the model's first parameter. The model must be there.
   TAXON_ARG(std::optional<at::Device>, device);
+  // Applied to each batch's images once they are on the device (e.g. data::normalize_on_device for uint8
+  // batches); empty: the images go to the model as they are.
+  TAXON_ARG(DeviceImageStep, device_transform);
   // Expected number of images for the progress ETA (0 = unknown); progress is off with show_progress(false).
   TAXON_ARG(int64_t, expected_images) = 0;
   TAXON_ARG(bool, show_progress) = true;
@@ -55,6 +61,7 @@ at::Tensor embed(B& model, BatchRange&& batches, EmbedOptions opts = {}) {
     break;
   }
   const at::Device device = opts.device().value_or(model_device);
+  require_usable(device);
   TAXON_CHECK(device == model_device || model->parameters().empty(), "backbone.device-mismatch",
               "embed: images are to go to ", device, " but the model's parameters are on ", model_device,
               "; move the model first (model->to(device))");
@@ -77,7 +84,12 @@ at::Tensor embed(B& model, BatchRange&& batches, EmbedOptions opts = {}) {
       const at::Tensor images = batch.images;
       TAXON_CHECK(images.defined() && images.dim() == 4, "backbone.bad-input", "embed: batch ", index,
                   " images must be [B, C, H, W], got ", images.defined() ? c10::str(images.sizes()) : "undefined");
-      at::Tensor out = model->forward(images.to(device, /*non_blocking=*/false));
+      at::Tensor input = batch_to_device(images, device);
+      if (opts.device_transform()) input = opts.device_transform()(input);
+      TAXON_CHECK(input.scalar_type() != at::kByte, "backbone.bad-input", "embed: batch ", index,
+                  " images are uint8 ", input.sizes(), "; normalise them first (EmbedOptions::device_transform("
+                  "data::normalize_on_device(mean, std)) for to_chw() batches)");
+      at::Tensor out = model->forward(input);
       TAXON_CHECK(out.dim() == 2 && out.size(0) == images.size(0), "backbone.bad-output", "embed: batch ", index,
                   " of ", images.size(0), " images gave output ", out.sizes(), ", expected [", images.size(0),
                   ", D]");

@@ -2,10 +2,13 @@
 // K-means into pseudo-classes (UNICOM's offline step) with two backends sharing one recipe:
 //   faiss  - faiss::Clustering (CPU, BLAS), one iteration per call so each iteration is logged;
 //   torch  - LibTorch matmul assignment in blocks, on whatever device the features live (CUDA included).
+// The default, automatic, picks torch for features on (or KMeansOptions::device set to) a GPU and faiss on the
+// CPU: faiss is CPU-only in this build, so GPU embeddings are clustered where they are.
 // Both start from the same seeded initial centroids (k distinct training points), use the same training
 // subsample, and repair empty clusters with faiss's split rule (same RNG), so on the same input they give the
 // same centroids up to float rounding and assignment ties. Subsampling above max_points_per_centroid * K is
 // done here, explicitly and logged, not silently inside faiss.
+#include "taxon/core/device.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/core/normalize.hpp"
 #include "taxon/core/log.hpp"
@@ -23,13 +26,15 @@
 #include <cstring>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
 namespace taxon::cluster {
 
-enum class KMeansBackend { faiss, torch };
+// automatic: torch on a CUDA device, faiss on the CPU.
+enum class KMeansBackend { faiss, torch, automatic };
 // random: K distinct training points (faiss's own init); kmeans_plus_plus: D^2 sampling (O(N K D) extra work,
 // far fewer bad local minima on well-separated data).
 enum class KMeansInit { random, kmeans_plus_plus };
@@ -48,7 +53,10 @@ struct KMeansOptions {
   TAXON_ARG(int64_t, max_points_per_centroid) = 256;
   // Warn below min_points_per_centroid * K points (faiss's default is 39).
   TAXON_ARG(int64_t, min_points_per_centroid) = 39;
-  TAXON_ARG(KMeansBackend, backend) = KMeansBackend::faiss;
+  TAXON_ARG(KMeansBackend, backend) = KMeansBackend::automatic;
+  // Where to cluster; defaults to the features' device. An explicit faiss backend runs on the CPU whatever this
+  // says (and logs that it moved the features).
+  TAXON_ARG(std::optional<at::Device>, device);
   // Points per assignment block for the torch backend; 0: at most 2^25 scores per block.
   TAXON_ARG(int64_t, chunk_size) = 0;
   TAXON_ARG(KMeansInit, init) = KMeansInit::random;
@@ -101,6 +109,26 @@ inline ClusterStats cluster_stats(const at::Tensor& labels, int64_t k) {
   s.median_size = k % 2 ? static_cast<double>(p[k / 2]) : 0.5 * static_cast<double>(p[k / 2 - 1] + p[k / 2]);
   s.empty = (sizes == 0).sum().item<int64_t>();
   return s;
+}
+
+// The backend and device k-means runs with for features on `features_device`; an explicit faiss backend asked
+// to work on a GPU runs on the CPU instead, and says so.
+struct KMeansPlacement {
+  KMeansBackend backend;
+  at::Device device;
+};
+inline KMeansPlacement placement(const KMeansOptions& o, at::Device features_device) {
+  at::Device device = o.device().value_or(features_device);
+  require_usable(device);
+  KMeansBackend backend = o.backend();
+  if (backend == KMeansBackend::automatic) backend = device.is_cuda() ? KMeansBackend::torch : KMeansBackend::faiss;
+  if (backend == KMeansBackend::faiss && !device.is_cpu()) {
+    if (o.verbose())
+      log::info("kmeans: the faiss backend is CPU-only here; the features are moved from ", device.str(),
+                " to the CPU (KMeansBackend::torch or automatic clusters them on the GPU)");
+    device = at::Device(at::kCPU);
+  }
+  return {backend, device};
 }
 
 namespace detail {
@@ -295,9 +323,10 @@ inline std::pair<at::Tensor, at::Tensor> assign(const at::Tensor& x, const at::T
   detail::check_features(x);
   TAXON_CHECK(centroids.dim() == 2 && centroids.size(1) == x.size(1), "cluster.dim-mismatch", "centroids ",
               centroids.sizes(), " do not match features ", x.sizes());
-  if (o.backend() == KMeansBackend::faiss) return detail::assign_faiss(x, centroids, o.spherical());
-  auto [l, s] = detail::assign_torch(x.to(at::kFloat), centroids.to(x.device(), at::kFloat), o.spherical(),
-                                     o.chunk_size());
+  const auto where = placement(KMeansOptions(o).verbose(false), x.device());
+  if (where.backend == KMeansBackend::faiss) return detail::assign_faiss(x, centroids, o.spherical());
+  auto [l, s] = detail::assign_torch(x.to(where.device, at::kFloat), centroids.to(where.device, at::kFloat),
+                                     o.spherical(), o.chunk_size());
   return {l.to(at::kCPU), s.to(at::kCPU)};
 }
 
@@ -313,9 +342,8 @@ class KMeans {
     TAXON_CHECK(o.niter() >= 1 && o.nredo() >= 1, "cluster.bad-option", "niter and nredo must be >= 1, got ",
                 o.niter(), " and ", o.nredo());
     const auto t0 = std::chrono::steady_clock::now();
-    auto x = x_in.detach().to(at::kFloat);
-    if (o.backend() == KMeansBackend::faiss) x = x.to(at::kCPU);
-    x = x.contiguous();
+    const auto where = placement(o, x_in.device());
+    auto x = x_in.detach().to(where.device, at::kFloat).contiguous();
     const int64_t n = x.size(0), d = x.size(1);
     const int64_t k = resolve_k(n, o);
 
@@ -328,7 +356,7 @@ class KMeans {
     if (n_train < o.min_points_per_centroid() * k)
       log::warn("kmeans: only ", n_train, " points for K=", k, " (fewer than min_points_per_centroid ",
                 o.min_points_per_centroid(), " per cluster); clusters will be small or empty");
-    log::info("kmeans[", o.backend() == KMeansBackend::faiss ? "faiss" : "torch", "]: N=", n, " D=", d, " K=", k,
+    log::info("kmeans[", where.backend == KMeansBackend::faiss ? "faiss" : "torch", "]: N=", n, " D=", d, " K=", k,
               " niter=", o.niter(), " nredo=", o.nredo(), o.spherical() ? " spherical (inner product)" : " L2",
               " on ", x.device());
 
@@ -345,8 +373,8 @@ class KMeans {
     for (int redo = 0; redo < o.nredo(); ++redo) {
       at::Tensor init = given ? o.init_centroids().to(x.device(), at::kFloat) : initial_centroids(train, k, o, redo);
       if (given && o.spherical()) init = l2_normalize_rows(init);
-      auto run = o.backend() == KMeansBackend::faiss ? detail::run_faiss(train, init, o, redo, progress)
-                                                     : detail::run_torch(train, init, o, redo, progress);
+      auto run = where.backend == KMeansBackend::faiss ? detail::run_faiss(train, init, o, redo, progress)
+                                                       : detail::run_torch(train, init, o, redo, progress);
       // Inner-product objectives are maximised, squared distances minimised (as faiss's nredo does).
       const bool better = best.objective.empty() ||
                           (o.spherical() ? run.objective.back() > best.objective.back()
@@ -357,7 +385,7 @@ class KMeans {
 
     KMeansResult result;
     result.centroids = best.centroids.to(x.device());
-    std::tie(result.labels, result.scores) = assign(x, result.centroids, o);
+    std::tie(result.labels, result.scores) = assign(x, result.centroids, KMeansOptions(o).backend(where.backend));
     result.stats = cluster_stats(result.labels, k);
     result.objective = std::move(best.objective);
     result.num_train = n_train;

@@ -1,5 +1,6 @@
 #pragma once
 #include "taxon/core/compat.hpp"
+#include "taxon/core/device.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/core/log.hpp"
 #include "taxon/core/normalize.hpp"

@@ -723,6 +723,16 @@ inline at::Tensor normalize_batch(const at::Tensor& images, const std::vector<do
   return images.to(at::kFloat).mul_(on_device(k.scale)).sub_(on_device(k.shift));
 }
 
+// normalize_batch as the step TrainerOptions::device_transform / EmbedOptions::device_transform apply to each uint8
+// to_chw() batch once it is on the device. The statistics are checked here, before any batch arrives.
+inline std::function<at::Tensor(const at::Tensor&)> normalize_on_device(std::vector<double> mean,
+                                                                         std::vector<double> stdev) {
+  detail::normalize_constants(mean, stdev);
+  return [mean = std::move(mean), stdev = std::move(stdev)](const at::Tensor& images) {
+    return normalize_batch(images, mean, stdev);
+  };
+}
+
 inline TransformFn horizontal_flip(double p = 0.5) {
   return [p](const at::Tensor& img, Rng& rng) {
     detail::check_hwc_u8(img, "horizontal_flip");

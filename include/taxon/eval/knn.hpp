@@ -1,10 +1,14 @@
 #pragma once
 // Exact k-nearest-neighbour search of queries against a gallery, through faiss IndexFlat (CPU) or LibTorch
-// matmuls (CPU or CUDA), in query blocks so no nq x ng matrix is ever held whole.
+// matmuls (CPU or CUDA), in query blocks so no nq x ng matrix is ever held whole. The default backend,
+// automatic, searches a GPU gallery (or one sent to KnnOptions::device on a GPU) with LibTorch on that GPU and a
+// CPU gallery with faiss; faiss is CPU-only in this build.
 // Order of the k results: nearest first; equal scores in ascending gallery index (the LibTorch backend also
 // picks the lowest indices when ties straddle the k-th place; faiss may pick any of them there).
+#include "taxon/core/device.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/core/normalize.hpp"
+#include "taxon/core/log.hpp"
 #include "taxon/core/options.hpp"
 
 #include <ATen/ATen.h>
@@ -14,16 +18,20 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <tuple>
 #include <utility>
 
 namespace taxon::eval {
 
-enum class KnnBackend { faiss, torch };
+// automatic: torch on a CUDA device, faiss on the CPU.
+enum class KnnBackend { faiss, torch, automatic };
 enum class KnnMetric { inner_product, l2 };
 
 struct KnnOptions {
-  TAXON_ARG(KnnBackend, backend) = KnnBackend::faiss;
+  TAXON_ARG(KnnBackend, backend) = KnnBackend::automatic;
+  // Where the search runs; defaults to the gallery's device. The faiss backend always searches on the CPU.
+  TAXON_ARG(std::optional<at::Device>, device);
   // inner_product on L2-normalised vectors is cosine similarity.
   TAXON_ARG(KnnMetric, metric) = KnnMetric::inner_product;
   // Query rows per block; 0 picks a block of at most 2^25 scores (128 MiB of float32).
@@ -34,6 +42,24 @@ struct KnnResult {
   at::Tensor indices;  // [nq, k] int64 gallery rows, nearest first (CPU)
   at::Tensor scores;   // [nq, k] float: inner product (inner_product) or squared Euclidean distance (l2)
 };
+
+// The backend and device a search runs with for a gallery on `gallery_device`.
+struct KnnPlacement {
+  KnnBackend backend;
+  at::Device device;
+};
+inline KnnPlacement placement(const KnnOptions& o, at::Device gallery_device) {
+  at::Device device = o.device().value_or(gallery_device);
+  require_usable(device);
+  KnnBackend backend = o.backend();
+  if (backend == KnnBackend::automatic) backend = device.is_cuda() ? KnnBackend::torch : KnnBackend::faiss;
+  if (backend == KnnBackend::faiss && !device.is_cpu()) {
+    log::info("knn: the faiss backend is CPU-only here; the gallery is moved from ", device.str(),
+              " to the CPU (KnnBackend::torch or automatic searches on the GPU)");
+    device = at::Device(at::kCPU);
+  }
+  return {backend, device};
+}
 
 namespace detail {
 
@@ -81,20 +107,22 @@ inline std::pair<at::Tensor, at::Tensor> topk_lowest_index(const at::Tensor& key
 }  // namespace detail
 
 // A searchable gallery. The faiss backend copies the gallery into an IndexFlat; the LibTorch backend keeps it
-// on its device (CUDA galleries are searched on the GPU).
+// on the search device (CUDA galleries are searched on the GPU, query block by query block).
 class KnnIndex {
  public:
   explicit KnnIndex(const at::Tensor& gallery, KnnOptions options = {}) : options_(std::move(options)) {
     detail::check_matrix(gallery, "gallery");
     dim_ = gallery.size(1);
     rows_ = gallery.size(0);
-    if (options_.backend() == KnnBackend::faiss) {
+    const auto where = placement(options_, gallery.device());
+    options_.backend(where.backend);
+    if (where.backend == KnnBackend::faiss) {
       auto g = gallery.detach().to(at::kCPU, at::kFloat).contiguous();
       faiss_ = std::make_unique<faiss::IndexFlat>(
           dim_, options_.metric() == KnnMetric::l2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT);
       faiss_->add(rows_, g.data_ptr<float>());
     } else {
-      gallery_ = gallery.detach().to(at::kFloat).contiguous();
+      gallery_ = gallery.detach().to(where.device, at::kFloat).contiguous();
       if (options_.metric() == KnnMetric::l2) sqnorm_ = gallery_.pow(2).sum(1);
     }
   }

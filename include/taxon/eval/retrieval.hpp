@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -37,7 +38,9 @@ inline EncodedLabels encode_labels(const std::vector<std::string>& labels) {
 }
 
 struct RetrievalOptions {
-  TAXON_ARG(KnnBackend, backend) = KnnBackend::faiss;
+  TAXON_ARG(KnnBackend, backend) = KnnBackend::automatic;
+  // Where the neighbour search runs (default: the embeddings' device); see KnnOptions::device.
+  TAXON_ARG(std::optional<at::Device>, device);
   // inner_product on normalised vectors (cosine) is PML's tester default; l2 ranks identically when normalised.
   TAXON_ARG(KnnMetric, metric) = KnnMetric::inner_product;
   TAXON_ARG(bool, normalize) = true;
@@ -112,7 +115,8 @@ inline RetrievalMetrics retrieval_core(at::Tensor queries, at::Tensor query_labe
   k = std::min(k, gallery.size(0) - (leave_one_out ? 1 : 0));
   m.k_used = k;
 
-  KnnIndex index(gallery, KnnOptions().backend(o.backend()).metric(o.metric()).chunk_size(o.chunk_size()));
+  KnnIndex index(gallery,
+                 KnnOptions().backend(o.backend()).device(o.device()).metric(o.metric()).chunk_size(o.chunk_size()));
   const int64_t nq = queries.size(0);
   const int64_t chunk = auto_chunk(o.chunk_size(), gallery.size(0));
   double p1 = 0, rp = 0, map = 0;
@@ -166,7 +170,8 @@ inline RetrievalMetrics evaluate_retrieval(const at::Tensor& queries, const at::
 struct KnnVoteOptions {
   TAXON_ARG(int64_t, k) = 20;
   TAXON_ARG(double, temperature) = 0.07;
-  TAXON_ARG(KnnBackend, backend) = KnnBackend::faiss;
+  TAXON_ARG(KnnBackend, backend) = KnnBackend::automatic;
+  TAXON_ARG(std::optional<at::Device>, device);
   TAXON_ARG(int64_t, chunk_size) = 0;
 };
 
@@ -191,7 +196,7 @@ inline KnnVoteAccuracy knn_vote_core(at::Tensor queries, at::Tensor query_labels
   queries = l2_normalize_rows(queries.to(at::kFloat));
   gallery = leave_one_out ? queries : l2_normalize_rows(gallery.to(at::kFloat));
   const int64_t k = std::min(o.k(), gallery.size(0) - (leave_one_out ? 1 : 0));
-  KnnIndex index(gallery, KnnOptions().backend(o.backend()).chunk_size(o.chunk_size()));
+  KnnIndex index(gallery, KnnOptions().backend(o.backend()).device(o.device()).chunk_size(o.chunk_size()));
   const int64_t nq = queries.size(0);
   const int64_t chunk = auto_chunk(o.chunk_size(), gallery.size(0));
   double top1 = 0, top5 = 0;

@@ -9,6 +9,7 @@
 //   distance_avg         class with the lowest mean Euclidean distance over its gallery images.
 // Ties: the first gallery row (gallery order = split order) for individual metrics, the lexicographically
 // smallest label for class-level ones. A query whose label is absent from the gallery always counts wrong.
+#include "taxon/core/device.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/core/log.hpp"
 #include "taxon/core/normalize.hpp"
@@ -100,7 +101,10 @@ struct TaxonomyTable {
     };
     std::string out;
     auto line = [&](const std::vector<std::string>& cs) {
-      for (size_t i = 0; i < cs.size(); ++i) out += (i ? "," : "") + quote(cs[i]);
+      for (size_t i = 0; i < cs.size(); ++i) {
+        if (i) out += ',';
+        out += quote(cs[i]);  // appended separately: GCC 12 -Wrestrict misreads `"," + std::string` here
+      }
       out += "\n";
     };
     line(header());
@@ -117,7 +121,11 @@ struct TaxonomyTable {
     std::string out;
     auto line = [&](const std::vector<std::string>& cs) {
       out += "|";
-      for (const auto& c : cs) out += " " + escape(c) + " |";
+      for (const auto& c : cs) {
+        out += ' ';
+        out += escape(c);  // appended separately, as in to_csv (GCC 12 -Wstringop-overflow false positive)
+        out += " |";
+      }
       out += "\n";
     };
     line(header());
@@ -151,6 +159,7 @@ struct TaxonomyEvalOptions {
   // Query rows per similarity/distance block.
   TAXON_ARG(int64_t, chunk_size) = 1024;
   TAXON_ARG(at::ScalarType, dtype) = at::kFloat;
+  // Where the similarity and distance blocks are computed (query block by query block on a GPU).
   TAXON_ARG(at::Device, device) = at::Device(at::kCPU);
 };
 
@@ -258,6 +267,7 @@ inline std::vector<FourAccuracies> score_columns(
   detail::check_matrix(gallery, "gallery");
   TAXON_CHECK(queries.size(1) == gallery.size(1), "eval.dim-mismatch", "queries have ", queries.size(1),
               " dimensions, gallery ", gallery.size(1));
+  require_usable(o.device());
   auto Q = queries.detach().to(o.device(), o.dtype());
   auto G = gallery.detach().to(o.device(), o.dtype());
   if (o.normalize()) {

@@ -31,7 +31,13 @@
 //   trainer.fit([&](int64_t epoch) { return loader.epoch(epoch); }, ckpt, log, bar, eval, ctrl_c);
 //   if (interrupted) trainer.save_checkpoint(run_dir / "checkpoints");
 //   trainer.save_outputs(run_dir);                       // model.safetensors, backbone.pt, centroids.npy
+//
+// On a GPU: TrainerOptions().device(taxon::parse_device("cuda").device).precision(Precision::bf16), a loader with
+// pin_memory(true) whose transform ends in to_chw(), and .device_transform(data::normalize_on_device(mean, std)):
+// model, head, optimizer state and batches then live on the GPU, uint8 batches are copied asynchronously and
+// normalised there. A checkpoint written on a GPU resumes on the CPU and the other way round.
 #include "taxon/backbone/concepts.hpp"
+#include "taxon/core/device.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/core/log.hpp"
 #include "taxon/core/options.hpp"
@@ -108,6 +114,12 @@ struct TrainerOptions {
   TAXON_ARG(int64_t, steps_per_epoch) = 0;
   // Seeds LibTorch's default generators when a fresh (not resumed) run starts.
   TAXON_ARG(uint64_t, seed) = 0;
+  // Where backbone, head, optimizer state and batches live; unset: the device of the backbone's parameters. The
+  // constructor moves backbone and head there.
+  TAXON_ARG(std::optional<at::Device>, device);
+  // Applied to each batch's images once on the device, e.g. data::normalize_on_device(mean, std) for uint8
+  // to_chw() batches; empty: the images go to the backbone as they are.
+  TAXON_ARG(DeviceImageStep, device_transform);
 
  public:
   void validate() const {
@@ -195,11 +207,15 @@ class Trainer {
                  cycle.base_beta1(), " and back. For a fixed beta1 use OneCycleOptions().cycle_momentum(false); to "
                  "change the cycle set base_beta1/max_beta1 and leave beta1 unset.");
     }
-    optimizer_ = make_adamw(backbone_, head_, options_);
     for (const auto& p : backbone_->parameters()) {
       device_ = p.device();
       break;
     }
+    if (options_.device()) device_ = *options_.device();
+    require_usable(device_);
+    place_on(*backbone_, device_);
+    place_on(*head_, device_);
+    optimizer_ = make_adamw(backbone_, head_, options_);
     if (options_.precision() == Precision::fp16) {
       TAXON_CHECK(device_.is_cuda(), "train.amp-unsupported",
                   "precision fp16 (with loss scaling) needs the backbone on a CUDA device; it is on ", device_.str(),
@@ -369,11 +385,20 @@ class Trainer {
             {"scaler", scaler_.state()},
             {"threads", at::get_num_threads()},
             {"torch", TORCH_VERSION},
+            {"device", device_.str()},
             {"options", options_.to_json()},
             {"config", config_}};
   }
 
  private:
+  // Moves a module only when something is elsewhere, so a module already in place is left untouched.
+  static void place_on(torch::nn::Module& module, at::Device device) {
+    bool elsewhere = false;
+    for (const auto& p : module.parameters()) elsewhere = elsewhere || p.device() != device;
+    for (const auto& b : module.buffers()) elsewhere = elsewhere || b.device() != device;
+    if (elsewhere) module.to(device);
+  }
+
   int64_t total_optimizer_steps() const {
     const int64_t per_epoch = (steps_per_epoch_ + options_.accumulation() - 1) / options_.accumulation();
     return options_.epochs() * per_epoch;
@@ -390,6 +415,8 @@ class Trainer {
       states.insert("head", generator_state(head_->generator()));
     if constexpr (requires { { backbone_->generator() } -> std::convertible_to<at::Generator>; })
       states.insert("backbone", generator_state(backbone_->generator()));
+    // Dropout on a GPU draws from the device's default generator.
+    if (device_.is_cuda()) states.insert("cuda", generator_state(at::globalContext().defaultGenerator(device_)));
     return states;
   }
   void set_rng_states(const GeneratorStates& states, const std::filesystem::path& dir) {
@@ -406,12 +433,22 @@ class Trainer {
       head = get("head");
     if constexpr (requires { { backbone_->generator() } -> std::convertible_to<at::Generator>; })
       backbone = get("backbone");
+    // The CUDA generator state is optional: a GPU checkpoint resumes on the CPU, and a CPU one on a GPU.
+    const bool saved_cuda = states.contains("cuda");
+    const at::Tensor cuda = device_.is_cuda() && saved_cuda ? get("cuda") : at::Tensor();
+    if (device_.is_cuda() && !saved_cuda) {
+      log::warn(dir.string(), " holds no CUDA generator state (written on the CPU): ", device_.str(),
+                " draws (dropout) continue from this process's seed, not bit-identical to an uninterrupted run");
+    } else if (!device_.is_cuda() && saved_cuda) {
+      log::info(dir.string(), " was written on a GPU; resuming on ", device_.str(), " without its CUDA generator state");
+    }
     try {
       set_cpu_rng_state(cpu);
       if constexpr (requires { { head_->generator() } -> std::convertible_to<at::Generator>; })
         set_generator_state(head_->generator(), head);
       if constexpr (requires { { backbone_->generator() } -> std::convertible_to<at::Generator>; })
         set_generator_state(backbone_->generator(), backbone);
+      if (cuda.defined()) set_generator_state(at::globalContext().defaultGenerator(device_), cuda);
     } catch (const c10::Error& e) {
       TAXON_FAIL("train.bad-checkpoint", dir.string(), ": a saved generator state does not fit its generator: ",
                  e.what_without_backtrace());
@@ -461,13 +498,18 @@ class Trainer {
                   ") does not exist in labels of shape ", labels.sizes());
       y = labels.select(1, options_.label_column());
     }
-    return y.to(device_, at::kLong);
+    return y.to(device_, at::kLong, /*non_blocking=*/device_.is_cuda() && y.is_pinned());
   }
 
   template <typename Batch>
   double forward_backward(const Batch& batch) {
     static_assert(TrainBatch<Batch>, "Trainer::fit: each batch needs .images and .labels tensors");
-    const at::Tensor images = at::Tensor(batch.images).to(device_);
+    // The batch (and so the loader's pinned buffer) stays referenced until loss.item() below has synchronised.
+    at::Tensor images = batch_to_device(at::Tensor(batch.images), device_);
+    if (options_.device_transform()) images = options_.device_transform()(images);
+    TAXON_CHECK(images.scalar_type() != at::kByte, "train.bad-batch", "batch ", batch_in_epoch_, " of epoch ", epoch_,
+                " has uint8 images ", images.sizes(), "; normalise them first "
+                "(TrainerOptions::device_transform(data::normalize_on_device(mean, std)) for to_chw() batches)");
     const at::Tensor labels = select_labels(at::Tensor(batch.labels));
     at::Tensor embeddings;
     {

@@ -1,0 +1,18 @@
+# taxon-eval with every GPU hidden: --device cuda must fail with [taxon.core.no-cuda] before reading its (absent)
+# inputs, and --device auto must fall back to the CPU, say so, and then fail on the absent embeddings file.
+set(ENV{CUDA_VISIBLE_DEVICES} -1)
+set(_common --embeddings ${WORK}/absent.npy --labels ${WORK}/absent.csv --rank species=species)
+foreach(_case cuda auto)
+  execute_process(COMMAND ${EXE} --device ${_case} ${_common} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  message(STATUS "--device ${_case}: exit ${rc}: ${err}")
+  if(rc EQUAL 0 OR rc GREATER 2)
+    message(FATAL_ERROR "--device ${_case}: expected exit 2 with an error id, got ${rc}")
+  endif()
+  if(_case STREQUAL "cuda" AND NOT "${out}${err}" MATCHES "\\[taxon\\.core\\.no-cuda\\]")
+    message(FATAL_ERROR "--device cuda: expected [taxon.core.no-cuda]")
+  endif()
+  if(_case STREQUAL "auto" AND NOT ("${err}" MATCHES "device: cpu \\(asked: auto; falling back to CPU: "
+                                    AND "${out}${err}" MATCHES "\\[taxon\\.io\\.missing-file\\]"))
+    message(FATAL_ERROR "--device auto: expected the CPU fallback line, then [taxon.io.missing-file]")
+  endif()
+endforeach()
