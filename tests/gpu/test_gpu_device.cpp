@@ -106,6 +106,7 @@ std::pair<Vit, Head> fresh_model(uint64_t seed) {
 // Step losses and reports, for comparing runs step by step.
 struct StepLog {
   std::vector<taxon::train::StepReport> steps;
+  static constexpr taxon::train::HookSet hooks{taxon::train::Hook::on_step_end};
   template <typename T> void on_step_end(T&, const taxon::train::StepReport& r) { steps.push_back(r); }
 };
 
@@ -114,6 +115,7 @@ struct StopAt {
   int64_t at;
   fs::path dir;
   bool fired = false;
+  static constexpr taxon::train::HookSet hooks{taxon::train::Hook::on_step_end, taxon::train::Hook::should_stop};
   template <typename T> void on_step_end(T& t, const taxon::train::StepReport& r) {
     if (r.step != at) return;
     t.save_checkpoint(dir);
@@ -125,6 +127,7 @@ struct StopAt {
 // The first optimizer step's gradients, on the CPU.
 struct FirstGradients {
   std::vector<at::Tensor>* out;
+  static constexpr taxon::train::HookSet hooks{taxon::train::Hook::on_gradients};
   template <typename T> void on_gradients(T& t) {
     if (!out->empty()) return;
     for (auto& g : t.optimizer().param_groups())

@@ -299,8 +299,21 @@ TEST_CASE("Trainer: the device rule (backbone's device, or TrainerOptions::devic
   taxon::test::TempDir dir("taxon_test_device_state");
   const auto saved = trainer.save_checkpoint(dir.path);
   const auto state = nlohmann::json::parse(taxon::io::read_file(saved / "trainer.json"));
-  CHECK(state.at("device") == "cpu");
+  CHECK(state.at("trainer").at("device") == "cpu");
 }
+
+struct CheckpointAndStopAt {  // saves a checkpoint after optimizer step `at`, then stops
+  int64_t at;
+  std::filesystem::path dir;
+  bool fired = false;
+  static constexpr taxon::train::HookSet hooks{taxon::train::Hook::on_step_end, taxon::train::Hook::should_stop};
+  void on_step_end(taxon::train::Trainer<FlatMlp, CosineHead>& t, const taxon::train::StepReport& r) {
+    if (r.step != at) return;
+    t.save_checkpoint(dir);
+    fired = true;
+  }
+  bool should_stop(taxon::train::Trainer<FlatMlp, CosineHead>&) const { return fired; }
+};
 
 // A GPU run's rng.pt also holds the CUDA generator ("cuda"); on the CPU that state is not needed and the run
 // continues exactly as from a CPU checkpoint.
@@ -308,17 +321,6 @@ TEST_CASE("a checkpoint carrying a CUDA generator state resumes on the CPU, bit-
   const ImageBatches data(5, 8, 4, 19);
   const auto options = taxon::train::TrainerOptions().epochs(3).lr(5e-3).seed(8);
   auto fresh = [] { return std::make_pair(FlatMlp(48, 16, 8, /*dropout=*/0.3), CosineHead(4, 8)); };
-  struct StopAt {
-    int64_t at;
-    std::filesystem::path dir;
-    bool fired = false;
-    void on_step_end(taxon::train::Trainer<FlatMlp, CosineHead>& t, const taxon::train::StepReport& r) {
-      if (r.step != at) return;
-      t.save_checkpoint(dir);
-      fired = true;
-    }
-    bool should_stop(taxon::train::Trainer<FlatMlp, CosineHead>&) const { return fired; }
-  };
   taxon::seed_everything(1);
   auto [b1, h1] = fresh();
   taxon::train::Trainer full(b1, h1, options);
@@ -329,12 +331,13 @@ TEST_CASE("a checkpoint carrying a CUDA generator state resumes on the CPU, bit-
     taxon::seed_everything(1);
     auto [b2, h2] = fresh();
     taxon::train::Trainer part(b2, h2, options);
-    StopAt stop{7, dir.path};
+    CheckpointAndStopAt stop{7, dir.path};
     part.fit(data.f32, stop);
     REQUIRE(stop.fired);
   }
   // Add the entry a GPU run writes: the CUDA generator's state (a CPU byte tensor, like every generator state).
-  const auto rng_file = *taxon::train::latest_checkpoint(dir.path) / "rng.pt";
+  const auto step_dir = *taxon::train::TrainingCheckpoint::latest(dir.path);
+  const auto rng_file = step_dir / "rng.pt";
   {
     const std::string bytes = taxon::io::read_file(rng_file);
     auto states = c10::impl::toTypedDict<std::string, at::Tensor>(
@@ -342,6 +345,10 @@ TEST_CASE("a checkpoint carrying a CUDA generator state resumes on the CPU, bit-
     states.insert("cuda", at::arange(16, at::kByte));
     const auto out = torch::pickle_save(states);
     taxon::io::write_atomically(rng_file, [&](std::ostream& o) { o.write(out.data(), static_cast<std::streamsize>(out.size())); });
+    // The manifest records each part's size, as the GPU run's save would have.
+    auto manifest = nlohmann::json::parse(taxon::io::read_file(step_dir / "trainer.json"));
+    manifest["files"]["rng"]["bytes"] = out.size();
+    taxon::io::write_text_atomically(step_dir / "trainer.json", manifest.dump(2));
   }
   taxon::seed_everything(77);
   auto [b3, h3] = fresh();

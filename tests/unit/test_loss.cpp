@@ -233,7 +233,7 @@ TEST_CASE("fused loss with bf16 GEMM operands equals fp32 arithmetic on bf16-rou
   // What the kernel computes: normalised embeddings and raw centres rounded to bf16, fp32 products, fp32 norms.
   auto round = [](const at::Tensor& t) { return t.to(at::kBFloat16).to(at::kFloat); };
   auto e2 = emb.clone().requires_grad_(true), w2 = w.clone().requires_grad_(true);
-  auto cos = at::mm(round(l2_normalize_rows(e2)), round(w2).t()) / w2.norm(2, {1}).clamp_min(1e-12);
+  auto cos = at::mm(round(taxon::l2_normalize_rows(e2)), round(w2).t()) / w2.norm(2, {1}).clamp_min(1e-12);
   auto ref = margin_ce_from_cosines(cos, y, p);
   ref.backward();
   REQUIRE_TENSORS_CLOSE(fused.detach(), ref.detach(), 1e-5, 0);
