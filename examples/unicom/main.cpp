@@ -6,6 +6,7 @@
 // Copy this file to start your own trainer. Everything in it is public taxon API; the run directory holds
 // config.json, per-round clusters and checkpoints, model.safetensors, centroids.npy, embeddings.npy, labels.npy,
 // eval tables (CSV + Markdown), retrieval.json and metrics.jsonl. `--resume RUN_DIR` continues a stopped run.
+#include <taxon/backbone/torchscript.hpp>  // .pt weights (OpenAI CLIP, UNICOM); not in the umbrella
 #include <taxon/taxon.hpp>
 
 #include <CLI/CLI.hpp>

@@ -1,6 +1,7 @@
 #pragma once
 // Umbrella header: everything taxon offers. Prefer the per-concept headers in library code to keep
-// compile times down; this one is for applications and examples.
+// compile times down; this one is for applications and examples. Not included, because the TorchScript/pickle
+// headers it needs cost seconds per translation unit: taxon/backbone/torchscript.hpp (PyTorch .pt loading).
 #include "taxon/core/core.hpp"
 #include "taxon/io/atomic_file.hpp"
 #include "taxon/io/npy.hpp"
@@ -12,7 +13,6 @@
 #include "taxon/backbone/vit.hpp"
 #include "taxon/backbone/zoo.hpp"
 #include "taxon/backbone/checkpoint.hpp"
-#include "taxon/backbone/torchscript.hpp"
 #include "taxon/backbone/embed.hpp"
 #include "taxon/loss/loss.hpp"
 #include "taxon/pfc/pfc.hpp"
