@@ -9,11 +9,14 @@
 // Build it against an installed taxon with the CMakeLists.txt next to this file (it needs nothing else).
 #include <taxon/taxon.hpp>
 
+#include <charconv>
+#include <cstdint>
 #include <exception>
 #include <filesystem>
 #include <iostream>
 #include <memory>
 #include <string>
+#include <system_error>
 #include <vector>
 
 using namespace taxon;
@@ -28,17 +31,26 @@ struct Args {
   fs::path run_dir = "minimal-run";
 };
 
+// A whole non-negative number, or an error naming the flag (std::stoll would accept "12abc").
+std::int64_t count(const std::string& flag, const std::string& value) {
+  std::int64_t n = -1;
+  const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+  TAXON_CHECK(ec == std::errc() && end == value.data() + value.size() && n >= 0, "cli.bad-option", flag,
+              " needs a whole number >= 0, got '", value, "'");
+  return n;
+}
+
 Args parse_args(int argc, char** argv) {
   Args args;
   for (int i = 1; i < argc; i += 2) {
     const std::string flag = argv[i];
-    TAXON_CHECK(i + 1 < argc, "cli.bad-argument", flag, " needs a value");
+    TAXON_CHECK(i + 1 < argc, "cli.bad-option", flag, " needs a value");
     const std::string value = argv[i + 1];
     if (flag == "--images") args.images = value;
-    else if (flag == "--limit") args.limit = std::stoll(value);
-    else if (flag == "--epochs") args.epochs = std::stoll(value);
+    else if (flag == "--limit") args.limit = count(flag, value);
+    else if (flag == "--epochs") args.epochs = count(flag, value);
     else if (flag == "--run-dir") args.run_dir = value;
-    else TAXON_FAIL("cli.bad-argument", "unknown option ", flag, "; use --images DIR, --limit N, --epochs N, --run-dir DIR");
+    else TAXON_FAIL("cli.bad-option", "unknown option ", flag, "; use --images DIR, --limit N, --epochs N, --run-dir DIR");
   }
   return args;
 }
