@@ -22,3 +22,5 @@ write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/taxonConfigVersion.
   COMPATIBILITY SameMinorVersion ARCH_INDEPENDENT)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/taxonConfig.cmake ${CMAKE_CURRENT_BINARY_DIR}/taxonConfigVersion.cmake
   cmake/TaxonTorch.cmake DESTINATION ${TAXON_CMAKE_DIR})
+# taxon_precompile_headers(), loaded by taxonConfig.cmake.
+install(FILES cmake/TaxonPrecompile.cmake DESTINATION ${TAXON_CMAKE_DIR})

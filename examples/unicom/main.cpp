@@ -10,6 +10,7 @@
 // `--device auto|cpu|cuda|cuda:N` picks where everything runs. On CUDA the loaders collate uint8 batches (to_chw)
 // into pinned memory, the copies are asynchronous and normalisation happens on the GPU; k-means, kNN and the
 // taxonomy table run there too, and --amp defaults to bf16. On the CPU the float path is unchanged.
+#include <taxon/backbone/torchscript.hpp>  // .pt weights (OpenAI CLIP, UNICOM); not in the umbrella
 #include <taxon/taxon.hpp>
 
 #include <CLI/CLI.hpp>

@@ -1,6 +1,8 @@
 #pragma once
 // Umbrella header: everything taxon offers. Prefer the per-concept headers in library code to keep
-// compile times down; this one is for applications and examples.
+// compile times down; this one is for applications and examples. Not included, because the TorchScript/pickle
+// headers they need cost seconds per translation unit: taxon/backbone/torchscript.hpp (PyTorch .pt loading) and
+// taxon/text/clip_pt.hpp (CLIP models from .pt files).
 #include "taxon/core/core.hpp"
 #include "taxon/io/atomic_file.hpp"
 #include "taxon/io/npy.hpp"
@@ -12,7 +14,6 @@
 #include "taxon/backbone/vit.hpp"
 #include "taxon/backbone/zoo.hpp"
 #include "taxon/backbone/weights.hpp"
-#include "taxon/backbone/torchscript.hpp"
 #include "taxon/backbone/embed.hpp"
 #include "taxon/text/text.hpp"
 #include "taxon/loss/loss.hpp"

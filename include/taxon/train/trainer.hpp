@@ -12,25 +12,8 @@
 // - The schedule advances once per optimizer step (upstream: per micro-batch) and is built for exactly the number
 //   of optimizer steps the run makes (upstream's `N // bs + 1` never reaches the final lr).
 //
-// Usage (a main program; ViT backbone + PartialFC head, OneCycle, callbacks, resumable):
-//
-//   auto backbone = taxon::backbone::VisionTransformer(vit_options);
-//   auto head = taxon::pfc::PartialFC<taxon::loss::ArcFace>(
-//       taxon::pfc::PartialFCOptions(num_clusters, embed_dim).num_feat(512), taxon::loss::ArcFace(32, 0.25));
-//   taxon::train::Trainer trainer(backbone, head,
-//       taxon::train::TrainerOptions().epochs(32).lr(1e-4).lr_pfc_weight(10).label_column(0).label_name("cluster")
-//           .precision(taxon::train::Precision::bf16).steps_per_epoch(loader_batches_per_epoch),
-//       taxon::train::Schedule::one_cycle(taxon::train::OneCycleOptions().pct_start(0.1)));
-//   trainer.set_config(cli_flags_as_json);               // stored in every checkpoint's trainer.json
-//   trainer.resume(run_dir / "checkpoints");             // no-op (returns false) on a fresh run
-//   taxon::train::Checkpointing ckpt(run_dir / "checkpoints", /*every_steps=*/500, /*every_epochs=*/1);
-//   taxon::train::MetricsLog log(run_dir / "metrics.jsonl");
-//   taxon::train::ProgressBar bar;
-//   taxon::train::Evaluate eval([&](auto& t) { return my_retrieval_metrics(t.backbone()); });
-//   taxon::train::StopFlag ctrl_c(&g_sigint_flag);
-//   trainer.fit([&](int64_t epoch) { return loader.epoch(epoch); }, ckpt, log, bar, eval, ctrl_c);
-//   if (interrupted) trainer.save_checkpoint(run_dir / "checkpoints");
-//   trainer.save_outputs(run_dir);                       // model.safetensors, backbone.pt, centroids.npy
+// Usage: examples/00_minimal/main.cpp is a complete program (ViT backbone, ArcFace PartialFC head, Loader,
+// OneCycle, checkpoints, resume) that builds against the installed package.
 //
 // On a GPU: TrainerOptions().device(taxon::parse_device("cuda").device).precision(Precision::bf16), a loader with
 // pin_memory(true) whose transform ends in to_chw(), and .device_transform(data::normalize_on_device(mean, std)):
