@@ -1,4 +1,5 @@
 // Transforms: the PIL-exact bicubic resize (CLIP/torchvision preprocessing), crops, presets, random augmentations.
+#include "taxon/data/presets.hpp"
 #include "taxon/data/transforms.hpp"
 
 #include <ATen/ATen.h>
