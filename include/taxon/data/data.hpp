@@ -5,6 +5,7 @@
 #include "taxon/data/dataset.hpp"
 #include "taxon/data/decode.hpp"
 #include "taxon/data/decode_crop.hpp"
+#include "taxon/data/decode_request.hpp"
 #include "taxon/data/embedding_dataset.hpp"
 #include "taxon/data/idx_dataset.hpp"
 #include "taxon/data/image_dataset.hpp"

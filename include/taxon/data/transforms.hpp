@@ -28,39 +28,6 @@ namespace taxon::data {
 // A transform maps an image tensor to an image tensor, drawing any randomness from the sample's engine.
 using TransformFn = std::function<at::Tensor(const at::Tensor&, Rng&)>;
 
-// A caller (the Loader) may offer the tensor the final transform output is copied into — a sample's slot in
-// the batch buffer. Steps that allocate their output ask output_tensor() for it, so the copy (and an allocation of
-// fresh pages) disappears; a step that is not last simply has its output copied over later.
-namespace detail {
-inline at::Tensor*& offered_output() {
-  thread_local at::Tensor* slot = nullptr;
-  return slot;
-}
-}  // namespace detail
-
-class OfferOutput {
- public:
-  explicit OfferOutput(at::Tensor& slot) : previous_(detail::offered_output()) { detail::offered_output() = &slot; }
-  ~OfferOutput() { detail::offered_output() = previous_; }
-  OfferOutput(const OfferOutput&) = delete;
-  OfferOutput& operator=(const OfferOutput&) = delete;
-
- private:
-  at::Tensor* previous_;
-};
-
-// The offered slot when it has exactly this shape and dtype (taking it, so only one step writes there), else a
-// new tensor.
-inline at::Tensor output_tensor(at::IntArrayRef shape, at::ScalarType dtype) {
-  at::Tensor*& slot = detail::offered_output();
-  if (slot && slot->sizes() == shape && slot->scalar_type() == dtype && slot->is_contiguous()) {
-    at::Tensor out = *slot;
-    slot = nullptr;
-    return out;
-  }
-  return at::empty(shape, dtype);
-}
-
 // Steps: uint8 HWC -> uint8 HWC unless noted.
 
 // Resize the shorter side to `size` (bicubic, PIL-exact).
@@ -89,7 +56,7 @@ inline TransformFn center_crop(int64_t height, int64_t width) {
 
 // Resize shorter side to `resize_to`, then center crop crop x crop — fused: only the kept pixels are computed,
 // bit-identical to resize_shortest followed by center_crop. A named step, so a Loader can find it at the head of
-// a transform and have the dataset decode straight to the crop (split_leading_crop, DecodeHint).
+// a transform (split_leading_crop) and ask the dataset for the crop instead of the image (DecodeRequest).
 struct ResizeCenterCrop {
   int64_t resize_to = 0, crop = 0;
   // The resized size of an H x W image and the crop window in it (shared with decode_resize_center_crop).
@@ -103,11 +70,12 @@ struct ResizeCenterCrop {
                 " image");
     return {h, w, Box{center_offset(h, crop), center_offset(w, crop), crop, crop}};
   }
-  at::Tensor operator()(const at::Tensor& img, Rng&) const {
+  at::Tensor apply(const at::Tensor& img) const {
     detail::check_hwc_u8(img, "resize_center_crop");
     const Plan p = plan(img.size(0), img.size(1), "resize_center_crop");
     return resize_bicubic(img, p.out_h, p.out_w, {}, p.window);
   }
+  at::Tensor operator()(const at::Tensor& img, Rng&) const { return apply(img); }
 };
 inline TransformFn resize_center_crop(int64_t resize_to, int64_t crop) { return ResizeCenterCrop{resize_to, crop}; }
 
@@ -128,51 +96,75 @@ inline NormalizeConstants normalize_constants(const std::vector<double>& mean, c
   }
   return k;
 }
+
+// `out` when it is a contiguous CPU tensor of exactly this shape and dtype (a caller's slot), else a new tensor.
+inline at::Tensor output_or_new(const at::Tensor& out, at::IntArrayRef shape, at::ScalarType dtype) {
+  if (out.defined() && out.sizes() == shape && out.scalar_type() == dtype && out.is_contiguous() && out.device().is_cpu())
+    return out;
+  return at::empty(shape, dtype);
+}
 }  // namespace detail
+
+// Steps that may end a transform and write into a caller's tensor (Normalize, ToChw) have a second call form,
+// step(image, rng, out): the output goes into `out` when `out` fits it exactly (apply_into), else into a new tensor.
 
 // uint8 [H,W,C] -> float32 [C,H,W] in [0,1], then (x - mean) / std per channel (ToTensor + Normalize).
 // A 1-channel image with 3-channel statistics is replicated to RGB (grayscale -> RGB).
-inline TransformFn normalize(const std::vector<double>& mean, const std::vector<double>& stdev) {
-  return [k = detail::normalize_constants(mean, stdev)](const at::Tensor& image, Rng&) {
+class Normalize {
+ public:
+  Normalize(const std::vector<double>& mean, const std::vector<double>& stdev)
+      : k_(detail::normalize_constants(mean, stdev)) {}
+  at::Tensor operator()(const at::Tensor& image, Rng& rng) const { return (*this)(image, rng, at::Tensor()); }
+  at::Tensor operator()(const at::Tensor& image, Rng&, const at::Tensor& out) const {
     detail::check_hwc_u8(image, "normalize");
     const at::Tensor img = image.contiguous();
-    const int64_t H = img.size(0), W = img.size(1), C = img.size(2), OC = static_cast<int64_t>(k.scale.size());
+    const int64_t H = img.size(0), W = img.size(1), C = img.size(2), OC = static_cast<int64_t>(k_.scale.size());
     TAXON_CHECK(C == OC || C == 1, "data.bad-normalize", "normalize has ", OC, " channel statistics but the image has ",
                 C, " channels");
-    at::Tensor out = output_tensor({OC, H, W}, at::kFloat);
+    at::Tensor result = detail::output_or_new(out, {OC, H, W}, at::kFloat);
     const uint8_t* src = img.data_ptr<uint8_t>();
-    float* dst = out.data_ptr<float>();
+    float* dst = result.data_ptr<float>();
     const int64_t plane = H * W;
     int64_t done = 0;  // pixels the SIMD kernel has written
 #if defined(TAXON_SIMD_X86_DISPATCH)
     if (C == 3 && OC == 3 && taxon::cpu::active_at_least(taxon::cpu::Isa::avx2)) {
       float* const planes[3] = {dst, dst + plane, dst + 2 * plane};
-      done = detail::normalize_rgb_avx2(src, plane, planes, k.scale.data(), k.shift.data());
+      done = detail::normalize_rgb_avx2(src, plane, planes, k_.scale.data(), k_.shift.data());
     }
 #endif
     for (int64_t c = 0; c < OC; ++c) {
-      const float scale = k.scale[static_cast<size_t>(c)], shift = k.shift[static_cast<size_t>(c)];
+      const float scale = k_.scale[static_cast<size_t>(c)], shift = k_.shift[static_cast<size_t>(c)];
       const int64_t sc = C == 1 ? 0 : c;
       float* d = dst + c * plane;
       for (int64_t p = done; p < plane; ++p) d[p] = static_cast<float>(src[p * C + sc]) * scale - shift;
     }
-    return out;
-  };
+    return result;
+  }
+
+ private:
+  detail::NormalizeConstants k_;
+};
+inline TransformFn normalize(const std::vector<double>& mean, const std::vector<double>& stdev) {
+  return Normalize(mean, stdev);
 }
 
 // uint8 [H,W,C] -> uint8 [C,H,W]: ToTensor's layout without its scaling, for batches that are normalised on the
 // device (normalize_batch) and so cross PCIe at a quarter of float32's size. `channels` 3 turns grey into RGB.
-inline TransformFn to_chw(int64_t channels = 0) {
-  TAXON_CHECK(channels >= 0, "data.bad-options", "to_chw channels must be >= 0, got ", channels);
-  return [channels](const at::Tensor& image, Rng&) {
+class ToChw {
+ public:
+  explicit ToChw(int64_t channels = 0) : channels_(channels) {
+    TAXON_CHECK(channels >= 0, "data.bad-options", "to_chw channels must be >= 0, got ", channels);
+  }
+  at::Tensor operator()(const at::Tensor& image, Rng& rng) const { return (*this)(image, rng, at::Tensor()); }
+  at::Tensor operator()(const at::Tensor& image, Rng&, const at::Tensor& out) const {
     detail::check_hwc_u8(image, "to_chw");
     const at::Tensor img = image.contiguous();
-    const int64_t H = img.size(0), W = img.size(1), C = img.size(2), OC = channels == 0 ? C : channels;
+    const int64_t H = img.size(0), W = img.size(1), C = img.size(2), OC = channels_ == 0 ? C : channels_;
     TAXON_CHECK(C == OC || C == 1, "data.bad-image", "to_chw to ", OC, " channels needs a ", OC,
                 "- or 1-channel image, got ", C, " channels");
-    at::Tensor out = output_tensor({OC, H, W}, at::kByte);
+    at::Tensor result = detail::output_or_new(out, {OC, H, W}, at::kByte);
     const uint8_t* src = img.data_ptr<uint8_t>();
-    uint8_t* dst = out.data_ptr<uint8_t>();
+    uint8_t* dst = result.data_ptr<uint8_t>();
     const int64_t plane = H * W;
     int64_t done = 0;
 #if defined(TAXON_SIMD_X86_DISPATCH)
@@ -186,9 +178,13 @@ inline TransformFn to_chw(int64_t channels = 0) {
       uint8_t* d = dst + c * plane;
       for (int64_t p = done; p < plane; ++p) d[p] = src[p * C + sc];
     }
-    return out;
-  };
-}
+    return result;
+  }
+
+ private:
+  int64_t channels_;
+};
+inline TransformFn to_chw(int64_t channels = 0) { return ToChw(channels); }
 
 // normalize() for a batch of to_chw() outputs, on whatever device the batch is on: uint8 [B,C,H,W] -> float32,
 // v * (1 / (255 std)) - mean / std with the same float constants and operation order, so it equals normalize()
@@ -286,6 +282,8 @@ class Compose {
     for (const auto& s : steps_) x = s(x, rng);
     return x;
   }
+  // The same, with the last step writing into `out` when it can (apply_into).
+  at::Tensor operator()(const at::Tensor& image, Rng& rng, const at::Tensor& out) const;
   // Deterministic application for one sample: engine from derive_seed(seed, {epoch, index}).
   at::Tensor apply(const at::Tensor& image, uint64_t seed, uint64_t epoch, uint64_t index) const {
     Rng rng = make_engine(seed, {epoch, index});
@@ -298,6 +296,24 @@ class Compose {
  private:
   std::vector<TransformFn> steps_;
 };
+
+// transform(image, rng), except that the final step writes its output straight into `out` (the Loader passes the
+// sample's slot of the batch) when that step can — normalize, to_chw, or a Compose ending in one — and `out` is
+// a contiguous CPU tensor of exactly the output's shape and dtype. The result then shares `out`'s memory;
+// otherwise it is a new tensor and `out` is left untouched. The values are the same either way.
+inline at::Tensor apply_into(const TransformFn& transform, const at::Tensor& image, Rng& rng, const at::Tensor& out) {
+  if (const auto* compose = transform.target<Compose>()) return (*compose)(image, rng, out);
+  if (const auto* step = transform.target<Normalize>()) return (*step)(image, rng, out);
+  if (const auto* step = transform.target<ToChw>()) return (*step)(image, rng, out);
+  return transform(image, rng);
+}
+
+inline at::Tensor Compose::operator()(const at::Tensor& image, Rng& rng, const at::Tensor& out) const {
+  if (steps_.empty()) return image;
+  at::Tensor x = image;
+  for (std::size_t i = 0; i + 1 < steps_.size(); ++i) x = steps_[i](x, rng);
+  return apply_into(steps_.back(), x, rng, out);
+}
 
 // A transform whose first step is resize_center_crop, as that step and the rest (empty: nothing left to do),
 // so the crop can happen while decoding; `crop` is empty when the transform does not start with one.
