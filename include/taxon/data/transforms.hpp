@@ -153,7 +153,7 @@ inline TransformFn normalize(const std::vector<double>& mean, const std::vector<
 class ToChw {
  public:
   explicit ToChw(int64_t channels = 0) : channels_(channels) {
-    TAXON_CHECK(channels >= 0, "data.bad-options", "to_chw channels must be >= 0, got ", channels);
+    TAXON_CHECK(channels >= 0, "data.bad-option", "to_chw channels must be >= 0, got ", channels);
   }
   at::Tensor operator()(const at::Tensor& image, Rng& rng) const { return (*this)(image, rng, at::Tensor()); }
   at::Tensor operator()(const at::Tensor& image, Rng&, const at::Tensor& out) const {

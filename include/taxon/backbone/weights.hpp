@@ -1,9 +1,11 @@
 #pragma once
-// Loading pretrained ViT weights and saving our own checkpoints.
-//  - state dicts in three layouts: OpenAI CLIP / open_clip (`visual.*`, optional LayerScale) and UNICOM (§3.2);
+// ViT weights files: loading pretrained weights and saving/loading taxon's own model.safetensors. (The training
+// checkpoint format, with optimizer and generator state, is train/checkpoint.hpp.)
+//  - state dicts in three layouts: OpenAI CLIP / open_clip (`visual.*`, optional LayerScale) and UNICOM
+//    (deepglint/unicom unicom/unicom/vision_transformer.py);
 //  - the architecture is inferred from tensor shapes the way upstream's build_model does;
 //  - strict loading lists every missing, unexpected and mis-shaped key in one error; non-strict returns them;
-//  - our own checkpoint is a safetensors file whose "config" metadata holds the options JSON.
+//  - taxon's own file is a safetensors file whose "config" metadata holds the options JSON.
 // OpenAI's TorchScript .pt files are read by taxon/backbone/torchscript.hpp (kept apart: the jit headers are heavy).
 #include "taxon/backbone/vit.hpp"
 #include "taxon/core/error.hpp"
@@ -166,8 +168,8 @@ inline void save_checkpoint(const std::filesystem::path& path, const VisionTrans
   io::save_safetensors(path, std::vector<std::pair<std::string, at::Tensor>>(dict.begin(), dict.end()), metadata);
 }
 
-// Rebuilds a ViT from a safetensors file: our own checkpoint (config metadata), or an open_clip / UNICOM state dict
-// whose architecture is inferred from shapes. Weights are cast to fp32.
+// Rebuilds a ViT from a safetensors file: our own ViT or CLIP checkpoint (config metadata), or an open_clip / UNICOM
+// state dict whose architecture is inferred from shapes. Weights are cast to fp32.
 inline VisionTransformer load_checkpoint(const std::filesystem::path& path, const InferOptions& infer = {}) {
   const auto file = io::load_safetensors(path);
   const std::string source = path.string();
@@ -180,8 +182,13 @@ inline VisionTransformer load_checkpoint(const std::filesystem::path& path, cons
   } catch (const nlohmann::json::exception& e) {
     TAXON_FAIL("backbone.bad-config", source, ": 'config' metadata is not valid JSON: ", e.what());
   }
-  VisionTransformer model(j.get<VisionTransformerOptions>());
-  load_state_dict(*model, dict, /*strict=*/true, source);
+  // taxon's CLIP checkpoint (text/clip.hpp): the visual tower's config and its "visual." keys.
+  const auto format = file.metadata.find("taxon.format");
+  const bool clip = format != file.metadata.end() && format->second == "clip";
+  TAXON_CHECK(!clip || (j.is_object() && j.contains("visual")), "backbone.bad-config", source,
+              ": CLIP checkpoint config lacks 'visual'");
+  VisionTransformer model((clip ? j["visual"] : j).get<VisionTransformerOptions>());
+  load_state_dict(*model, clip ? visual_state_dict(dict) : dict, /*strict=*/true, source);
   return model;
 }
 
