@@ -7,10 +7,12 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/CPUAllocator.h>
 #include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -21,6 +23,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "support/temp_dir.hpp"
 #include "support/tensor_compare.hpp"
@@ -637,6 +640,80 @@ TEST_CASE("loader: a dataset without get(i, DecodeRequest) is read with get(i) a
       CHECK(at::equal(via_any[b].images, batches[b].images));
     }
   }
+}
+
+namespace test_data {
+
+// Counts CPU allocations of exactly `watched` bytes, passing every allocation on to the allocator it replaced.
+// Both forms of allocate() are defined (and no `override`): LibTorch 1.13 declares it const, 2.x does not.
+class CountingCpuAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t n) const {
+    if (n == watched.load()) hits.fetch_add(1);
+    return inner.load()->allocate(n);
+  }
+  c10::DataPtr allocate(size_t n) { return std::as_const(*this).allocate(n); }
+  c10::DeleterFnPtr raw_deleter() const { return inner.load()->raw_deleter(); }
+  void copy_data(void* dest, const void* src, std::size_t count) const { std::memcpy(dest, src, count); }
+
+  std::atomic<size_t> watched{0};
+  mutable std::atomic<int> hits{0};
+  std::atomic<c10::Allocator*> inner{nullptr};
+};
+
+// Installs the counting allocator for one scope. The allocator itself is never destroyed: storages allocated
+// meanwhile keep a pointer to it.
+class CountCpuAllocations {
+ public:
+  explicit CountCpuAllocations(size_t watched) : previous_(c10::GetCPUAllocator()) {
+    counter().watched = watched;
+    counter().hits = 0;
+    counter().inner = previous_;
+    c10::SetCPUAllocator(&counter(), kPriority);
+  }
+  ~CountCpuAllocations() { c10::SetCPUAllocator(previous_, kPriority); }
+  CountCpuAllocations(const CountCpuAllocations&) = delete;
+  CountCpuAllocations& operator=(const CountCpuAllocations&) = delete;
+  int hits() const { return counter().hits.load(); }
+
+ private:
+  static constexpr uint8_t kPriority = 255;  // above any allocator registered at start-up, so the swap takes effect
+  static CountingCpuAllocator& counter() {
+    static auto* const allocator = new CountingCpuAllocator();
+    return *allocator;
+  }
+  c10::Allocator* previous_;
+};
+
+}  // namespace test_data
+
+TEST_CASE("loader: the transform's last step writes straight into the batch, one output tensor per batch", "[data][loader]") {
+  using namespace taxon::data;
+  const auto ds = std::make_shared<const test_data::SyntheticDataset>(11);  // 3 batches of 4, 4, 3
+  const auto opts = LoaderOptions().batch_size(4).workers(2).seed(3);
+  const size_t image_bytes = 3 * 10 * 10 * sizeof(float);  // one normalized 10x10 sample
+  const auto norm = normalize(kClipMean, kClipStd);
+  const TransformFn in_place = Compose{resize_center_crop(12, 10), norm};
+  // The same values through a last step of the user's, which cannot write into a slot: normalize allocates.
+  const TransformFn copied = Compose{resize_center_crop(12, 10), norm, [](const at::Tensor& t, Rng&) { return t; }};
+
+  int in_place_outputs = 0, copied_outputs = 0;
+  std::vector<Batch> a, b;
+  {
+    const test_data::CountCpuAllocations counter(image_bytes);
+    a = test_data::collect(Loader<test_data::SyntheticDataset>(ds, in_place, opts), 0);
+    in_place_outputs = counter.hits();
+  }
+  {
+    const test_data::CountCpuAllocations counter(image_bytes);
+    b = test_data::collect(Loader<test_data::SyntheticDataset>(ds, copied, opts), 0);
+    copied_outputs = counter.hits();
+  }
+  CHECK(copied_outputs == 11);   // the counter sees every per-sample output
+  CHECK(in_place_outputs == 3);  // only each batch's first sample (it fixes the batch's shape) gets its own tensor
+  REQUIRE(a.size() == 3);
+  REQUIRE(b.size() == 3);
+  for (size_t k = 0; k < a.size(); ++k) CHECK(at::equal(a[k].images, b[k].images));
 }
 
 TEST_CASE("loader: identical batches with 0, 1 and 4 workers, each index once per epoch", "[data][loader]") {
