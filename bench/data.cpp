@@ -6,7 +6,9 @@
 // columns the crop reads); `fused:0` (LoaderOptions::fused_decode(false)) decodes every image in full first.
 // `u8:1` collates uint8 [B,3,224,224] (to_chw) for normalize_batch on the GPU instead of float32 batches.
 // All rates are wall-clock (UseRealTime); on a shared VM compare them only at similar /proc/loadavg (recorded
-// in the context block). BM_ClipPreprocessOnly shows the preprocessing share of the per-image CPU cost.
+// in the context block). `cpu_us_per_image` (CPU time of all the process's threads per image) moves much less
+// with other load, so it compares two builds on a busy machine. BM_ClipPreprocessOnly shows the preprocessing
+// share of the per-image CPU cost.
 #include "support/context.hpp"
 
 #include "taxon/data/data.hpp"
@@ -14,6 +16,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdio>
+#include <ctime>
 #include <jpeglib.h>
 
 #include <filesystem>
@@ -114,6 +117,13 @@ inline at::Tensor plain_libjpeg_decode(const std::string& bytes) {
   return img;
 }
 
+// CPU seconds used so far by all threads of this process.
+inline double process_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
 }  // namespace bench_data
 
 // Raw libjpeg-turbo, the target's reference: read the file and decode it to RGB at full size, one thread.
@@ -172,6 +182,7 @@ static void BM_LoaderClip224(benchmark::State& state) {
   // Warm up: the batch pool grows to workers * prefetch + 1 buffers, and each one's first fill pays its page faults.
   for (; epoch < 2; ++epoch)
     for (auto& batch : loader.epoch(epoch)) benchmark::DoNotOptimize(batch.images.data_ptr());
+  const double cpu_start = bench_data::process_cpu_seconds();
   for (auto _ : state) {
     for (auto& batch : loader.epoch(epoch++)) {
       images += batch.size();
@@ -179,6 +190,7 @@ static void BM_LoaderClip224(benchmark::State& state) {
     }
   }
   state.SetItemsProcessed(images);
+  state.counters["cpu_us_per_image"] = (bench_data::process_cpu_seconds() - cpu_start) * 1e6 / static_cast<double>(images);
 }
 BENCHMARK(BM_LoaderClip224)->ArgNames({"workers", "fused", "u8"})->ArgsProduct({{1, 2}, {0, 1}, {0, 1}})->UseRealTime()
     ->MinTime(3.0)->Unit(benchmark::kMillisecond);

@@ -1,14 +1,18 @@
 // Data pipeline: CSV parsing, taxonomy labels, datasets (CSV, folders, idx, embeddings), decoding of good and
 // corrupt files, the multi-threaded loader (determinism, coverage, sharding, errors) and split helpers.
+#include "taxon/data/any_dataset.hpp"
 #include "taxon/data/data.hpp"
+#include "taxon/data/relabel.hpp"
 #include "taxon/io/npy.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/CPUAllocator.h>
 #include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -19,6 +23,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "support/temp_dir.hpp"
 #include "support/tensor_compare.hpp"
@@ -512,53 +517,203 @@ TEST_CASE("loader: fused decode of a leading resize_center_crop gives the same b
     write_image(dir.path / "cls" / ("img" + std::to_string(i) + (i == 3 ? ".png" : ".jpg")), img);
   }
   const auto ds = std::make_shared<const ImageFolderDataset>(dir.path);
+  const DecodeRequest request{ResizeCenterCrop{48, 40}};
 
-  // The dataset claims an offered crop only when it would otherwise decode the whole file.
-  {
-    DecodeHint hint(DecodeResizeCrop{48, 40});
-    CHECK(ds->get(0).image.sizes() == at::IntArrayRef({40, 40, 3}));
-    CHECK(hint.used());
-    CHECK(ds->get(1).image.size(0) == 60 + 9);  // claimed once: a second get decodes in full
+  // get(i, request) is get(i) with the request's crop applied, bit for bit, and leaves nothing behind.
+  for (const int64_t i : {0, 3}) {  // a JPEG (decoded to the crop) and the PNG (decoded whole)
+    const Sample s = ds->get(i, request);
+    CHECK(s.image.sizes() == at::IntArrayRef({40, 40, 3}));
+    CHECK(at::equal(s.image, request.apply(ds->get(i).image)));
+    CHECK(s.labels == ds->labels(i));
   }
+  CHECK(ds->get(1).image.size(0) == 60 + 9);  // a plain get still decodes in full
+  // A dataset that decodes at a reduced scale (or to a crop of its own) crops what its get(i) returns.
   auto scaled = ImageFolderDataset(dir.path);
   scaled.set_decode_min_side(16);
-  {
-    DecodeHint hint(DecodeResizeCrop{48, 40});
-    CHECK(scaled.get(0).image.size(0) != 40);
-    CHECK(!hint.used());  // scaled decode asked for: the hint is left alone
-  }
+  REQUIRE(scaled.get(0).image.size(0) == 30);  // 60x95 at 1/2 scale
+  CHECK(at::equal(scaled.get(0, request).image, request.apply(scaled.get(0).image)));
+  CHECK_FALSE(at::equal(scaled.get(0, request).image, ds->get(0, request).image));
+  const ImageFolderDataset precropped(dir.path, ImageFolderDatasetOptions().decode_resize_crop({50, 44}));
+  REQUIRE(precropped.get(2).image.size(0) == 44);
+  CHECK(at::equal(precropped.get(2, request).image, request.apply(precropped.get(2).image)));
 
-  // The Loader offers the crop only when asked to fuse and the transform starts with one.
+  // Wrappers pass the request on to the dataset they wrap, so the crop is applied exactly once.
+  static_assert(AcceptsDecodeRequest<ImageFolderDataset> && AcceptsDecodeRequest<Subset<ImageFolderDataset>> &&
+                AcceptsDecodeRequest<Relabeled<ImageFolderDataset>> && AcceptsDecodeRequest<AnyDataset>);
+  const auto sub = std::make_shared<const Subset<ImageFolderDataset>>(ds, std::vector<int64_t>{6, 0, 3, 5, 1});
+  CHECK(at::equal(sub->get(1, request).image, ds->get(0, request).image));
+  const AnyDataset any(ds);
+  CHECK(at::equal(any.get(4, request).image, ds->get(4, request).image));
+  const Relabeled<ImageFolderDataset> relabeled(ds, at::arange(10, 17));
+  const Sample r = relabeled.get(5, request);
+  CHECK(at::equal(r.image, ds->get(5, request).image));
+  CHECK(r.labels == std::vector<int64_t>{15});
+
+  // The Loader asks only when fused_decode is on and the transform starts with the crop, and then never calls get(i).
   struct Probe {
     std::shared_ptr<const ImageFolderDataset> inner;
-    mutable std::atomic<int> offered{0};
+    mutable std::atomic<int> plain{0}, requested{0};
+    mutable std::atomic<int64_t> resize_to{0}, crop{0};
     int64_t size() const { return inner->size(); }
     Sample get(int64_t i) const {
-      offered += taxon::data::detail::active_decode_hint() != nullptr;
+      ++plain;
       return inner->get(i);
+    }
+    Sample get(int64_t i, const DecodeRequest& req) const {
+      ++requested;
+      resize_to = req.resize_crop.resize_to;
+      crop = req.resize_crop.crop;
+      return inner->get(i, req);
     }
     std::vector<int64_t> labels(int64_t i) const { return inner->labels(i); }
     const Taxonomy& taxonomy() const { return inner->taxonomy(); }
   };
+  static_assert(AcceptsDecodeRequest<Probe>);
   const auto probe = std::make_shared<const Probe>(ds);
   (void)test_data::collect(Loader<Probe>(probe, clip_eval(40), LoaderOptions().workers(2).fused_decode(false)), 0);
   (void)test_data::collect(Loader<Probe>(probe, clip_train(40), LoaderOptions().workers(2)), 0);
-  CHECK(probe->offered == 0);
+  (void)test_data::collect(Loader<Probe>(probe, Compose{horizontal_flip(1.0), resize_center_crop(40, 40)}, LoaderOptions().workers(2)), 0);
+  CHECK(probe->requested == 0);
+  CHECK(probe->plain == 21);
   (void)test_data::collect(Loader<Probe>(probe, clip_eval(40), LoaderOptions().workers(2)), 0);
-  CHECK(probe->offered == 7);
+  CHECK(probe->requested == 7);
+  CHECK(probe->plain == 21);
+  CHECK(probe->resize_to == 40);
+  (void)test_data::collect(Loader<Probe>(probe, timm_eval(40), LoaderOptions().workers(0)), 0);
+  CHECK(probe->requested == 14);
+  CHECK(probe->resize_to == 45);  // floor(40 / (224 / 256))
+  CHECK(probe->crop == 40);
 
-  const auto sub = std::make_shared<const Subset<ImageFolderDataset>>(ds, std::vector<int64_t>{6, 0, 3, 5, 1});
+  const auto any_ds = std::make_shared<const AnyDataset>(ds);
   for (const TransformFn& t : {TransformFn(clip_eval(40)), TransformFn(timm_eval(40)), resize_center_crop(50, 36)}) {
     const auto opts = LoaderOptions().batch_size(3).workers(2).seed(5);
     const auto fused = test_data::collect(Loader<ImageFolderDataset>(ds, t, opts), 0);
     const auto full = test_data::collect(Loader<ImageFolderDataset>(ds, t, LoaderOptions(opts).fused_decode(false)), 0);
     REQUIRE(fused.size() == full.size());
     for (size_t k = 0; k < fused.size(); ++k) CHECK(at::equal(fused[k].images, full[k].images));
+    const auto any_fused = test_data::collect(Loader<AnyDataset>(any_ds, t, opts), 0);
+    REQUIRE(any_fused.size() == full.size());
+    for (size_t k = 0; k < any_fused.size(); ++k) CHECK(at::equal(any_fused[k].images, full[k].images));
     const auto sub_fused = test_data::collect(Loader<Subset<ImageFolderDataset>>(sub, t, LoaderOptions(opts).workers(0)), 0);
     const auto sub_full = test_data::collect(Loader<Subset<ImageFolderDataset>>(sub, t, LoaderOptions(opts).fused_decode(false)), 0);
     REQUIRE(sub_fused.size() == 2);
     for (size_t k = 0; k < sub_fused.size(); ++k) CHECK(at::equal(sub_fused[k].images, sub_full[k].images));
   }
+}
+
+TEST_CASE("loader: a dataset without get(i, DecodeRequest) is read with get(i) and the whole transform, for every transform", "[data][loader]") {
+  using namespace taxon::data;
+  static_assert(!AcceptsDecodeRequest<test_data::SyntheticDataset>);
+  static_assert(!AcceptsDecodeRequest<Subset<test_data::SyntheticDataset>>);
+  static_assert(!AcceptsDecodeRequest<Relabeled<test_data::SyntheticDataset>>);
+  static_assert(!AcceptsDecodeRequest<IdxDataset> && !AcceptsDecodeRequest<EmbeddingDataset>);
+  const auto ds = std::make_shared<const test_data::SyntheticDataset>(11);  // 12..14 x 14 images
+  const auto any = std::make_shared<const AnyDataset>(ds);  // accepts a request: applies it to get(i)
+  const std::vector<std::pair<std::string, TransformFn>> transforms{
+      {"clip_eval", clip_eval(10)},
+      {"timm_eval", timm_eval(10)},
+      {"clip_train", clip_train(10, 0.3)},
+      {"small_image", small_image(10, kClipMean, kClipStd, true)},
+      {"resize_center_crop", resize_center_crop(12, 10)},
+      {"crop + to_chw", Compose{resize_center_crop(12, 10), to_chw()}},
+      {"crop + flip + normalize", Compose{resize_center_crop(12, 10), horizontal_flip(1.0), normalize(kImageNetMean, kImageNetStd)}},
+      {"resize + normalize", Compose{resize(10, 10), normalize(kImageNetMean, kImageNetStd)}},
+      {"shortest + center_crop", Compose{resize_shortest(11), center_crop(10, 10), to_chw(3)}},
+      {"random crop + jitter", Compose{random_resized_crop(10), color_jitter(0.4, 0.4, 0.4), to_chw()}},
+      {"user step last", Compose{resize_center_crop(12, 10), [](const at::Tensor& t, Rng& r) { return t.flip({0}) + uniform_int(r, 0, 3); }}},
+  };
+  const auto opts = LoaderOptions().batch_size(4).workers(2).seed(9);
+  for (const auto& [name, t] : transforms) {
+    INFO(name);
+    const auto batches = test_data::collect(Loader<test_data::SyntheticDataset>(ds, t, opts), 1);
+    const auto via_any = test_data::collect(Loader<AnyDataset>(any, t, opts), 1);
+    REQUIRE(batches.size() == 3);
+    REQUIRE(via_any.size() == 3);
+    for (size_t b = 0; b < batches.size(); ++b) {
+      std::vector<at::Tensor> expected;
+      for (int64_t k = 0; k < batches[b].size(); ++k) {
+        const int64_t idx = batches[b].indices[k].item<int64_t>();
+        Rng rng = taxon::make_engine(9, {1, static_cast<uint64_t>(idx)});
+        expected.push_back(t(ds->get(idx).image, rng));
+      }
+      CHECK(at::equal(batches[b].images, at::stack(expected)));
+      CHECK(at::equal(via_any[b].images, batches[b].images));
+    }
+  }
+}
+
+namespace test_data {
+
+// Counts CPU allocations of exactly `watched` bytes, passing every allocation on to the allocator it replaced.
+// Both forms of allocate() are defined (and no `override`): LibTorch 1.13 declares it const, 2.x does not.
+class CountingCpuAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t n) const {
+    if (n == watched.load()) hits.fetch_add(1);
+    return inner.load()->allocate(n);
+  }
+  c10::DataPtr allocate(size_t n) { return std::as_const(*this).allocate(n); }
+  c10::DeleterFnPtr raw_deleter() const { return inner.load()->raw_deleter(); }
+  void copy_data(void* dest, const void* src, std::size_t count) const { std::memcpy(dest, src, count); }
+
+  std::atomic<size_t> watched{0};
+  mutable std::atomic<int> hits{0};
+  std::atomic<c10::Allocator*> inner{nullptr};
+};
+
+// Installs the counting allocator for one scope. The allocator itself is never destroyed: storages allocated
+// meanwhile keep a pointer to it.
+class CountCpuAllocations {
+ public:
+  explicit CountCpuAllocations(size_t watched) : previous_(c10::GetCPUAllocator()) {
+    counter().watched = watched;
+    counter().hits = 0;
+    counter().inner = previous_;
+    c10::SetCPUAllocator(&counter(), kPriority);
+  }
+  ~CountCpuAllocations() { c10::SetCPUAllocator(previous_, kPriority); }
+  CountCpuAllocations(const CountCpuAllocations&) = delete;
+  CountCpuAllocations& operator=(const CountCpuAllocations&) = delete;
+  int hits() const { return counter().hits.load(); }
+
+ private:
+  static constexpr uint8_t kPriority = 255;  // above any allocator registered at start-up, so the swap takes effect
+  static CountingCpuAllocator& counter() {
+    static auto* const allocator = new CountingCpuAllocator();
+    return *allocator;
+  }
+  c10::Allocator* previous_;
+};
+
+}  // namespace test_data
+
+TEST_CASE("loader: the transform's last step writes straight into the batch, one output tensor per batch", "[data][loader]") {
+  using namespace taxon::data;
+  const auto ds = std::make_shared<const test_data::SyntheticDataset>(11);  // 3 batches of 4, 4, 3
+  const auto opts = LoaderOptions().batch_size(4).workers(2).seed(3);
+  const size_t image_bytes = 3 * 10 * 10 * sizeof(float);  // one normalized 10x10 sample
+  const auto norm = normalize(kClipMean, kClipStd);
+  const TransformFn in_place = Compose{resize_center_crop(12, 10), norm};
+  // The same values through a last step of the user's, which cannot write into a slot: normalize allocates.
+  const TransformFn copied = Compose{resize_center_crop(12, 10), norm, [](const at::Tensor& t, Rng&) { return t; }};
+
+  int in_place_outputs = 0, copied_outputs = 0;
+  std::vector<Batch> a, b;
+  {
+    const test_data::CountCpuAllocations counter(image_bytes);
+    a = test_data::collect(Loader<test_data::SyntheticDataset>(ds, in_place, opts), 0);
+    in_place_outputs = counter.hits();
+  }
+  {
+    const test_data::CountCpuAllocations counter(image_bytes);
+    b = test_data::collect(Loader<test_data::SyntheticDataset>(ds, copied, opts), 0);
+    copied_outputs = counter.hits();
+  }
+  CHECK(copied_outputs == 11);   // the counter sees every per-sample output
+  CHECK(in_place_outputs == 3);  // only each batch's first sample (it fixes the batch's shape) gets its own tensor
+  REQUIRE(a.size() == 3);
+  REQUIRE(b.size() == 3);
+  for (size_t k = 0; k < a.size(); ++k) CHECK(at::equal(a[k].images, b[k].images));
 }
 
 TEST_CASE("loader: identical batches with 0, 1 and 4 workers, each index once per epoch", "[data][loader]") {

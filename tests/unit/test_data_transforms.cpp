@@ -1,4 +1,5 @@
 // Transforms: the PIL-exact bicubic resize (CLIP/torchvision preprocessing), crops, presets, random augmentations.
+#include "taxon/data/presets.hpp"
 #include "taxon/data/transforms.hpp"
 
 #include <ATen/ATen.h>
@@ -290,20 +291,41 @@ TEST_CASE("to_chw + normalize_batch equal normalize bit for bit, on every ISA", 
   REQUIRE_TAXON_ERROR(normalize_batch(rgb.unsqueeze(0), {0.5, 0.5}, {0.5}), "data.bad-normalize");
 }
 
-TEST_CASE("a transform writes into an offered output slot only when it fits", "[data][transforms]") {
+TEST_CASE("apply_into: the final step writes into the given slot only when it fits, with the same values", "[data][transforms]") {
   using namespace taxon::data;
   Rng rng(0);
   const at::Tensor img = at::randint(0, 256, {8, 8, 3}, at::kByte);
   const auto norm = normalize(kClipMean, kClipStd);
+  const at::Tensor expected = norm(img, rng);
+
   at::Tensor slot = at::zeros({3, 8, 8});
-  {
-    OfferOutput offer(slot);
-    const at::Tensor out = norm(img, rng);
-    CHECK(out.data_ptr() == slot.data_ptr());
-    CHECK(at::equal(slot, norm(img, rng)));  // the slot is taken once; this call allocates
-  }
-  at::Tensor wrong = at::zeros({3, 4, 4});
-  OfferOutput offer(wrong);
-  CHECK(norm(img, rng).data_ptr() != wrong.data_ptr());
-  CHECK(wrong.abs().sum().item<double>() == 0.0);
+  const at::Tensor out = apply_into(norm, img, rng, slot);
+  CHECK(out.data_ptr() == slot.data_ptr());
+  CHECK(at::equal(slot, expected));
+  // A Compose hands the slot to its last step only; nested Composes pass it on.
+  slot.zero_();
+  CHECK(apply_into(Compose{resize(8, 8), Compose{norm}}, img, rng, slot).data_ptr() == slot.data_ptr());
+  CHECK(at::equal(slot, expected));
+  at::Tensor bytes = at::zeros({3, 8, 8}, at::kByte);
+  CHECK(apply_into(Compose{resize(8, 8), to_chw()}, img, rng, bytes).data_ptr() == bytes.data_ptr());
+  CHECK(at::equal(bytes, img.permute({2, 0, 1})));
+  CHECK(apply_into(clip_eval(8), img, rng, slot).data_ptr() == slot.data_ptr());
+  CHECK(at::equal(slot, clip_eval(8)(img, rng)));
+
+  // Left untouched, with a new tensor returned: a slot of another shape or dtype, a non-contiguous one, no slot,
+  // and a last step that cannot write into one (here normalize is followed by a step of the user's).
+  const auto untouched = [&](const TransformFn& t, at::Tensor target, const at::Tensor& want) {
+    const at::Tensor before = target.clone();
+    const at::Tensor got = apply_into(t, img, rng, target);
+    CHECK(got.data_ptr() != target.data_ptr());
+    CHECK(at::equal(got, want));
+    CHECK(at::equal(target, before));
+  };
+  untouched(norm, at::zeros({3, 4, 4}), expected);
+  untouched(norm, at::zeros({3, 8, 8}, at::kDouble), expected);
+  untouched(norm, at::zeros({8, 3, 8}).transpose(0, 1), expected);
+  untouched(to_chw(), at::zeros({3, 8, 8}), img.permute({2, 0, 1}));
+  untouched(Compose{norm, [](const at::Tensor& t, Rng&) { return t * 1.0; }}, at::zeros({3, 8, 8}), expected);
+  CHECK(at::equal(apply_into(norm, img, rng, at::Tensor()), expected));
+  CHECK(at::equal(apply_into(Compose{}, img, rng, slot), img));
 }

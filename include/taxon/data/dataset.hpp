@@ -37,6 +37,15 @@ concept Dataset = requires(const D& d, std::int64_t i) {
   { d.taxonomy() } -> std::convertible_to<const Taxonomy&>;
 };
 
+struct DecodeRequest;  // decode_request.hpp
+
+// The optional member a Loader looks for: get(i, request) returns get(i) with the request's resize + center crop
+// already applied (bit for bit), typically by decoding only what the crop needs (ImageFileDataset does).
+template <typename D>
+concept AcceptsDecodeRequest = Dataset<D> && requires(const D& d, std::int64_t i, const DecodeRequest& request) {
+  { d.get(i, request) } -> std::same_as<Sample>;
+};
+
 // All labels of one rank, e.g. for a stratified split: [size()] int64.
 template <Dataset D>
 std::vector<std::int64_t> rank_labels(const D& dataset, const std::string& rank) {
@@ -62,6 +71,13 @@ class Subset {
   Sample get(std::int64_t k) const {
     check_index(k, size(), "Subset");
     return parent_->get(indices_[static_cast<size_t>(k)]);
+  }
+  // Passes a Loader's request on to the parent, when the parent accepts one.
+  Sample get(std::int64_t k, const DecodeRequest& request) const
+    requires AcceptsDecodeRequest<D>
+  {
+    check_index(k, size(), "Subset");
+    return parent_->get(indices_[static_cast<size_t>(k)], request);
   }
   std::vector<std::int64_t> labels(std::int64_t k) const {
     check_index(k, size(), "Subset");

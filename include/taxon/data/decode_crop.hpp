@@ -1,8 +1,10 @@
 #pragma once
 // Decode fused with CLIP's resize + center crop: only the pixels the crop reads are decoded (a landscape photo
 // resized to 224 and center-cropped reads ~3/4 of its columns), and the result is bit-identical to
-// resize_center_crop(resize_to, crop) applied to the full decode.
+// resize_center_crop(resize_to, crop) applied to the full decode. Image datasets use it to answer a Loader's
+// DecodeRequest (decode_request.hpp), or for every image with the decode_resize_crop option.
 #include "taxon/data/decode.hpp"
+#include "taxon/data/resample.hpp"
 #include "taxon/data/transforms.hpp"
 
 #include <algorithm>
@@ -26,46 +28,12 @@ inline Box resize_support(int64_t in_h, int64_t in_w, int64_t out_h, int64_t out
 
 }  // namespace detail
 
-// Decode straight to resize_center_crop(resize_to, crop) — CLIP eval's first step, e.g. {224, 224} — reading
-// only the pixels the crop needs; bit-identical to decoding in full and then cropping. {0, 0} = off.
+// A dataset option: decode every image straight to resize_center_crop(resize_to, crop) — CLIP eval's first step,
+// e.g. {224, 224} — reading only the pixels the crop needs; bit-identical to decoding in full and then cropping.
+// {0, 0} = off. Inside a Loader this is not needed: the Loader asks for the crop its transform starts with.
 struct DecodeResizeCrop {
   std::int64_t resize_to = 0, crop = 0;
   bool enabled() const { return resize_to > 0 && crop > 0; }
-};
-
-class DecodeHint;
-namespace detail {
-inline DecodeHint*& active_decode_hint() {
-  thread_local DecodeHint* hint = nullptr;
-  return hint;
-}
-}  // namespace detail
-
-// Offered by a Loader around dataset.get() when its transform starts with resize_center_crop: an image dataset
-// that would decode the whole file claims it and decodes straight to the crop instead, and the Loader then
-// skips that step. Datasets that never claim it are unaffected.
-class DecodeHint {
- public:
-  explicit DecodeHint(DecodeResizeCrop crop) : crop_(crop), previous_(detail::active_decode_hint()) {
-    detail::active_decode_hint() = this;
-  }
-  ~DecodeHint() { detail::active_decode_hint() = previous_; }
-  DecodeHint(const DecodeHint&) = delete;
-  DecodeHint& operator=(const DecodeHint&) = delete;
-  bool used() const noexcept { return used_; }
-
-  // The crop offered on this thread, claimed (once: a dataset wrapping another cannot apply it twice), or {}.
-  static DecodeResizeCrop claim() {
-    DecodeHint* hint = detail::active_decode_hint();
-    if (hint == nullptr || hint->used_) return {};
-    hint->used_ = true;
-    return hint->crop_;
-  }
-
- private:
-  DecodeResizeCrop crop_;
-  DecodeHint* previous_;
-  bool used_ = false;
 };
 
 // resize_center_crop(resize_to, crop) of an encoded JPEG or PNG, decoding only what the crop needs.

@@ -8,6 +8,7 @@
 #include "taxon/data/dataset.hpp"
 #include "taxon/data/decode.hpp"
 #include "taxon/data/decode_crop.hpp"
+#include "taxon/data/decode_request.hpp"
 #include "taxon/data/rank_spec.hpp"
 #include "taxon/data/taxonomy.hpp"
 #include "taxon/io/atomic_file.hpp"
@@ -26,19 +27,32 @@ namespace taxon::data {
 // What to do with rows whose image file does not exist: drop them (reported: count + first few), or fail.
 enum class MissingFilePolicy { skip, reject };
 
-// Image files with per-rank label ids; get() reads and decodes (thread-safe: no shared mutable state).
+// Image files with per-rank label ids; get() reads and decodes (thread-safe: no shared mutable state). It accepts a
+// Loader's DecodeRequest (decode_request.hpp).
 class ImageFileDataset {
  public:
   std::int64_t size() const { return static_cast<std::int64_t>(paths_.size()); }
   Sample get(std::int64_t i) const {
     check_index(i, size(), "image dataset");
     const auto& path = paths_[static_cast<size_t>(i)];
-    // A Loader's hint applies only where this dataset would otherwise decode in full (no scaled decode).
-    DecodeResizeCrop crop = decode_crop_;
-    if (!crop.enabled() && decode_min_side_ == 0) crop = DecodeHint::claim();
-    if (crop.enabled())
-      return Sample{decode_resize_center_crop(detail::read_encoded(path), path.string(), crop.resize_to, crop.crop), labels(i)};
+    if (decode_crop_.enabled())
+      return Sample{decode_resize_center_crop(detail::read_encoded(path), path.string(), decode_crop_.resize_to,
+                                              decode_crop_.crop),
+                    labels(i)};
     return Sample{read_image(path, decode_min_side_), labels(i)};
+  }
+  // get(i) with the request's resize + center crop applied (what a Loader asks for when its transform starts with
+  // one): decoded straight to the crop when get(i) would decode the whole file, else get(i) cropped.
+  Sample get(std::int64_t i, const DecodeRequest& request) const {
+    check_index(i, size(), "image dataset");
+    if (decode_crop_.enabled() || decode_min_side_ > 0) {  // get(i) is already cropped or scaled: crop that
+      Sample s = get(i);
+      s.image = request.apply(s.image);
+      return s;
+    }
+    const auto& path = paths_[static_cast<size_t>(i)];
+    const ResizeCenterCrop& rc = request.resize_crop;
+    return Sample{decode_resize_center_crop(detail::read_encoded(path), path.string(), rc.resize_to, rc.crop), labels(i)};
   }
   std::vector<std::int64_t> labels(std::int64_t i) const {
     check_index(i, size(), "image dataset");
@@ -252,5 +266,7 @@ class ImageFolderDataset : public ImageFileDataset {
     decode_crop_ = options.decode_resize_crop();
   }
 };
+
+static_assert(AcceptsDecodeRequest<CsvImageDataset> && AcceptsDecodeRequest<ImageFolderDataset>);
 
 }  // namespace taxon::data

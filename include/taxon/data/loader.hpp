@@ -7,8 +7,10 @@
 //   Loader loader(dataset, clip_train(224), LoaderOptions().batch_size(64).workers(4).seed(1));
 //   for (auto& batch : loader.epoch(e)) { ... batch.images [B,3,224,224], batch.labels [B,R] ... }
 //
-// A transform that starts with resize_center_crop (clip_eval, timm_eval) is split: image datasets decode straight
-// to the crop (DecodeHint), and the rest of the transform runs on it; the batches are the same bit for bit.
+// Image -> batch, per sample: `dataset.get(i)`, the transform, a copy into the sample's slot of the batch. Two
+// shortcuts, both bit-identical: when the transform starts with resize_center_crop (clip_eval, timm_eval) and the
+// dataset accepts a DecodeRequest (image datasets do), the Loader calls `dataset.get(i, request)` and the dataset
+// decodes straight to the crop; and the transform's last step writes into the slot itself (apply_into).
 // For GPU training, end the transform with to_chw() instead of normalize() to collate uint8 [B,3,H,W] and call
 // normalize_batch() on the device batch (same values, a quarter of the bytes through pinned memory and PCIe).
 //
@@ -19,7 +21,8 @@
 #include "taxon/core/options.hpp"
 #include "taxon/core/seed.hpp"
 #include "taxon/data/dataset.hpp"
-#include "taxon/data/decode_crop.hpp"
+#include "taxon/data/decode_request.hpp"
+#include "taxon/data/random.hpp"
 #include "taxon/data/transforms.hpp"
 
 #include <ATen/ATen.h>
@@ -60,8 +63,9 @@ class LoaderOptions {
   TAXON_ARG(bool, even_shards) = true;
   TAXON_ARG(bool, pin_memory) = false;      // honoured only when CUDA is available
   TAXON_ARG(ErrorPolicy, on_error) = ErrorPolicy::reject;
-  // When the transform starts with resize_center_crop (clip_eval, timm_eval), image datasets decode straight to
-  // the crop (only the JPEG columns it reads), bit-identical to decoding in full; false decodes in full.
+  // When the transform starts with resize_center_crop (clip_eval, timm_eval), datasets that accept a DecodeRequest
+  // are asked for the crop instead of the image: image datasets decode only the JPEG columns it reads,
+  // bit-identical to decoding in full. false always calls get(i) and runs the whole transform.
   TAXON_ARG(bool, fused_decode) = true;
 };
 
@@ -201,20 +205,31 @@ class Loader {
     mutable std::mutex skip_mutex;
     std::vector<std::string> skip_examples;
 
-    LeadingCrop leading;  // the transform's leading resize_center_crop, offered to the dataset's decoder
+    // The transform's leading resize_center_crop as a request to the dataset, and the steps after it; no request
+    // when the dataset does not accept one, the transform does not start with the crop, or fused_decode is off.
+    std::optional<DecodeRequest> request;
+    TransformFn after_request;
 
     Shared(std::shared_ptr<const D> d, TransformFn t, LoaderOptions o)
         : dataset(std::move(d)), transform(std::move(t)), options(std::move(o)), pool_threads(options.workers()) {
-      if (options.fused_decode()) leading = split_leading_crop(transform);
+      if constexpr (AcceptsDecodeRequest<D>) {
+        if (options.fused_decode()) {
+          LeadingCrop leading = split_leading_crop(transform);
+          if (leading.crop) {
+            request = DecodeRequest{*leading.crop};
+            after_request = std::move(leading.rest);
+          }
+        }
+      }
     }
 
-    // The sample and the part of the transform still to apply: all of it, or what follows a leading crop that
-    // the dataset already did while decoding.
-    std::pair<Sample, const TransformFn*> load(std::int64_t idx) {
-      if (!leading.crop) return {dataset->get(idx), &transform};
-      DecodeHint hint(DecodeResizeCrop{leading.crop->resize_to, leading.crop->crop});
-      Sample s = dataset->get(idx);
-      return {std::move(s), hint.used() ? &leading.rest : &transform};
+    // The sample and the part of the transform still to apply to it: all of it, or what follows the crop that the
+    // dataset did while decoding.
+    std::pair<Sample, const TransformFn*> load(std::int64_t idx) const {
+      if constexpr (AcceptsDecodeRequest<D>) {
+        if (request) return {dataset->get(idx, *request), &after_request};
+      }
+      return {dataset->get(idx), &transform};
     }
 
     // Builds batch `b` of `order`: everything a worker does. Each image goes into the batch buffer right after
@@ -232,13 +247,10 @@ class Loader {
           auto [s, todo] = load(idx);
           Rng rng = make_engine(options.seed(), {static_cast<std::uint64_t>(epoch), static_cast<std::uint64_t>(idx)});
           const auto slot = static_cast<std::int64_t>(indices.size());
-          at::Tensor target = buffer.defined() ? buffer[slot] : at::Tensor();
-          at::Tensor img;
-          {
-            std::optional<OfferOutput> offer;
-            if (target.defined()) offer.emplace(target);  // the last step may write straight into the batch
-            img = (*todo ? (*todo)(s.image, rng) : s.image).contiguous();
-          }
+          // The last step writes straight into the sample's slot of the batch when it can (not for the first sample:
+          // its output fixes the batch's shape).
+          const at::Tensor target = buffer.defined() ? buffer[slot] : at::Tensor();
+          const at::Tensor img = (*todo ? apply_into(*todo, s.image, rng, target) : s.image).contiguous();
           TAXON_CHECK(static_cast<std::int64_t>(s.labels.size()) == ranks, "data.bad-sample", "sample ", idx, " carries ",
                       s.labels.size(), " labels for ", ranks, " ranks");
           if (!buffer.defined()) {

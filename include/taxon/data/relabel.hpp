@@ -37,6 +37,14 @@ class Relabeled {
     s.labels = labels(i);
     return s;
   }
+  // Passes a Loader's request on to the parent, when the parent accepts one.
+  Sample get(std::int64_t i, const DecodeRequest& request) const
+    requires AcceptsDecodeRequest<D>
+  {
+    Sample s = parent_->get(i, request);
+    s.labels = labels(i);
+    return s;
+  }
   std::vector<std::int64_t> labels(std::int64_t i) const {
     check_index(i, size(), "Relabeled");
     return {labels_[static_cast<size_t>(i)]};

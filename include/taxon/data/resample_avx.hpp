@@ -1,9 +1,9 @@
 #pragma once
 // AVX2 / AVX-512 variants of the PIL-exact resampling passes and of ToTensor+Normalize, selected at run time
-// (taxon/core/cpu.hpp). Same integer arithmetic as the SSE2 and scalar kernels in transforms.hpp, so every
+// (taxon/core/cpu.hpp). Same integer arithmetic as the SSE2 and scalar kernels in resample.hpp, so every
 // variant is bit-identical to Pillow. The horizontal pass is the cost centre of CLIP preprocessing; here one
 // register carries 2 (AVX2) or 4 (AVX-512) image rows, which share the output position's weights.
-// Included by transforms.hpp after its detail kernels; not a public header.
+// Included by resample.hpp after its detail kernels; not a public header.
 #include "taxon/core/cpu.hpp"
 
 #if defined(TAXON_SIMD_X86_DISPATCH)

@@ -7,7 +7,7 @@
 #include "taxon/core/error.hpp"
 #include "taxon/core/seed.hpp"
 #include "taxon/data/dataset.hpp"
-#include "taxon/data/transforms.hpp"
+#include "taxon/data/random.hpp"
 
 #include <algorithm>
 #include <cmath>
