@@ -144,8 +144,12 @@ class ProgressBar {
 // are dropped first (rewritten atomically) so the log reads like one uninterrupted run.
 class MetricsLog {
  public:
-  explicit MetricsLog(std::filesystem::path path, int64_t every_steps = 1) : path_(std::move(path)), every_(every_steps) {
+  // `context` fields go into every line (e.g. {"round": 2} when several Trainers append to one file); a resumed
+  // run then truncates only the lines with the same context.
+  explicit MetricsLog(std::filesystem::path path, int64_t every_steps = 1, nlohmann::json context = nlohmann::json::object())
+      : path_(std::move(path)), every_(every_steps), context_(std::move(context)) {
     TAXON_CHECK(every_steps >= 1, "train.bad-option", "MetricsLog every_steps must be >= 1, got ", every_steps);
+    TAXON_CHECK(context_.is_object(), "train.bad-option", "MetricsLog context must be a JSON object, got ", context_.dump());
   }
   const std::filesystem::path& path() const { return path_; }
 
@@ -172,7 +176,8 @@ class MetricsLog {
     append(j);
   }
 
-  void append(const nlohmann::json& j) {
+  void append(nlohmann::json j) {
+    for (const auto& [k, v] : context_.items()) j[k] = v;
     const std::string line = j.dump() + "\n";
     const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     TAXON_CHECK(fd >= 0, "io.cannot-write", "cannot open ", path_.string(), ": ", std::strerror(errno));
@@ -189,13 +194,19 @@ class MetricsLog {
       if (line.empty()) continue;
       const auto j = nlohmann::json::parse(line, nullptr, false);
       if (j.is_discarded()) continue;  // a torn last line from a killed run
-      if (j.contains("step") && j["step"].get<int64_t>() > step) continue;
+      if (same_context(j) && j.contains("step") && j["step"].get<int64_t>() > step) continue;
       kept += line + "\n";
     }
     io::write_text_atomically(path_, kept);
   }
+  bool same_context(const nlohmann::json& line) const {
+    for (const auto& [k, v] : context_.items())
+      if (!line.contains(k) || line.at(k) != v) return false;
+    return true;
+  }
   std::filesystem::path path_;
   int64_t every_;
+  nlohmann::json context_;
 };
 
 // Periodic evaluation: calls fn(trainer) every `every_epochs` epochs (and after the last one); the Trainer puts
