@@ -103,7 +103,10 @@ struct TaxonomyTable {
     };
     std::string out;
     auto line = [&](const std::vector<std::string>& cs) {
-      for (size_t i = 0; i < cs.size(); ++i) out += (i ? "," : "") + quote(cs[i]);
+      for (size_t i = 0; i < cs.size(); ++i) {  // no `"," + quote(..)`: GCC 12 misreads it (-Wstringop-overflow)
+        if (i) out += ',';
+        out += quote(cs[i]);
+      }
       out += "\n";
     };
     line(header());
