@@ -5,7 +5,8 @@
 //
 // Copy this file to start your own trainer. Everything in it is public taxon API; the run directory holds
 // config.json, per-round clusters and checkpoints, model.safetensors, centroids.npy, embeddings.npy, labels.npy,
-// eval tables (CSV + Markdown), retrieval.json and metrics.jsonl. `--resume RUN_DIR` continues a stopped run.
+// eval tables (CSV + Markdown), retrieval.json, metrics.jsonl, timings.json and report.html (rewritten after every
+// stage and epoch: taxon/report/). `--resume RUN_DIR` continues a stopped run.
 #include <taxon/taxon.hpp>
 
 #include <CLI/CLI.hpp>
@@ -200,11 +201,22 @@ void evaluate(Report& report, const std::string& name, const at::Tensor& embeddi
             ", Recall@1 ", eval::format_percent(m.recall_at(1)), ", MAP@R ", eval::format_percent(m.map_at_r));
 }
 
+// Pseudo-classes against every rank the training images know (the report's purity section).
+void record_cluster_quality(const fs::path& dir, const at::Tensor& labels, const Dataset& train) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> known;
+  for (const auto& rank : train.taxonomy().ranks()) known.emplace_back(rank, data::rank_labels(train, rank));
+  cluster::save_cluster_quality(dir, cluster::measure_cluster_quality(labels, known));
+}
+
 // Training labels for one round: a metadata rank (--labels-from) or k-means pseudo-classes on the embeddings.
 at::Tensor round_labels(const fs::path& dir, const at::Tensor& train_embeddings, const Dataset& train,
                         const unicom::Config& c) {
   if (!c.labels_from.empty()) return at::tensor(data::rank_labels(train, c.labels_from), at::kLong);
-  if (fs::exists(dir / "labels.npy")) return cluster::load_clustering(dir).labels;  // resumed round
+  if (fs::exists(dir / "labels.npy")) {  // resumed round
+    auto labels = cluster::load_clustering(dir).labels;
+    if (!fs::exists(dir / cluster::ClusterQuality::kFileName)) record_cluster_quality(dir, labels, train);
+    return labels;
+  }
   auto result = cluster::KMeans(cluster::KMeansOptions()
                                     .k(c.clusters)
                                     .k_fraction(c.clusters > 0 ? 0.0 : c.cluster_ratio)
@@ -214,6 +226,7 @@ at::Tensor round_labels(const fs::path& dir, const at::Tensor& train_embeddings,
                     .fit(train_embeddings / train_embeddings.norm(2, {1}, true).clamp_min(1e-12));
   cluster::compact_labels(result);
   cluster::save_clustering(dir, result);
+  record_cluster_quality(dir, result.labels, train);
   return result.labels;
 }
 
@@ -224,8 +237,8 @@ train::Schedule make_schedule(const unicom::Config& c) {
 }
 
 // One cluster+train round; returns false if interrupted (the checkpoint makes it resumable).
-bool train_round(backbone::VisionTransformer& model, const fs::path& dir, const at::Tensor& labels,
-                 const Datasets& data, const unicom::Config& c) {
+bool train_round(backbone::VisionTransformer& model, const fs::path& dir, int round, const at::Tensor& labels,
+                 const Datasets& data, const unicom::Config& c, taxon::report::RunRecorder& recorder) {
   const int64_t num_classes = labels.max().item<int64_t>() + 1;
   const int64_t dim = model->options.output_dim();
   // ArcFace keeps upstream's straight-through gradient; other margin combinations use the exact gradient.
@@ -256,8 +269,9 @@ bool train_round(backbone::VisionTransformer& model, const fs::path& dir, const 
   auto source = [&](int64_t epoch, int64_t skip) { return loader.epoch(epoch, skip); };  // resume skips without decoding
 
   const auto summary = trainer.fit(source, train::ProgressBar("train " + dir.filename().string()),
-                                   train::MetricsLog(fs::path(c.run_dir) / "metrics.jsonl", 10),
-                                   train::Checkpointing(dir / "checkpoints", 0, 1, 1), train::StopFlag(&interrupted));
+                                   train::MetricsLog(fs::path(c.run_dir) / "metrics.jsonl", 10, {{"round", round}}),
+                                   train::Checkpointing(dir / "checkpoints", 0, 1, 1), train::StopFlag(&interrupted),
+                                   taxon::report::ReportEachEpoch(recorder));
   if (summary.stopped_early) {
     trainer.save_checkpoint(dir / "checkpoints", 1);
     return false;
@@ -300,6 +314,7 @@ int run(unicom::Config c) {
   const fs::path run_dir = c.run_dir;
   io::write_text_atomically(run_dir / "config.json", nlohmann::json(c).dump(2));
   std::signal(SIGINT, on_sigint);
+  taxon::report::RunRecorder recorder(run_dir, "load data and model");  // timings.json + report.html at each stage
 
   const auto data = load_datasets(c);
   if (c.group_rank.empty()) c.group_rank = data.group_rank;
@@ -318,11 +333,14 @@ int run(unicom::Config c) {
   const fs::path eval_cache = run_dir / "eval-before.json";
 
   if (!fs::exists(eval_cache)) {  // the baselines, once per run
+    recorder.begin("baseline evaluation");
     if (data.small_images) evaluate(report, "raw-pixels", pixels(data.eval, data.eval_transform, c), *data.eval, c);
     const auto before = embed_all(model, data.eval, data.eval_transform, c, "embed eval");
     evaluate(report, "before", before, *data.eval, c);
     const std::string zs = zero_shot ? unicom::zero_shot(text_side, "before", before, eval_columns(*data.eval, c.group_rank), c).to_csv() : "";
     io::write_text_atomically(eval_cache, nlohmann::json{{"metrics", report.json}, {"table", report.table.to_csv()}, {"zero_shot", zs}}.dump(2));
+    report.table.write_csv(run_dir / "eval_table.csv");  // the baselines alone until the final evaluation
+    io::write_text_atomically(run_dir / "retrieval.json", report.json.dump(2));
   }
 
   for (int round = 0; round < c.rounds; ++round) {
@@ -332,6 +350,7 @@ int run(unicom::Config c) {
       continue;
     }
     fs::create_directories(dir);
+    recorder.begin("round " + std::to_string(round) + ": " + (c.labels_from.empty() ? "clustering" : "labels"));
     at::Tensor labels;
     if (c.labels_from.empty() && !fs::exists(dir / "labels.npy"))
       labels = round_labels(dir,
@@ -343,13 +362,16 @@ int run(unicom::Config c) {
                             *data.train, c);
     else
       labels = round_labels(dir, at::Tensor(), *data.train, c);
-    if (!train_round(model, dir, labels, data, c)) {
+    recorder.begin("round " + std::to_string(round) + ": training");
+    if (!train_round(model, dir, round, labels, data, c, recorder)) {
+      recorder.end("interrupted");
       log::warn("interrupted: checkpoint saved; continue with --resume ", run_dir.string());
       return 130;
     }
   }
 
   // Final outputs where the seeds put them, and the after-training evaluation.
+  recorder.begin("final evaluation");
   const fs::path last = run_dir / ("round-" + std::to_string(c.rounds - 1));
   fs::copy_file(last / "model.safetensors", run_dir / "model.safetensors", fs::copy_options::overwrite_existing);
   fs::copy_file(last / "centroids.npy", run_dir / "centroids.npy", fs::copy_options::overwrite_existing);
@@ -385,7 +407,9 @@ int run(unicom::Config c) {
     std::printf("  %-11s accuracy_individual %6.2f%%  Recall@1 %6.2f%%  MAP@R %6.2f%%\n", name.c_str(),
                 100 * m["accuracy_individual_all"].get<double>(), 100 * m["recall_at_1"].get<double>(),
                 100 * m["map_at_r"].get<double>());
+  recorder.end("finished");
   std::cout << "outputs in " << run_dir.string() << "\n";
+  std::cout << "report: " << fs::absolute(recorder.report_file()).lexically_normal().string() << "\n";
   return 0;
 }
 
