@@ -7,6 +7,7 @@
 // seeded 80/20 split, accuracy_individual / accuracy_avg / distance_individual / distance_avg.
 #include <taxon/core/core.hpp>
 #include <taxon/data/csv.hpp>
+#include <taxon/data/rank_spec.hpp>
 #include <taxon/eval/eval.hpp>
 #include <taxon/io/npy.hpp>
 
@@ -30,7 +31,9 @@ int main(int argc, char** argv) {
   bool zero_shot = false;
   app.add_option("--embeddings", embeddings_path, "[N, D] embeddings (.npy); with --zero-shot, optional: --images embeds them");
   app.add_option("--labels", labels_path, "CSV with N rows of labels, in embedding order")->required();
-  app.add_option("--rank", rank_specs, "RANK=COLUMN, or RANK=@genus(COLUMN) for the binomial's first token")->required();
+  app.add_option("--rank", rank_specs,
+                 "RANK=COLUMN, RANK=@genus(COLUMN) for the binomial's first token, or RANK==VALUE for a constant "
+                 "(repeatable; the first rank is the one Recall@K and MAP@R use)")->required();
   app.add_option("--group-column", group_column, "column whose values get their own rows (e.g. taxa); empty: All only");
   app.add_option("--model", model, "model name for the table's first column")->capture_default_str();
   app.add_option("--out", out, "write the table here (.csv; a .md Markdown copy is written beside it)");
@@ -56,24 +59,16 @@ int main(int argc, char** argv) {
     if (zero_shot) clip = text::load_clip(zs.weights);
     const at::Tensor embeddings = embeddings_path.empty() ? taxon_eval::embed_csv_images(clip->visual, labels_path, zs)
                                                           : io::load_npy(embeddings_path).to(at::kFloat);
-    TAXON_CHECK(embeddings.dim() == 2, "eval.bad-embeddings", embeddings_path, ": expected [N, D], got ",
+    TAXON_CHECK(embeddings.dim() == 2, "cli.bad-embeddings", embeddings_path, ": expected [N, D], got ",
                 embeddings.sizes());
     const auto csv = data::CsvTable::read(labels_path);
-    TAXON_CHECK(csv.num_rows() == embeddings.size(0), "eval.label-mismatch", labels_path, " has ", csv.num_rows(),
+    TAXON_CHECK(csv.num_rows() == embeddings.size(0), "cli.label-mismatch", labels_path, " has ", csv.num_rows(),
                 " rows but ", embeddings_path, " has ", embeddings.size(0), " embeddings");
 
     eval::TaxonomyColumns columns;
     for (const auto& spec : rank_specs) {
-      const auto eq = spec.find('=');
-      TAXON_CHECK(eq != std::string::npos, "cli.bad-rank", "--rank '", spec, "' is not RANK=COLUMN");
-      std::string rank = spec.substr(0, eq), source = spec.substr(eq + 1);
-      const bool genus = source.rfind("@genus(", 0) == 0 && source.back() == ')';
-      if (genus) source = source.substr(7, source.size() - 8);
-      const auto col = csv.column(source);
-      std::vector<std::string> values;
-      for (int64_t i = 0; i < csv.num_rows(); ++i)
-        values.push_back(genus ? eval::TaxonomyColumns::extract_genus(csv.cell(i, col)) : csv.cell(i, col));
-      columns.ranks.emplace_back(rank, std::move(values));
+      const auto rank = data::parse_rank_spec(spec);
+      columns.ranks.emplace_back(rank.rank, data::rank_values(csv, rank));
     }
     auto options = eval::TaxonomyEvalOptions().model(model).seed(seed).test_size(test_size)
                        .nfhm_compat(nfhm_compat).normalize(normalize);
@@ -109,5 +104,8 @@ int main(int argc, char** argv) {
   } catch (const taxon::Error& e) {
     std::cerr << "taxon-eval: " << e.what() << "\n";
     return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "taxon-eval: unexpected error: " << e.what() << "\n";
+    return 1;
   }
 }

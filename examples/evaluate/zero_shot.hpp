@@ -41,7 +41,7 @@ inline taxon::text::ZeroShotTable run_zero_shot(taxon::text::ClipModel& clip, co
                                                 const taxon::eval::TaxonomyColumns& columns, const std::string& model,
                                                 const std::string& group_column, const ZeroShotArgs& a) {
   using namespace taxon;
-  TAXON_CHECK(clip.has_text(), "text.no-text-tower", "--zero-shot: ", a.weights, " has no text tower");
+  TAXON_CHECK(clip.has_text(), "cli.no-text-tower", "--zero-shot: ", a.weights, " has no text tower");
   const auto tokenizer = text::Tokenizer::from_file(text::find_vocab(a.vocab, a.weights));
   auto opts = text::ZeroShotOptions().model(model);
   if (!a.templates.empty()) opts.prompt_sets({{"custom", a.templates}});

@@ -1,9 +1,13 @@
 #pragma once
 // Every knob of taxon-unicom in one struct, mirrored 1:1 by the command line (CLI11) and by an optional
 // JSON config file, so a run directory's config.json reproduces the run.
+#include <taxon/core/error.hpp>
+#include <taxon/io/atomic_file.hpp>
+
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
@@ -14,7 +18,7 @@ struct Config {
   // data
   std::string dataset = "fashion-mnist";  // fashion-mnist | csv | folder
   std::string csv, images, path_column = "fileNameAsDelivered";
-  std::vector<std::string> ranks;         // "species=scientificName", "genus=@genus(species)", "taxa=Fish"
+  std::vector<std::string> ranks;         // "species=scientificName", "genus=@genus(species)", "taxa==Fish"
   std::string group_rank;                 // rank whose values form the per-group rows of the table
   int64_t train_limit = 0, eval_limit = 0;  // 0 = all samples
   int image_size = 28;
@@ -114,7 +118,36 @@ inline void add_options(CLI::App& app, Config& c) {
   app.add_option("--resume", c.resume, "continue the interrupted run in this directory");
   app.add_option("--seed", c.seed, "seed for splits, clustering, sampling and augmentation")->capture_default_str();
   app.add_option("--threads", c.threads, "intra-op threads (0 = TAXON_NUM_THREADS / all cores)")->capture_default_str();
-  app.add_option("--eval-fraction", c.eval_fraction, "query share of the evaluation split")->capture_default_str();
+  app.add_option("--eval-fraction", c.eval_fraction,
+                 "share of a csv/folder dataset held out for evaluation, never trained on (fashion-mnist has its own "
+                 "test set and rejects this option)")
+      ->capture_default_str();
+}
+
+// Options from a JSON file (a run's config.json, or any subset of its keys written by hand) on top of `base`. Bad
+// JSON, an unknown key or a value of another type than the option's is cli.bad-config naming the file and key.
+inline Config load_config(const std::filesystem::path& file, const Config& base = {}) {
+  const auto j = nlohmann::json::parse(taxon::io::read_file(file), nullptr, /*allow_exceptions=*/false);
+  TAXON_CHECK(!j.is_discarded(), "cli.bad-config", file.string(), " is not valid JSON");
+  TAXON_CHECK(j.is_object(), "cli.bad-config", file.string(), " must hold a JSON object of options, not ",
+              j.type_name());
+  nlohmann::json merged = base;
+  for (const auto& [key, value] : j.items()) {
+    TAXON_CHECK(merged.contains(key), "cli.bad-config", file.string(), ": unknown option '", key, "'");
+    const nlohmann::json& current = merged[key];
+    bool same_kind = current.is_number_integer()
+                         ? value.is_number_integer() && (!current.is_number_unsigned() || value >= 0)
+                         : current.is_number() ? value.is_number() : value.type() == current.type();
+    if (same_kind && current.is_array())
+      for (const auto& item : value) same_kind = same_kind && item.is_string();
+    TAXON_CHECK(same_kind, "cli.bad-config", file.string(), ": option '", key, "' is ", value.dump(), ", not ",
+                current.is_number_unsigned() ? "a non-negative integer"
+                : current.is_number_integer() ? "an integer"
+                : current.is_array()          ? "a list of strings"
+                                              : current.type_name());
+    merged[key] = value;
+  }
+  return merged.get<Config>();
 }
 
 }  // namespace unicom

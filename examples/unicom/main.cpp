@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 
 #include "config.hpp"
 #include "text_side.hpp"
@@ -37,17 +38,6 @@ struct Datasets {
   std::string group_rank;     // dataset's default for --group-rank
   std::vector<std::string> train_texts;  // --caption-column of each training image (CSV datasets)
 };
-
-// "species=scientificName", "genus=@genus(scientificName)", "taxa==Fish" -> how a CSV rank is read.
-data::RankSpec parse_rank(const std::string& spec) {
-  const auto eq = spec.find('=');
-  TAXON_CHECK(eq != std::string::npos && eq > 0, "cli.bad-rank", "--rank '", spec, "' is not RANK=COLUMN");
-  const std::string rank = spec.substr(0, eq), rest = spec.substr(eq + 1);
-  if (!rest.empty() && rest[0] == '=') return data::RankSpec::constant(rank, rest.substr(1));
-  if (rest.rfind("@genus(", 0) == 0 && rest.back() == ')')
-    return data::RankSpec::genus_from(rank, rest.substr(7, rest.size() - 8));
-  return data::RankSpec::column(rank, rest);
-}
 
 // The rows `limited` keeps (all of them without a limit), in its order.
 std::vector<int64_t> limited_rows(int64_t size, int64_t limit, uint64_t seed) {
@@ -87,7 +77,7 @@ Datasets load_datasets(const unicom::Config& c) {
     TAXON_CHECK(!c.csv.empty(), "cli.missing-option", "--dataset csv needs --csv FILE");
     TAXON_CHECK(!c.ranks.empty(), "cli.missing-option", "--dataset csv needs at least one --rank RANK=COLUMN");
     std::vector<data::RankSpec> ranks;
-    for (const auto& r : c.ranks) ranks.push_back(parse_rank(r));
+    for (const auto& r : c.ranks) ranks.push_back(data::parse_rank_spec(r));
     all = std::make_shared<const data::CsvImageDataset>(data::CsvImageDatasetOptions()
                                                             .sources({{c.csv, c.images.empty() ? fs::path(c.csv).parent_path() : fs::path(c.images), {}}})
                                                             .path_column(c.path_column)
@@ -212,9 +202,9 @@ void record_cluster_quality(const fs::path& dir, const at::Tensor& labels, const
 at::Tensor round_labels(const fs::path& dir, const at::Tensor& train_embeddings, const Dataset& train,
                         const unicom::Config& c) {
   if (!c.labels_from.empty()) return at::tensor(data::rank_labels(train, c.labels_from), at::kLong);
-  if (fs::exists(dir / "labels.npy")) {  // resumed round
+  if (io::path_exists(dir / "labels.npy")) {  // resumed round
     auto labels = cluster::load_clustering(dir).labels;
-    if (!fs::exists(dir / cluster::ClusterQuality::kFileName)) record_cluster_quality(dir, labels, train);
+    if (!io::path_exists(dir / cluster::ClusterQuality::kFileName)) record_cluster_quality(dir, labels, train);
     return labels;
   }
   auto result = cluster::KMeans(cluster::KMeansOptions()
@@ -223,7 +213,7 @@ at::Tensor round_labels(const fs::path& dir, const at::Tensor& train_embeddings,
                                     .niter(c.kmeans_iters)
                                     .spherical(true)
                                     .seed(c.seed))
-                    .fit(train_embeddings / train_embeddings.norm(2, {1}, true).clamp_min(1e-12));
+                    .fit(l2_normalize_rows(train_embeddings));
   cluster::compact_labels(result);
   cluster::save_clustering(dir, result);
   record_cluster_quality(dir, result.labels, train);
@@ -256,9 +246,7 @@ bool train_round(backbone::VisionTransformer& model, const fs::path& dir, int ro
                      .weight_decay(c.weight_decay)
                      .accumulation(c.accumulation)
                      .clip_grad_norm(c.clip_grad_norm)
-                     .precision(c.amp == "bf16" ? train::Precision::bf16
-                                : c.amp == "fp16" ? train::Precision::fp16
-                                                  : train::Precision::fp32)
+                     .precision(train::precision_from_string(c.amp))
                      .label_name(c.labels_from.empty() ? "cluster" : c.labels_from)
                      .seed(c.seed);
   train::Trainer<backbone::VisionTransformer, UnicomHead> trainer(model, head, options, make_schedule(c));
@@ -281,20 +269,39 @@ bool train_round(backbone::VisionTransformer& model, const fs::path& dir, int ro
   return true;
 }
 
+// The starting point's metrics and table rows, cached in the run directory so a resumed run does not recompute
+// them; nullopt when absent, or damaged (then they are computed again).
+struct Baselines {
+  nlohmann::json metrics;
+  std::string table_csv;
+  std::string zero_shot_csv;  // empty without a text tower
+};
+std::optional<Baselines> read_baselines(const fs::path& file) {
+  if (!io::path_exists(file)) return std::nullopt;
+  const auto j = nlohmann::json::parse(io::read_file(file), nullptr, /*allow_exceptions=*/false);
+  if (j.is_object() && j.contains("metrics") && j["metrics"].is_object() && j.contains("table") &&
+      j["table"].is_string())
+    return Baselines{j["metrics"], j["table"].get<std::string>(),
+                     j.contains("zero_shot") && j["zero_shot"].is_string() ? j["zero_shot"].get<std::string>() : ""};
+  log::warn(file.string(), " is damaged; evaluating the baselines again");
+  return std::nullopt;
+}
+
 unicom::Config parse(int argc, char** argv) {
   unicom::Config c;
   CLI::App app{"taxon-unicom: embed -> k-means pseudo-classes -> margin-softmax fine-tuning -> evaluate"};
   std::string config_file;
-  app.add_option("--config", config_file, "JSON file with any of the options below (flags override it)");
+  app.add_option("--config", config_file,
+                 "JSON file with any subset of the options below, keys as in a run's config.json (flags override it)");
   unicom::add_options(app, c);
   // Options from a JSON config first, then the command line on top.
   for (int i = 1; i + 1 < argc; ++i)
-    if (std::string(argv[i]) == "--config") c = nlohmann::json::parse(io::read_file(argv[i + 1])).get<unicom::Config>();
+    if (std::string(argv[i]) == "--config") c = unicom::load_config(argv[i + 1]);
   for (int i = 1; i + 1 < argc; ++i)
     if (std::string(argv[i]) == "--resume") {
       const fs::path saved = fs::path(argv[i + 1]) / "config.json";
-      TAXON_CHECK(fs::exists(saved), "cli.bad-resume", "--resume ", argv[i + 1], ": no config.json there");
-      c = nlohmann::json::parse(io::read_file(saved)).get<unicom::Config>();
+      TAXON_CHECK(io::path_exists(saved), "cli.bad-resume", "--resume ", argv[i + 1], ": no config.json there");
+      c = unicom::load_config(saved);
     }
   try {
     app.parse(argc, argv);
@@ -305,6 +312,11 @@ unicom::Config parse(int argc, char** argv) {
   c.model_explicit = app.count("--model") > 0;
   TAXON_CHECK(c.rounds >= 1 && c.epochs >= 1 && c.batch_size >= 1, "cli.bad-option",
               "--rounds, --epochs and --batch-size must be >= 1");
+  TAXON_CHECK(!(c.dataset == "fashion-mnist" && app.count("--eval-fraction") > 0), "cli.bad-option",
+              "--eval-fraction has no effect with --dataset fashion-mnist, which evaluates on its own 10,000-image "
+              "test set; it applies to csv and folder datasets");
+  TAXON_CHECK(c.eval_fraction > 0 && c.eval_fraction < 1, "cli.bad-option", "--eval-fraction must be in (0, 1), got ",
+              c.eval_fraction);
   return c;
 }
 
@@ -332,27 +344,32 @@ int run(unicom::Config c) {
   Report report;
   const fs::path eval_cache = run_dir / "eval-before.json";
 
-  if (!fs::exists(eval_cache)) {  // the baselines, once per run
+  auto baselines = read_baselines(eval_cache);
+  if (!baselines) {  // once per run
     recorder.begin("baseline evaluation");
     if (data.small_images) evaluate(report, "raw-pixels", pixels(data.eval, data.eval_transform, c), *data.eval, c);
     const auto before = embed_all(model, data.eval, data.eval_transform, c, "embed eval");
     evaluate(report, "before", before, *data.eval, c);
-    const std::string zs = zero_shot ? unicom::zero_shot(text_side, "before", before, eval_columns(*data.eval, c.group_rank), c).to_csv() : "";
-    io::write_text_atomically(eval_cache, nlohmann::json{{"metrics", report.json}, {"table", report.table.to_csv()}, {"zero_shot", zs}}.dump(2));
+    const std::string zs =
+        zero_shot ? unicom::zero_shot(text_side, "before", before, eval_columns(*data.eval, c.group_rank), c).to_csv() : "";
+    baselines = Baselines{report.json, report.table.to_csv(), zs};
+    io::write_text_atomically(eval_cache, nlohmann::json{{"metrics", baselines->metrics},
+                                                         {"table", baselines->table_csv},
+                                                         {"zero_shot", baselines->zero_shot_csv}}.dump(2));
     report.table.write_csv(run_dir / "eval_table.csv");  // the baselines alone until the final evaluation
     io::write_text_atomically(run_dir / "retrieval.json", report.json.dump(2));
   }
 
   for (int round = 0; round < c.rounds; ++round) {
     const fs::path dir = run_dir / ("round-" + std::to_string(round));
-    if (fs::exists(dir / "done")) {  // finished earlier: continue from its weights
+    if (io::path_exists(dir / "done")) {  // finished earlier: continue from its weights
       model = backbone::load_checkpoint(dir / "model.safetensors");
       continue;
     }
-    fs::create_directories(dir);
+    io::ensure_directory(dir);
     recorder.begin("round " + std::to_string(round) + ": " + (c.labels_from.empty() ? "clustering" : "labels"));
     at::Tensor labels;
-    if (c.labels_from.empty() && !fs::exists(dir / "labels.npy"))
+    if (c.labels_from.empty() && !io::path_exists(dir / "labels.npy"))
       labels = round_labels(dir,
                             round == 0 && c.cluster_on == "pixels"
                                 ? pixels(data.train, data.eval_transform, c)
@@ -373,10 +390,9 @@ int run(unicom::Config c) {
   // Final outputs where the seeds put them, and the after-training evaluation.
   recorder.begin("final evaluation");
   const fs::path last = run_dir / ("round-" + std::to_string(c.rounds - 1));
-  fs::copy_file(last / "model.safetensors", run_dir / "model.safetensors", fs::copy_options::overwrite_existing);
-  fs::copy_file(last / "centroids.npy", run_dir / "centroids.npy", fs::copy_options::overwrite_existing);
-  const auto before = nlohmann::json::parse(io::read_file(eval_cache));
-  report.json = before["metrics"];
+  io::copy_file_atomically(last / "model.safetensors", run_dir / "model.safetensors");
+  io::copy_file_atomically(last / "centroids.npy", run_dir / "centroids.npy");
+  report.json = baselines->metrics;
   report.table = eval::TaxonomyTable{};
   const auto embeddings = embed_all(model, data.eval, data.eval_transform, c, "embed eval");
   io::save_npy(run_dir / "embeddings.npy", embeddings);
@@ -385,12 +401,13 @@ int run(unicom::Config c) {
   io::save_npy(run_dir / "labels.npy", at::tensor(eval_labels, at::kLong));
   evaluate(report, "after", embeddings, *data.eval, c);
 
-  const std::string table_csv = before["table"].get<std::string>() + report.table.to_csv().substr(report.table.to_csv().find('\n') + 1);
+  const std::string after_csv = report.table.to_csv();
+  const std::string table_csv = baselines->table_csv + after_csv.substr(after_csv.find('\n') + 1);
   io::write_text_atomically(run_dir / "eval_table.csv", table_csv);
   report.table.write_markdown(run_dir / "eval_table_after.md");
   if (zero_shot) {  // zero-shot per rank before and after, and the fine-tuned CLIP (visual trained, text as loaded)
     const auto after = unicom::zero_shot(text_side, "after", embeddings, eval_columns(*data.eval, c.group_rank), c);
-    const std::string before_csv = before.value("zero_shot", std::string());
+    const std::string& before_csv = baselines->zero_shot_csv;
     const std::string csv = before_csv.empty() ? after.to_csv() : before_csv + after.to_csv().substr(after.to_csv().find('\n') + 1);
     io::write_text_atomically(run_dir / "zero_shot.csv", csv);
     after.write_markdown(run_dir / "zero_shot_after.md");

@@ -37,7 +37,7 @@ inline TextSide load_text_side(const Config& c) {
               " needs --weights with a CLIP text tower");
   if (c.weights.empty() || (!required && !c.zero_shot)) return side;
   auto clip = taxon::text::load_clip(c.weights);
-  TAXON_CHECK(!required || clip.has_text(), "text.no-text-tower", "--cluster-on ", c.cluster_on, ": ", c.weights,
+  TAXON_CHECK(!required || clip.has_text(), "cli.no-text-tower", "--cluster-on ", c.cluster_on, ": ", c.weights,
               " has no text tower");
   if (!clip.has_text()) return side;
   side.tower = clip.text;

@@ -11,7 +11,7 @@
 #include "taxon/backbone/concepts.hpp"
 #include "taxon/backbone/vit.hpp"
 #include "taxon/backbone/zoo.hpp"
-#include "taxon/backbone/checkpoint.hpp"
+#include "taxon/backbone/weights.hpp"
 #include "taxon/backbone/torchscript.hpp"
 #include "taxon/backbone/embed.hpp"
 #include "taxon/text/text.hpp"

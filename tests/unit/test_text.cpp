@@ -1,7 +1,7 @@
 // The text side of CLIP: cleaning (ftfy subset, html.unescape, NFC, lower), the BPE tokenizer on a merges file
 // built here and on the committed goldens (CLIP's real ids, tests/data/text/make_goldens.py), the text tower
 // against upstream's features, CLIP checkpoints, embed_text and zero-shot evaluation.
-#include "taxon/backbone/checkpoint.hpp"
+#include "taxon/backbone/weights.hpp"
 #include "taxon/backbone/zoo.hpp"
 #include "taxon/io/safetensors.hpp"
 #include "taxon/text/text.hpp"

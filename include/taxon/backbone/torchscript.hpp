@@ -2,8 +2,9 @@
 // PyTorch .pt files: OpenAI CLIP's released TorchScript archives (clip.load(jit=False) takes their state_dict() and
 // runs build_model; same here) and torch.save'd state dicts such as UNICOM's FP16-ViT-*.pt (zip format).
 // Separate header because the jit headers add seconds to every translation unit that includes them.
-#include "taxon/backbone/checkpoint.hpp"
+#include "taxon/backbone/weights.hpp"
 #include "taxon/core/error.hpp"
+#include "taxon/io/atomic_file.hpp"
 
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/serialization/import.h>
@@ -17,12 +18,12 @@ namespace taxon::backbone {
 
 // All parameters and buffers of a TorchScript archive by dotted name (fp16 kept as stored), on the CPU.
 inline StateDict load_torchscript_state_dict(const std::filesystem::path& path) {
-  TAXON_CHECK(std::filesystem::exists(path), "io.missing-file", "file not found: ", path.string());
+  io::require_file(path, "TorchScript archive");
   torch::jit::Module module;
   try {
     module = torch::jit::load(path.string(), at::Device(at::kCPU));
   } catch (const c10::Error& e) {
-    TAXON_FAIL("io.bad-torchscript", path.string(), " is not a readable TorchScript archive: ",
+    TAXON_FAIL("backbone.bad-torchscript", path.string(), " is not a readable TorchScript archive: ",
                e.what_without_backtrace());
   }
   StateDict dict;
@@ -36,7 +37,7 @@ namespace torchscript_detail {
 // Tensors of a (possibly wrapped) pickled dict; {"state_dict": {...}} / {"model": {...}} wrappers are unwrapped,
 // non-tensor entries (epoch counters, args) skipped.
 inline void collect_tensors(const c10::IValue& value, const std::string& source, StateDict& out) {
-  TAXON_CHECK(value.isGenericDict(), "io.bad-checkpoint", source, " does not hold a dict of tensors (found ",
+  TAXON_CHECK(value.isGenericDict(), "backbone.bad-weights", source, " does not hold a dict of tensors (found ",
               value.tagKind(), ")");
   for (const auto& kv : value.toGenericDict()) {
     if (!kv.key().isString()) continue;
@@ -55,17 +56,17 @@ inline StateDict load_pickled_state_dict(const std::filesystem::path& path) {
   try {
     value = torch::jit::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
   } catch (const c10::Error& e) {
-    TAXON_FAIL("io.bad-checkpoint", path.string(), " is not a torch.save archive: ", e.what_without_backtrace());
+    TAXON_FAIL("backbone.bad-weights", path.string(), " is not a torch.save archive: ", e.what_without_backtrace());
   }
   StateDict dict;
   torchscript_detail::collect_tensors(value, path.string(), dict);
-  TAXON_CHECK(!dict.empty(), "io.bad-checkpoint", path.string(), " holds no tensors");
+  TAXON_CHECK(!dict.empty(), "backbone.bad-weights", path.string(), " holds no tensors");
   return dict;
 }
 
 // Any .pt: a TorchScript archive (OpenAI CLIP) or a torch.save'd state dict (UNICOM, fine-tuned checkpoints).
 inline StateDict load_pt_state_dict(const std::filesystem::path& path) {
-  TAXON_CHECK(std::filesystem::exists(path), "io.missing-file", "file not found: ", path.string());
+  io::require_file(path, "weights file");
   std::string jit_error;
   try {
     return load_torchscript_state_dict(path);
@@ -75,7 +76,7 @@ inline StateDict load_pt_state_dict(const std::filesystem::path& path) {
   try {
     return load_pickled_state_dict(path);
   } catch (const Error& e) {
-    TAXON_FAIL("io.bad-checkpoint", path.string(), " is neither a TorchScript archive nor a torch.save state dict:\n  ",
+    TAXON_FAIL("backbone.bad-weights", path.string(), " is neither a TorchScript archive nor a torch.save state dict:\n  ",
                jit_error, "\n  ", e.what());
   }
 }

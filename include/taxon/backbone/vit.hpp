@@ -1,5 +1,6 @@
 #pragma once
-// Vision Transformers in the two layouts taxon loads checkpoints for (unicom_spec.md §3.2, §5):
+// Vision Transformers in the two layouts taxon loads weights for (openai/CLIP clip/model.py and mlfoundations/open_clip
+// src/open_clip/transformer.py; deepglint/unicom unicom/unicom/vision_transformer.py):
 //  - CLIP (OpenAI / open_clip): bias-free conv patch embed, class token, ln_pre, pre-norm blocks with fused
 //    in-projection attention, ln_post on the class token, projection matrix. Parameter names are OpenAI's
 //    `visual.*` names without the prefix, so checkpoints map 1:1.

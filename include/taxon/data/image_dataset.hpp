@@ -8,7 +8,9 @@
 #include "taxon/data/dataset.hpp"
 #include "taxon/data/decode.hpp"
 #include "taxon/data/decode_crop.hpp"
+#include "taxon/data/rank_spec.hpp"
 #include "taxon/data/taxonomy.hpp"
+#include "taxon/io/atomic_file.hpp"
 
 #include <algorithm>
 #include <cctype>
@@ -100,25 +102,6 @@ class ImageFileDataset {
   DecodeResizeCrop decode_crop_;
 };
 
-// How one rank's label is obtained from a CSV row.
-struct RankSpec {
-  enum class Kind { column, first_token, constant };
-  std::string rank;
-  Kind kind = Kind::column;
-  std::string source;  // column name, or the constant value
-
-  // The cell of `column` (a column missing from the CSV may be supplied as a per-file constant, see CsvSource).
-  static RankSpec column(std::string rank, std::string column) { return {std::move(rank), Kind::column, std::move(column)}; }
-  // Genus from a binomial: first whitespace token of `column` (the seeds' extract_genus).
-  static RankSpec genus_from(std::string rank, std::string column) {
-    return {std::move(rank), Kind::first_token, std::move(column)};
-  }
-  // The same value for every row of the dataset.
-  static RankSpec constant(std::string rank, std::string value) {
-    return {std::move(rank), Kind::constant, std::move(value)};
-  }
-};
-
 // One metadata CSV, the folder its paths are relative to, and constant columns added to each of its rows
 // (e.g. {"taxa", "Fish"} for VLM4Bio, which has no taxa column). Constants override CSV columns of the same name.
 struct CsvSource {
@@ -169,8 +152,8 @@ class CsvImageDataset : public ImageFileDataset {
 
  public:
   explicit CsvImageDataset(const CsvImageDatasetOptions& options) {
-    TAXON_CHECK(!options.sources().empty(), "data.bad-options", "CsvImageDataset: no CSV source given");
-    TAXON_CHECK(!options.ranks().empty(), "data.bad-options", "CsvImageDataset: no rank given");
+    TAXON_CHECK(!options.sources().empty(), "data.bad-option", "CsvImageDataset: no CSV source given");
+    TAXON_CHECK(!options.ranks().empty(), "data.bad-option", "CsvImageDataset: no rank given");
     std::vector<std::string> ranks;
     for (const auto& r : options.ranks()) ranks.push_back(r.rank);
     std::vector<std::vector<std::string>> names;
@@ -240,9 +223,9 @@ class ImageFolderDataset : public ImageFileDataset {
  public:
   explicit ImageFolderDataset(const std::filesystem::path& root, const ImageFolderDatasetOptions& options = {}) {
     namespace fs = std::filesystem;
-    TAXON_CHECK(fs::is_directory(root), "io.missing-file", "image folder not found: ", root.string());
+    io::require_directory(root, "image folder");
     const auto depth = static_cast<std::ptrdiff_t>(options.ranks().size());
-    TAXON_CHECK(depth >= 1, "data.bad-options", "ImageFolderDataset needs at least one rank");
+    TAXON_CHECK(depth >= 1, "data.bad-option", "ImageFolderDataset needs at least one rank");
     std::vector<std::pair<fs::path, std::vector<std::string>>> files;
     for (auto it = fs::recursive_directory_iterator(root, fs::directory_options::follow_directory_symlink);
          it != fs::recursive_directory_iterator(); ++it) {

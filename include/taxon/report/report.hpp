@@ -12,6 +12,7 @@
 #include "taxon/report/run.hpp"
 #include "taxon/report/sections.hpp"
 #include "taxon/report/timings.hpp"
+#include "taxon/train/callbacks.hpp"
 
 #include <chrono>
 #include <filesystem>
@@ -87,12 +88,10 @@ class RunRecorder {
  public:
   explicit RunRecorder(std::filesystem::path run_dir, std::string first_stage, ReportOptions options = {})
       : dir_(std::move(run_dir)), options_(std::move(options)), stage_(std::move(first_stage)), start_(Clock::now()) {
-    if (std::filesystem::exists(dir_ / StageTimings::kFileName)) {
-      try {
-        timings_ = StageTimings::load(dir_);
-      } catch (const std::exception& e) {
-        log::warn("report: starting a new ", StageTimings::kFileName, ": ", e.what());
-      }
+    try {
+      if (io::path_exists(dir_ / StageTimings::kFileName)) timings_ = StageTimings::load(dir_);
+    } catch (const std::exception& e) {
+      log::warn("report: starting a new ", StageTimings::kFileName, ": ", e.what());
     }
     session_ = timings_.last_session() + 1;
     timings_.status = "running";
@@ -151,6 +150,7 @@ class RunRecorder {
 // Trainer callback: rewrites the report after every epoch, so training curves appear while a run trains.
 class ReportEachEpoch {
  public:
+  static constexpr train::HookSet hooks{train::Hook::on_epoch_end};
   explicit ReportEachEpoch(RunRecorder& recorder) : recorder_(&recorder) {}
   template <typename T>
   void on_epoch_end(T&, int64_t) {

@@ -160,7 +160,7 @@ inline std::vector<FileEntry> list_files(const fs::path& dir) {
   const auto add_level = [&](const fs::path& d, const std::string& prefix, bool descend_rounds, auto& self) -> void {
     std::vector<fs::directory_entry> entries;
     std::error_code ec;
-    for (const auto& e : fs::directory_iterator(d, ec)) entries.push_back(e);
+    for (fs::directory_iterator it(d, ec), end; !ec && it != end; it.increment(ec)) entries.push_back(*it);
     std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.path().filename() < b.path().filename(); });
     for (const auto& e : entries) {
       const std::string name = e.path().filename().string();
@@ -172,8 +172,8 @@ inline std::vector<FileEntry> list_files(const fs::path& dir) {
           continue;
         }
         FileEntry f{prefix + name + "/", 0, 0};
-        for (const auto& sub : fs::recursive_directory_iterator(e.path(), ec))
-          if (sub.is_regular_file(ec)) f.bytes += sub.file_size(ec), ++f.files;
+        for (fs::recursive_directory_iterator it(e.path(), ec), end; !ec && it != end; it.increment(ec))
+          if (it->is_regular_file(ec)) f.bytes += it->file_size(ec), ++f.files;
         out.push_back(f);
       } else if (e.is_regular_file(ec)) {
         out.push_back({prefix + name, e.file_size(ec), 1});
@@ -188,16 +188,18 @@ inline std::vector<FileEntry> list_files(const fs::path& dir) {
 
 // Reads what exists of a run directory; only a missing directory is an error.
 inline RunRecord read_run(const fs::path& dir) {
-  TAXON_CHECK(fs::is_directory(dir), "report.missing-run-dir", "run directory not found: ", dir.string());
+  std::error_code ec;  // no std::filesystem exception escapes: unreadable entries are skipped or listed as problems
+  TAXON_CHECK(fs::is_directory(dir, ec), "report.missing-run-dir", "run directory not found: ", dir.string());
   RunRecord r;
   r.dir = dir;
-  r.label = fs::weakly_canonical(dir).filename().string();
+  r.label = fs::weakly_canonical(dir, ec).filename().string();
+  if (r.label.empty()) r.label = dir.filename().string();
   const auto attempt = [&](const fs::path& path, auto&& read) {
-    if (!fs::exists(path)) return;
     try {
+      if (!io::path_exists(path)) return;
       read();
     } catch (const std::exception& e) {
-      r.problems.push_back(fs::relative(path, dir).string() + ": " + e.what());
+      r.problems.push_back(path.lexically_relative(dir).string() + ": " + e.what());
     }
   };
   const auto json_file = [&](const fs::path& path) {
@@ -224,10 +226,14 @@ inline RunRecord read_run(const fs::path& dir) {
   attempt(dir / StageTimings::kFileName, [&] { r.timings = StageTimings::load(dir); });
 
   std::vector<int> indices;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    const std::string name = e.path().filename().string();
-    if (!e.is_directory() || name.rfind("round-", 0) != 0) continue;
+  std::vector<std::string> subdirectories;
+  try {
+    subdirectories = io::subdirectory_names(dir);
+  } catch (const std::exception& e) {
+    r.problems.push_back(std::string("round-N/: ") + e.what());
+  }
+  for (const auto& name : subdirectories) {
+    if (name.rfind("round-", 0) != 0) continue;
     const std::string digits = name.substr(6);
     if (digits.empty() || digits.size() > 6 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
     indices.push_back(std::stoi(digits));
@@ -237,7 +243,7 @@ inline RunRecord read_run(const fs::path& dir) {
     RoundRecord round;
     round.index = i;
     round.dir = dir / ("round-" + std::to_string(i));
-    round.done = fs::exists(round.dir / "done");
+    round.done = fs::exists(round.dir / "done", ec);
     attempt(round.dir / "labels.npy", [&] { round.cluster_sizes = run_detail::cluster_sizes(round.dir / "labels.npy"); });
     attempt(round.dir / cluster::ClusterQuality::kFileName, [&] { round.quality = cluster::load_cluster_quality(round.dir); });
     r.rounds.push_back(std::move(round));

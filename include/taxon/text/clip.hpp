@@ -7,9 +7,10 @@
 // which open_clip / OpenAI code can read back as a state dict. Checkpoints without a text tower give a model with
 // text == nullptr; the visual-only loaders in backbone/ keep working on all these files.
 // TorchScript .pt files are read in text/clip_pt.hpp (the jit headers are heavy).
-#include "taxon/backbone/checkpoint.hpp"
+#include "taxon/backbone/weights.hpp"
 #include "taxon/backbone/vit.hpp"
 #include "taxon/core/error.hpp"
+#include "taxon/core/normalize.hpp"
 #include "taxon/core/options.hpp"
 #include "taxon/core/progress.hpp"
 #include "taxon/io/safetensors.hpp"
@@ -248,7 +249,7 @@ inline at::Tensor embed_text(text::TextTransformer& tower, const text::Tokenizer
       const std::vector<std::string> batch(texts.begin() + static_cast<std::ptrdiff_t>(begin),
                                            texts.begin() + static_cast<std::ptrdiff_t>(end));
       at::Tensor out = tower->forward(tokenizer.tokenize(batch).to(device)).to(at::kFloat);
-      if (opts.normalize()) out = out / out.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
+      if (opts.normalize()) out = l2_normalize_rows(out);
       outputs.push_back(out.to(at::kCPU));
       if (progress) progress->advance(static_cast<int64_t>(end - begin));
     }

@@ -12,6 +12,7 @@
 // value at another rank (its most common one among the class's rows).
 // Zero-shot needs no gallery, so every row with a label at that rank is a query (num_queries in the table).
 #include "taxon/core/error.hpp"
+#include "taxon/core/normalize.hpp"
 #include "taxon/core/options.hpp"
 #include "taxon/eval/taxonomy.hpp"
 #include "taxon/io/atomic_file.hpp"
@@ -165,11 +166,11 @@ inline at::Tensor class_text_embeddings(const TextEncoder& encode, const std::ve
     at::Tensor f = encode(texts).to(at::kFloat);
     TAXON_CHECK(f.dim() == 2 && f.size(0) == static_cast<int64_t>(texts.size()), "text.bad-output",
                 "text encoder returned ", f.sizes(), " for ", texts.size(), " texts");
-    f = f / f.norm(2, {1}, true).clamp_min(1e-12);
+    f = l2_normalize_rows(f);
     sum = sum.defined() ? sum + f : f;
   }
   const at::Tensor mean = sum / static_cast<double>(templates.size());
-  return mean / mean.norm(2, {1}, true).clamp_min(1e-12);
+  return l2_normalize_rows(mean);
 }
 
 struct ZeroShotOptions {
@@ -287,7 +288,7 @@ inline ZeroShotTable evaluate_zero_shot(const at::Tensor& image_features, const 
               "zero-shot: ", cols.taxa.size(), " taxa labels for ", n, " image features");
   TAXON_CHECK(o.top_k() >= 1, "text.bad-option", "zero-shot: top_k ", o.top_k(), " must be >= 1");
   at::Tensor images = image_features.to(at::kFloat).to(at::kCPU);
-  images = images / images.norm(2, {1}, true).clamp_min(1e-12);
+  images = l2_normalize_rows(images);
 
   std::vector<std::string> taxa = cols.taxa.empty() ? std::vector<std::string>(static_cast<std::size_t>(n), o.all_name()) : cols.taxa;
   std::vector<std::string> groups = o.groups();

@@ -1,9 +1,11 @@
 #pragma once
-// Loading pretrained ViT weights and saving our own checkpoints.
-//  - state dicts in three layouts: OpenAI CLIP / open_clip (`visual.*`, optional LayerScale) and UNICOM (§3.2);
+// ViT weights files: loading pretrained weights and saving/loading taxon's own model.safetensors. (The training
+// checkpoint format, with optimizer and generator state, is train/checkpoint.hpp.)
+//  - state dicts in three layouts: OpenAI CLIP / open_clip (`visual.*`, optional LayerScale) and UNICOM
+//    (deepglint/unicom unicom/unicom/vision_transformer.py);
 //  - the architecture is inferred from tensor shapes the way upstream's build_model does;
 //  - strict loading lists every missing, unexpected and mis-shaped key in one error; non-strict returns them;
-//  - our own checkpoint is a safetensors file whose "config" metadata holds the options JSON.
+//  - taxon's own file is a safetensors file whose "config" metadata holds the options JSON.
 // OpenAI's TorchScript .pt files are read by taxon/backbone/torchscript.hpp (kept apart: the jit headers are heavy).
 #include "taxon/backbone/vit.hpp"
 #include "taxon/core/error.hpp"
