@@ -22,6 +22,9 @@ def cases():
     yield "independent40", [i % 2 for i in range(n)], [(i // 2) % 10 for i in range(n)]
     yield "truth_constant", [4] * 12, [i % 3 for i in range(12)]
     yield "pred_singletons", [i % 4 for i in range(16)], list(range(16))
+    n = 20000  # a k-means-sized case: hundreds of classes and clusters, E[MI] over many size pairs
+    truth = [(i * i * 7 + i * 3) % 300 for i in range(n)]
+    yield "large20000", truth, [(t * 3 + (i * 31) % 7) % 1000 for i, t in enumerate(truth)]
 
 
 print(f"# sklearn {sklearn.__version__}, numpy {np.__version__}")

@@ -40,6 +40,7 @@ inline const std::vector<Golden>& goldens() {
       {"independent40", 0.0, -0.10209960822142965, 0.0, 0.13876381462459533, 0.6931471805599454, 2.302585092994046},
       {"truth_constant", 0.0, 0.0, 0.0, 0.0, 0.0, 1.0986122886681096},
       {"pred_singletons", 0.6666666666666666, 1.441541926716692e-14, 1.3862943611198904, 1.3862943611198804, 1.3862943611198906, 2.772588722239781},
+      {"large20000", 0.7876678930170041, 0.7695864014183034, 3.650022858272894, 0.3636458103426448, 3.672139652038066, 5.595783772623088},
   };
   return g;
 }
@@ -64,6 +65,11 @@ inline std::pair<std::vector<int64_t>, std::vector<int64_t>> labelings(const std
     for (int64_t i = 0; i < 12; ++i) t.push_back(4), p.push_back(i % 3);
   if (name == "pred_singletons")
     for (int64_t i = 0; i < 16; ++i) t.push_back(i % 4), p.push_back(i);
+  if (name == "large20000")
+    for (int64_t i = 0; i < 20000; ++i) {
+      t.push_back((i * i * 7 + i * 3) % 300);
+      p.push_back((t.back() * 3 + (i * 31) % 7) % 1000);
+    }
   return {t, p};
 }
 
@@ -466,10 +472,33 @@ TEST_CASE("report.html of an old run, an empty directory and broken files degrad
   const std::string broken = slurp(taxon::report::write_run_report(dir / "broken"));
   const std::string problems = section_of(broken, "problems");
   CHECK(problems.find("retrieval.json") != std::string::npos);
+  CHECK(problems.find("report.bad-run-file") != std::string::npos);  // the id tells the reader what to look up
   CHECK(problems.find("round-1/labels.npy") != std::string::npos);
   CHECK(problems.find("report.bad-timings") != std::string::npos);
   CHECK(chart_marks(broken, "training-loss") > 0);  // the rest still renders
   CHECK(chart_marks(broken, "cluster-sizes") > 0);  // round 0's sizes
+}
+
+TEST_CASE("report inputs that are not what they should be raise their ids", "[report][io]") {
+  taxon::test::TempDir dir("report_bad_input");
+  write_synthetic_run(dir.path);
+  taxon::io::write_text_atomically(dir / "timings.json", "{\"stages\": [{\"stage\": \"x\"}]}");
+  REQUIRE_TAXON_ERROR(taxon::report::StageTimings::load(dir.path), "report.bad-timings");  // no seconds
+  taxon::io::write_text_atomically(dir / "timings.json", "not json");
+  REQUIRE_TAXON_ERROR(taxon::report::StageTimings::load(dir.path), "report.bad-timings");
+
+  // An output whose parent is a file cannot be written; the report already there stays whole.
+  const auto path = taxon::report::write_run_report(dir.path);
+  const std::string before = slurp(path);
+  REQUIRE_TAXON_ERROR(taxon::report::write_run_report(dir.path, taxon::report::ReportOptions().output(dir / "config.json" / "r.html")),
+                      "io.cannot-write");
+  CHECK(slurp(path) == before);
+
+  // A recorder whose report cannot be written logs it and lets the run go on.
+  taxon::report::RunRecorder recorder(dir.path, "load data", taxon::report::ReportOptions().output(dir / "config.json" / "r.html"));
+  CHECK_NOTHROW(recorder.begin("baseline evaluation"));
+  CHECK_NOTHROW(recorder.end("finished"));
+  CHECK(taxon::report::StageTimings::load(dir.path).stages.size() == 2);  // the damaged timings.json was replaced
 }
 
 TEST_CASE("report.html is replaced atomically: a reader of the old file keeps a whole old file", "[report][io]") {
