@@ -91,9 +91,10 @@ struct ExpectedMutualInformationOptions {
   TAXON_ARG(double, max_terms) = 5e8;
 };
 
-// E[MI] over random labelings with the same class and cluster sizes (Vinh, Epps & Bailey 2010): for every pair
-// of a class of size a and a cluster of size b, a sum over the hypergeometric overlap n_ij. Pairs are grouped by
-// equal sizes, so the cost depends on the number of distinct sizes, not of classes.
+// E[MI] over random labelings with the same class and cluster sizes, as scikit-learn/scikit-learn
+// sklearn/metrics/cluster/_expected_mutual_info_fast.pyx: for every pair of a class of size a and a cluster of
+// size b, a sum over the hypergeometric overlap n_ij. Pairs are grouped by equal sizes, so the cost depends on the
+// number of distinct sizes, not of classes.
 inline double expected_mutual_information(const Contingency& c, const ExpectedMutualInformationOptions& o = {}) {
   const int64_t n = c.n;
   if (c.row_sums.size() <= 1 || c.col_sums.size() <= 1) return 0.0;  // a labeling with zero entropy
