@@ -207,9 +207,8 @@ inline void write_synthetic_run(const fs::path& dir, bool with_new_files = true)
   }
 }
 
-}  // namespace test_report
-
-using namespace test_report;
+// The test cases live in the namespace too: a file-scope `using namespace` would leak these helpers into the
+// other files of the unity build (test_text.cpp has its own goldens()).
 
 TEST_CASE("NMI and AMI match sklearn, including the expected mutual information", "[report][eval][cluster-agreement]") {
   for (const auto& g : goldens()) {
@@ -588,3 +587,5 @@ TEST_CASE("synthetic run directory for the browser test", "[.report-fixture]") {
   const auto out = taxon::report::write_run_report(dir);
   REQUIRE(fs::exists(out));
 }
+
+}  // namespace test_report
