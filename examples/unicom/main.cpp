@@ -5,7 +5,8 @@
 //
 // Copy this file to start your own trainer. Everything in it is public taxon API; the run directory holds
 // config.json, per-round clusters and checkpoints, model.safetensors, centroids.npy, embeddings.npy, labels.npy,
-// eval tables (CSV + Markdown), retrieval.json and metrics.jsonl. `--resume RUN_DIR` continues a stopped run.
+// eval tables (CSV + Markdown), retrieval.json, metrics.jsonl, timings.json and report.html (rewritten after every
+// stage and epoch: taxon/report/). `--resume RUN_DIR` continues a stopped run.
 //
 // `--device auto|cpu|cuda|cuda:N` picks where everything runs. On CUDA the loaders collate uint8 batches (to_chw)
 // into pinned memory, the copies are asynchronous and normalisation happens on the GPU; k-means, kNN and the
@@ -226,11 +227,22 @@ void evaluate(Report& report, const std::string& name, const at::Tensor& embeddi
             ", Recall@1 ", eval::format_percent(m.recall_at(1)), ", MAP@R ", eval::format_percent(m.map_at_r));
 }
 
+// Pseudo-classes against every rank the training images know (the report's purity section).
+void record_cluster_quality(const fs::path& dir, const at::Tensor& labels, const Dataset& train) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> known;
+  for (const auto& rank : train.taxonomy().ranks()) known.emplace_back(rank, data::rank_labels(train, rank));
+  cluster::save_cluster_quality(dir, cluster::measure_cluster_quality(labels, known));
+}
+
 // Training labels for one round: a metadata rank (--labels-from) or k-means pseudo-classes on the embeddings.
 at::Tensor round_labels(const fs::path& dir, const at::Tensor& train_embeddings, const Dataset& train,
                         const unicom::Config& c, const Placement& where) {
   if (!c.labels_from.empty()) return at::tensor(data::rank_labels(train, c.labels_from), at::kLong);
-  if (io::path_exists(dir / "labels.npy")) return cluster::load_clustering(dir).labels;  // resumed round
+  if (io::path_exists(dir / "labels.npy")) {  // resumed round
+    auto labels = cluster::load_clustering(dir).labels;
+    if (!io::path_exists(dir / cluster::ClusterQuality::kFileName)) record_cluster_quality(dir, labels, train);
+    return labels;
+  }
   auto result = cluster::KMeans(cluster::KMeansOptions()
                                     .k(c.clusters)
                                     .k_fraction(c.clusters > 0 ? 0.0 : c.cluster_ratio)
@@ -241,6 +253,7 @@ at::Tensor round_labels(const fs::path& dir, const at::Tensor& train_embeddings,
                     .fit(l2_normalize_rows(train_embeddings));
   cluster::compact_labels(result);
   cluster::save_clustering(dir, result);
+  record_cluster_quality(dir, result.labels, train);
   return result.labels;
 }
 
@@ -251,8 +264,9 @@ train::Schedule make_schedule(const unicom::Config& c) {
 }
 
 // One cluster+train round; returns false if interrupted (the checkpoint makes it resumable).
-bool train_round(backbone::VisionTransformer& model, const fs::path& dir, const at::Tensor& labels,
-                 const Datasets& data, const unicom::Config& c, const Placement& where) {
+bool train_round(backbone::VisionTransformer& model, const fs::path& dir, int round, const at::Tensor& labels,
+                 const Datasets& data, const unicom::Config& c, const Placement& where,
+                 taxon::report::RunRecorder& recorder) {
   const int64_t num_classes = labels.max().item<int64_t>() + 1;
   const int64_t dim = model->options.output_dim();
   // ArcFace keeps upstream's straight-through gradient; other margin combinations use the exact gradient.
@@ -283,8 +297,9 @@ bool train_round(backbone::VisionTransformer& model, const fs::path& dir, const 
   auto source = [&](int64_t epoch, int64_t skip) { return loader.epoch(epoch, skip); };  // resume skips without decoding
 
   const auto summary = trainer.fit(source, train::ProgressBar("train " + dir.filename().string()),
-                                   train::MetricsLog(fs::path(c.run_dir) / "metrics.jsonl", 10),
-                                   train::Checkpointing(dir / "checkpoints", 0, 1, 1), train::StopFlag(&interrupted));
+                                   train::MetricsLog(fs::path(c.run_dir) / "metrics.jsonl", 10, {{"round", round}}),
+                                   train::Checkpointing(dir / "checkpoints", 0, 1, 1), train::StopFlag(&interrupted),
+                                   taxon::report::ReportEachEpoch(recorder));
   if (summary.stopped_early) {
     trainer.save_checkpoint(dir / "checkpoints", 1);
     return false;
@@ -372,6 +387,7 @@ int run(unicom::Config c) {
                         {"amp", train::to_string(where.precision)}};
   io::write_text_atomically(run_dir / "config.json", config.dump(2));
   std::signal(SIGINT, on_sigint);
+  taxon::report::RunRecorder recorder(run_dir, "load data and model");  // timings.json + report.html at each stage
 
   const auto data = load_datasets(c, where);
   if (c.group_rank.empty()) c.group_rank = data.group_rank;
@@ -392,6 +408,7 @@ int run(unicom::Config c) {
 
   auto baselines = read_baselines(eval_cache);
   if (!baselines) {  // once per run
+    recorder.begin("baseline evaluation");
     if (data.small_images) evaluate(report, "raw-pixels", pixels(data.eval, data, c, where), *data.eval, c, where);
     const auto before = embed_all(model, data.eval, data, c, where, "embed eval");
     evaluate(report, "before", before, *data.eval, c, where);
@@ -401,6 +418,8 @@ int run(unicom::Config c) {
     io::write_text_atomically(eval_cache, nlohmann::json{{"metrics", baselines->metrics},
                                                          {"table", baselines->table_csv},
                                                          {"zero_shot", baselines->zero_shot_csv}}.dump(2));
+    report.table.write_csv(run_dir / "eval_table.csv");  // the baselines alone until the final evaluation
+    io::write_text_atomically(run_dir / "retrieval.json", report.json.dump(2));
   }
 
   for (int round = 0; round < c.rounds; ++round) {
@@ -411,6 +430,7 @@ int run(unicom::Config c) {
       continue;
     }
     io::ensure_directory(dir);
+    recorder.begin("round " + std::to_string(round) + ": " + (c.labels_from.empty() ? "clustering" : "labels"));
     at::Tensor labels;
     if (c.labels_from.empty() && !io::path_exists(dir / "labels.npy"))
       labels = round_labels(dir,
@@ -422,13 +442,16 @@ int run(unicom::Config c) {
                             *data.train, c, where);
     else
       labels = round_labels(dir, at::Tensor(), *data.train, c, where);
-    if (!train_round(model, dir, labels, data, c, where)) {
+    recorder.begin("round " + std::to_string(round) + ": training");
+    if (!train_round(model, dir, round, labels, data, c, where, recorder)) {
+      recorder.end("interrupted");
       log::warn("interrupted: checkpoint saved; continue with --resume ", run_dir.string());
       return 130;
     }
   }
 
   // Final outputs where the seeds put them, and the after-training evaluation.
+  recorder.begin("final evaluation");
   const fs::path last = run_dir / ("round-" + std::to_string(c.rounds - 1));
   io::copy_file_atomically(last / "model.safetensors", run_dir / "model.safetensors");
   io::copy_file_atomically(last / "centroids.npy", run_dir / "centroids.npy");
@@ -464,7 +487,9 @@ int run(unicom::Config c) {
     std::printf("  %-11s accuracy_individual %6.2f%%  Recall@1 %6.2f%%  MAP@R %6.2f%%\n", name.c_str(),
                 100 * m["accuracy_individual_all"].get<double>(), 100 * m["recall_at_1"].get<double>(),
                 100 * m["map_at_r"].get<double>());
+  recorder.end("finished");
   std::cout << "outputs in " << run_dir.string() << "\n";
+  std::cout << "report: " << fs::absolute(recorder.report_file()).lexically_normal().string() << "\n";
   return 0;
 }
 

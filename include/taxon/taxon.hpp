@@ -21,3 +21,4 @@
 #include "taxon/cluster/cluster.hpp"
 #include "taxon/eval/eval.hpp"
 #include "taxon/train/train.hpp"
+#include "taxon/report/report.hpp"

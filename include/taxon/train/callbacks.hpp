@@ -320,8 +320,12 @@ class ProgressBar {
 class MetricsLog {
  public:
   static constexpr HookSet hooks{Hook::on_train_begin, Hook::on_step_end, Hook::on_evaluated};
-  explicit MetricsLog(std::filesystem::path path, int64_t every_steps = 1) : path_(std::move(path)), every_(every_steps) {
+  // `context` fields go into every line (e.g. {"round": 2} when several Trainers append to one file); a resumed
+  // run then truncates only the lines with the same context.
+  explicit MetricsLog(std::filesystem::path path, int64_t every_steps = 1, nlohmann::json context = nlohmann::json::object())
+      : path_(std::move(path)), every_(every_steps), context_(std::move(context)) {
     TAXON_CHECK(every_steps >= 1, "train.bad-option", "MetricsLog every_steps must be >= 1, got ", every_steps);
+    TAXON_CHECK(context_.is_object(), "train.bad-option", "MetricsLog context must be a JSON object, got ", context_.dump());
   }
   const std::filesystem::path& path() const { return path_; }
 
@@ -348,11 +352,15 @@ class MetricsLog {
     append(j);
   }
 
-  void append(const nlohmann::json& j) { io::append_text(path_, j.dump() + "\n"); }
+  void append(nlohmann::json j) {
+    for (const auto& [k, v] : context_.items()) j[k] = v;
+    io::append_text(path_, j.dump() + "\n");
+  }
 
  private:
-  // Keeps the lines of steps <= `step`. A torn last line (a killed run) is dropped; a line whose "step" is not an
-  // integer is damage this log cannot place, and an error naming the line.
+  // Keeps the lines of steps <= `step`; lines of another context (another round) all stay. A torn last line (a
+  // killed run) is dropped; a line whose "step" is not an integer is damage this log cannot place, and an error
+  // naming the line.
   void truncate_after(int64_t step) {
     std::istringstream in(io::read_file(path_));
     std::string line, kept;
@@ -363,14 +371,20 @@ class MetricsLog {
       if (j.is_object() && j.contains("step")) {
         TAXON_CHECK(j["step"].is_number_integer(), "train.bad-metrics-log", path_.string(), " line ", number,
                     ": \"step\" is ", j["step"].dump(), ", not an integer");
-        if (j["step"].get<int64_t>() > step) continue;
+        if (same_context(j) && j["step"].get<int64_t>() > step) continue;
       }
       kept += line + "\n";
     }
     io::write_text_atomically(path_, kept);
   }
+  bool same_context(const nlohmann::json& line) const {
+    for (const auto& [k, v] : context_.items())
+      if (!line.contains(k) || line.at(k) != v) return false;
+    return true;
+  }
   std::filesystem::path path_;
   int64_t every_;
+  nlohmann::json context_;
 };
 
 // Periodic evaluation: calls fn(trainer) every `every_epochs` epochs (and after the last one); the Trainer puts
