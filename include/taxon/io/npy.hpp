@@ -1,6 +1,7 @@
 #pragma once
 // NumPy .npy files: embeddings, centroids and labels written here open with `numpy.load` and vice versa.
 // Reads format 1.0/2.0/3.0 (C order, little-endian); writes 1.0, or 2.0 when the header exceeds 64 KiB.
+#include "taxon/core/checked.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/io/atomic_file.hpp"
 
@@ -21,6 +22,8 @@ namespace npy_detail {
 
 inline constexpr char kMagic[] = "\x93NUMPY";
 inline constexpr size_t kMagicLen = 6;
+// numpy 2's NPY_MAXDIMS (numpy 1 allowed 32).
+inline constexpr size_t kMaxDims = 64;
 
 // numpy descr (byte order stripped) <-> ATen dtype.
 inline std::optional<at::ScalarType> dtype_from_descr(std::string_view code) {
@@ -241,12 +244,19 @@ inline at::Tensor load_npy(const std::filesystem::path& path) {
   const bool single_byte = code == "u1" || code == "i1" || code == "b1";
   TAXON_CHECK(order == '<' || order == '|' || order == '=' || (single_byte && order == '>'), "io.bad-npy", name,
               ": big-endian dtype '", h.descr, "' is not supported");
+  // The declared shape is checked against the bytes present before anything is allocated.
+  TAXON_CHECK(h.shape.size() <= npy_detail::kMaxDims, "io.bad-npy", name, ": shape has ", h.shape.size(),
+              " dimensions, more than numpy's limit of ", npy_detail::kMaxDims);
+  const auto numel = checked_product<int64_t>(h.shape);
+  const auto nbytes =
+      numel ? checked_mul<int64_t>(*numel, static_cast<int64_t>(at::elementSize(*dtype))) : std::nullopt;
+  TAXON_CHECK(nbytes.has_value(), "io.bad-npy", name, ": shape ", npy_detail::shape_literal(h.shape), " of ", h.descr,
+              " overflows a 64-bit byte count");
+  TAXON_CHECK(bytes.size() - data_offset >= static_cast<uint64_t>(*nbytes), "io.bad-npy", name,
+              ": truncated data: shape ", npy_detail::shape_literal(h.shape), " of ", h.descr, " needs ", *nbytes,
+              " bytes, file has ", bytes.size() - data_offset);
   auto out = at::empty(h.shape, at::TensorOptions().dtype(*dtype));
-  const size_t nbytes = static_cast<size_t>(out.numel()) * out.element_size();
-  TAXON_CHECK(bytes.size() - data_offset >= nbytes, "io.bad-npy", name, ": truncated data: shape ",
-              npy_detail::shape_literal(h.shape), " of ", h.descr, " needs ", nbytes, " bytes, file has ",
-              bytes.size() - data_offset);
-  if (nbytes) std::memcpy(out.data_ptr(), bytes.data() + data_offset, nbytes);
+  if (*nbytes > 0) std::memcpy(out.data_ptr(), bytes.data() + data_offset, static_cast<size_t>(*nbytes));
   return out;
 }
 
