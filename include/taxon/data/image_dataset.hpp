@@ -35,8 +35,10 @@ class ImageFileDataset {
     DecodeResizeCrop crop = decode_crop_;
     if (!crop.enabled() && decode_min_side_ == 0) crop = DecodeHint::claim();
     if (crop.enabled())
-      return Sample{decode_resize_center_crop(detail::read_encoded(path), path.string(), crop.resize_to, crop.crop), labels(i)};
-    return Sample{read_image(path, decode_min_side_), labels(i)};
+      return Sample{decode_resize_center_crop(detail::read_encoded(path), path.string(), crop.resize_to, crop.crop,
+                                              max_image_pixels_),
+                    labels(i)};
+    return Sample{read_image(path, decode_min_side_, max_image_pixels_), labels(i)};
   }
   std::vector<std::int64_t> labels(std::int64_t i) const {
     check_index(i, size(), "image dataset");
@@ -52,6 +54,12 @@ class ImageFileDataset {
   // Let libjpeg decode at 1/2..1/8 scale while the shorter side stays >= this (0: always full size).
   void set_decode_min_side(int side) { decode_min_side_ = side; }
   void set_decode_resize_crop(DecodeResizeCrop rc) { decode_crop_ = rc; }
+  // Images whose declared width x height exceeds this are refused (data.image-too-large) before decoding.
+  void set_max_image_pixels(std::int64_t pixels) {
+    TAXON_CHECK(pixels > 0, "data.bad-option", "max_image_pixels must be positive, got ", pixels);
+    max_image_pixels_ = pixels;
+  }
+  std::int64_t max_image_pixels() const noexcept { return max_image_pixels_; }
 
  protected:
   static constexpr std::size_t kExamples = 5;
@@ -91,6 +99,7 @@ class ImageFileDataset {
   std::vector<std::string> missing_examples_;
   int decode_min_side_ = 0;
   DecodeResizeCrop decode_crop_;
+  std::int64_t max_image_pixels_ = kDefaultMaxImagePixels;
 };
 
 // How one rank's label is obtained from a CSV row.
@@ -129,6 +138,8 @@ class CsvImageDatasetOptions {
   TAXON_ARG(bool, strip_labels) = false;
   TAXON_ARG(int, decode_min_side) = 0;
   TAXON_ARG(DecodeResizeCrop, decode_resize_crop);
+  // Decompression-bomb guard: larger images (declared width x height) are refused; Pillow's limit by default.
+  TAXON_ARG(std::int64_t, max_image_pixels) = kDefaultMaxImagePixels;
 
  public:
   CsvImageDatasetOptions& add_source(std::filesystem::path csv, std::filesystem::path image_root,
@@ -203,6 +214,7 @@ class CsvImageDataset : public ImageFileDataset {
     finish(std::move(ranks), names);
     decode_min_side_ = options.decode_min_side();
     decode_crop_ = options.decode_resize_crop();
+    set_max_image_pixels(options.max_image_pixels());
   }
 
  private:
@@ -220,6 +232,8 @@ class ImageFolderDatasetOptions {
   TAXON_ARG(std::vector<std::string>, extensions) = std::vector<std::string>{".jpg", ".jpeg", ".png"};
   TAXON_ARG(int, decode_min_side) = 0;
   TAXON_ARG(DecodeResizeCrop, decode_resize_crop);
+  // Decompression-bomb guard: larger images (declared width x height) are refused; Pillow's limit by default.
+  TAXON_ARG(std::int64_t, max_image_pixels) = kDefaultMaxImagePixels;
 };
 
 class ImageFolderDataset : public ImageFileDataset {
@@ -253,6 +267,7 @@ class ImageFolderDataset : public ImageFileDataset {
     finish(options.ranks(), names);
     decode_min_side_ = options.decode_min_side();
     decode_crop_ = options.decode_resize_crop();
+    set_max_image_pixels(options.max_image_pixels());
   }
 };
 
