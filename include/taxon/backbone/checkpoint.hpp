@@ -6,6 +6,7 @@
 //  - our own checkpoint is a safetensors file whose "config" metadata holds the options JSON.
 // OpenAI's TorchScript .pt files are read by taxon/backbone/torchscript.hpp (kept apart: the jit headers are heavy).
 #include "taxon/backbone/vit.hpp"
+#include "taxon/core/checked.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/io/safetensors.hpp"
 
@@ -13,10 +14,12 @@
 #include <nlohmann/json.hpp>
 #include <torch/nn/module.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -130,13 +133,17 @@ inline VisionTransformerOptions infer_vit_options(const StateDict& visual, const
       ++layers;
   const auto& pos = need(clip ? "positional_embedding" : "pos_embed", clip ? 2 : 3);
   const int64_t grid_tokens = clip ? pos.size(0) - 1 : pos.size(1);
-  const auto grid = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(grid_tokens))));
-  TAXON_CHECK(grid * grid == grid_tokens, "backbone.state-dict-mismatch", source, ": positional embedding ",
+  const auto grid = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(std::max<int64_t>(grid_tokens, 0)))));
+  TAXON_CHECK(checked_mul(grid, grid) == grid_tokens, "backbone.state-dict-mismatch", source, ": positional embedding ",
               pos.sizes(), " does not hold a square grid of tokens");
+  // Empty tensors may declare any dimensions, so the image size they imply is checked before it is used.
+  const auto image_size = checked_mul(patch, grid);
+  TAXON_CHECK(image_size.has_value(), "backbone.state-dict-mismatch", source, ": patch size ", patch, " x grid ", grid,
+              " overflows");
   const int64_t output_dim = clip ? need("proj", 2).size(1) : need("feature.2.weight", 2).size(0);
   VisionTransformerOptions o;
   o.layout(layout)
-      .image_size(patch * grid)
+      .image_size(*image_size)
       .patch_size(patch)
       .width(width)
       .layers(layers)
@@ -147,11 +154,28 @@ inline VisionTransformerOptions infer_vit_options(const StateDict& visual, const
   return o;
 }
 
+// Refuses to build `options` unless `dict` holds at least one byte of tensor data (shared storage counted once)
+// per value the model would allocate: a small or hostile file cannot make a loader allocate gigabytes before
+// strict loading would report the mismatch.
+inline void check_dict_can_fill(const VisionTransformerOptions& options, const StateDict& dict, const std::string& source,
+                                const char* id) {
+  const int64_t need = vit_state_numel(options);
+  std::set<const void*> seen;
+  int64_t have = 0;
+  for (const auto& [name, t] : dict)
+    if (t.defined() && t.has_storage() && seen.insert(t.storage().unsafeGetStorageImpl()).second)
+      have += static_cast<int64_t>(t.storage().nbytes());
+  TAXON_CHECK(need <= have, id, source, ": the architecture (", nlohmann::json(options).dump(), ") has ", need,
+              " parameter and buffer values but the file holds only ", have, " bytes of tensor data");
+}
+
 // Builds a ViT from any supported state dict (full CLIP/open_clip model or visual tower, or UNICOM), strictly.
 inline VisionTransformer vit_from_state_dict(const StateDict& dict, const InferOptions& infer = {},
                                              const std::string& source = "state dict") {
   const StateDict visual = visual_state_dict(dict);
-  VisionTransformer model(infer_vit_options(visual, infer, source));
+  const VisionTransformerOptions options = infer_vit_options(visual, infer, source);
+  check_dict_can_fill(options, visual, source, "backbone.state-dict-mismatch");
+  VisionTransformer model(options);
   load_state_dict(*model, visual, /*strict=*/true, source);
   return model;
 }
@@ -174,13 +198,9 @@ inline VisionTransformer load_checkpoint(const std::filesystem::path& path, cons
   StateDict dict(file.tensors.begin(), file.tensors.end());
   auto config = file.metadata.find("config");
   if (config == file.metadata.end()) return vit_from_state_dict(dict, infer, source);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(config->second);
-  } catch (const nlohmann::json::exception& e) {
-    TAXON_FAIL("backbone.bad-config", source, ": 'config' metadata is not valid JSON: ", e.what());
-  }
-  VisionTransformer model(j.get<VisionTransformerOptions>());
+  const auto options = vit_options_from_json(config->second, source + " 'config' metadata");
+  check_dict_can_fill(options, dict, source, "backbone.bad-config");
+  VisionTransformer model(options);
   load_state_dict(*model, dict, /*strict=*/true, source);
   return model;
 }

@@ -5,9 +5,10 @@
 #include "taxon/backbone/checkpoint.hpp"
 #include "taxon/core/error.hpp"
 
+#include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/serialization/import.h>
-#include <torch/csrc/jit/serialization/pickle.h>
+#include <torch/csrc/jit/serialization/import_read.h>
 
 #include <filesystem>
 #include <string>
@@ -48,12 +49,21 @@ inline void collect_tensors(const c10::IValue& value, const std::string& source,
 
 }  // namespace torchscript_detail
 
+// The pickled object of a torch.save archive, read from the file. Not torch::jit::pickle_load(bytes): in LibTorch
+// 1.13 its in-memory reader does not bound reads to the buffer, so a damaged zip directory makes it read past the
+// end (found by tests/fuzz/pt_archive.cpp); the file reader clamps every read to the file size.
+inline c10::IValue pickle_load_file(const std::filesystem::path& path) {
+  caffe2::serialize::PyTorchStreamReader reader(path.string());
+  return torch::jit::readArchiveAndTensors("data", /*pickle_prefix=*/"", /*tensor_prefix=*/"", /*type_resolver=*/c10::nullopt,
+                                           /*obj_loader=*/c10::nullopt, /*device=*/c10::nullopt, reader);
+}
+
 // A state dict written by Python's torch.save (zip format, e.g. UNICOM's FP16-ViT-B-32.pt), fp16 kept as stored.
 inline StateDict load_pickled_state_dict(const std::filesystem::path& path) {
-  const std::string bytes = io::read_file(path);
+  TAXON_CHECK(std::filesystem::exists(path), "io.missing-file", "file not found: ", path.string());
   c10::IValue value;
   try {
-    value = torch::jit::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
+    value = pickle_load_file(path);
   } catch (const c10::Error& e) {
     TAXON_FAIL("io.bad-checkpoint", path.string(), " is not a torch.save archive: ", e.what_without_backtrace());
   }
