@@ -37,6 +37,7 @@
 #include "taxon/core/options.hpp"
 #include "taxon/core/seed.hpp"
 #include "taxon/io/atomic_file.hpp"
+#include "taxon/io/json.hpp"
 #include "taxon/io/npy.hpp"
 #include "taxon/io/safetensors.hpp"
 #include "taxon/pfc/concepts.hpp"
@@ -254,14 +255,24 @@ class Trainer {
   // Loads `path` (a checkpoint directory, or a root whose `latest` names one). Returns false when `path` holds
   // no checkpoint yet (a fresh run), so `trainer.resume(dir); trainer.fit(...)` works for both cases.
   bool resume(const std::filesystem::path& path) {
+    try {
+      return resume_from(path);
+    } catch (const nlohmann::json::exception& e) {  // a field of trainer.json missing or of the wrong type
+      TAXON_FAIL("train.bad-checkpoint", "cannot resume from ", path.string(), ": ", trainer_state_file, " ", e.what());
+    }
+  }
+
+ private:
+  bool resume_from(const std::filesystem::path& path) {
     std::filesystem::path dir = path;
     if (!std::filesystem::exists(path / trainer_state_file)) {
       const auto latest = latest_checkpoint(path);
       if (!latest) return false;
       dir = *latest;
     }
-    const auto state = nlohmann::json::parse(io::read_file(dir / trainer_state_file), nullptr, false);
-    TAXON_CHECK(!state.is_discarded() && state.value("format", 0) == 1, "train.bad-checkpoint",
+    const auto state = io::parse_json(io::read_file(dir / trainer_state_file), (dir / trainer_state_file).string(),
+                                      "train.bad-checkpoint");
+    TAXON_CHECK(state.is_object() && state.value("format", 0) == 1, "train.bad-checkpoint",
                 (dir / trainer_state_file).string(), " is not a taxon trainer state");
     const auto saved = state.at("options");
     for (const char* key : {"accumulation", "label_column"}) {
@@ -297,6 +308,8 @@ class Trainer {
               global_step_);
     return true;
   }
+
+ public:
 
   // Final outputs as the seeds produce them: dir/model.safetensors and dir/backbone.pt (torch::save of the
   // backbone module, loadable with torch::load), and the head's class centres as dir/centroids.npy.
