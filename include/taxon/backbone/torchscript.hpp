@@ -4,11 +4,10 @@
 // Separate header because the jit headers add seconds to every translation unit that includes them.
 #include "taxon/backbone/checkpoint.hpp"
 #include "taxon/core/error.hpp"
+#include "taxon/io/pickle.hpp"
 
-#include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/serialization/import.h>
-#include <torch/csrc/jit/serialization/import_read.h>
 
 #include <filesystem>
 #include <string>
@@ -34,39 +33,26 @@ inline StateDict load_torchscript_state_dict(const std::filesystem::path& path) 
 
 namespace torchscript_detail {
 
-// Tensors of a (possibly wrapped) pickled dict; {"state_dict": {...}} / {"model": {...}} wrappers are unwrapped,
-// non-tensor entries (epoch counters, args) skipped.
-inline void collect_tensors(const c10::IValue& value, const std::string& source, StateDict& out) {
+// Tensors of a (possibly wrapped) pickled dict; {"state_dict": {...}} / {"model": {...}} wrappers are unwrapped
+// (at most a few levels: a hostile file could nest them until the recursion overflows the stack), non-tensor
+// entries (epoch counters, args) skipped.
+inline void collect_tensors(const c10::IValue& value, const std::string& source, StateDict& out, int depth = 0) {
   TAXON_CHECK(value.isGenericDict(), "io.bad-checkpoint", source, " does not hold a dict of tensors (found ",
               value.tagKind(), ")");
+  TAXON_CHECK(depth < 8, "io.bad-checkpoint", source, " wraps its state dict in more than 8 levels");
   for (const auto& kv : value.toGenericDict()) {
     if (!kv.key().isString()) continue;
     const std::string key = kv.key().toStringRef();
     if (kv.value().isTensor()) out[key] = kv.value().toTensor().detach();
-    else if ((key == "state_dict" || key == "model") && kv.value().isGenericDict()) collect_tensors(kv.value(), source, out);
+    else if ((key == "state_dict" || key == "model") && kv.value().isGenericDict()) collect_tensors(kv.value(), source, out, depth + 1);
   }
 }
 
 }  // namespace torchscript_detail
 
-// The pickled object of a torch.save archive, read from the file. Not torch::jit::pickle_load(bytes): in LibTorch
-// 1.13 its in-memory reader does not bound reads to the buffer, so a damaged zip directory makes it read past the
-// end (found by tests/fuzz/pt_archive.cpp); the file reader clamps every read to the file size.
-inline c10::IValue pickle_load_file(const std::filesystem::path& path) {
-  caffe2::serialize::PyTorchStreamReader reader(path.string());
-  return torch::jit::readArchiveAndTensors("data", /*pickle_prefix=*/"", /*tensor_prefix=*/"", /*type_resolver=*/c10::nullopt,
-                                           /*obj_loader=*/c10::nullopt, /*device=*/c10::nullopt, reader);
-}
-
 // A state dict written by Python's torch.save (zip format, e.g. UNICOM's FP16-ViT-B-32.pt), fp16 kept as stored.
 inline StateDict load_pickled_state_dict(const std::filesystem::path& path) {
-  TAXON_CHECK(std::filesystem::exists(path), "io.missing-file", "file not found: ", path.string());
-  c10::IValue value;
-  try {
-    value = pickle_load_file(path);
-  } catch (const c10::Error& e) {
-    TAXON_FAIL("io.bad-checkpoint", path.string(), " is not a torch.save archive: ", e.what_without_backtrace());
-  }
+  const c10::IValue value = io::load_pickle(path, "io.bad-checkpoint");
   StateDict dict;
   torchscript_detail::collect_tensors(value, path.string(), dict);
   TAXON_CHECK(!dict.empty(), "io.bad-checkpoint", path.string(), " holds no tensors");

@@ -5,6 +5,7 @@
 #include "taxon/core/error.hpp"
 #include "taxon/core/log.hpp"
 #include "taxon/io/atomic_file.hpp"
+#include "taxon/io/pickle.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -106,8 +107,7 @@ inline void save_module_state(const fs::path& file, const torch::nn::Module& mod
 
 // Copies a saved state into `module`; missing or extra names and shape differences are errors naming them.
 inline void load_module_state(const fs::path& file, torch::nn::Module& module, const std::string& what) {
-  const std::string data = io::read_file(file);
-  const auto value = torch::pickle_load(std::vector<char>(data.begin(), data.end()));
+  const auto value = io::load_pickle(file, "train.bad-checkpoint");
   TAXON_CHECK(value.isGenericDict(), "train.bad-checkpoint", file.string(), " is not a tensor dictionary");
   auto dict = c10::impl::toTypedDict<std::string, at::Tensor>(value.toGenericDict());
   torch::NoGradGuard no_grad;

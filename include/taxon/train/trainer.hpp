@@ -291,10 +291,7 @@ class Trainer {
       archive.load_from((dir / "optimizer.pt").string(), device_);
       optimizer_->load(archive);
     }
-    {
-      const std::string data = io::read_file(dir / "rng.pt");
-      set_rng_states(torch::pickle_load(std::vector<char>(data.begin(), data.end())), dir / "rng.pt");
-    }
+    set_rng_states(io::load_pickle(dir / "rng.pt", "train.bad-checkpoint"), dir / "rng.pt");
     schedule_.load_state(state.at("schedule"));
     scaler_.load_state(state.at("scaler"));
     epoch_ = state.at("epoch").get<int64_t>();
