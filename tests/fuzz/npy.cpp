@@ -1,0 +1,13 @@
+// libFuzzer harness: .npy files (taxon::io::load_npy), e.g. embeddings or labels handed over by another tool.
+#include "support.hpp"
+#include "taxon/io/npy.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const auto path = taxon::fuzz::write_input("input.npy", taxon::fuzz::as_text(data, size));
+  taxon::fuzz::expect_only_taxon_errors([&] {
+    const at::Tensor t = taxon::io::load_npy(path);
+    // What a caller does next: read every element (a wrong size or stride would read outside the buffer).
+    if (t.numel() > 0) (void)t.to(at::kDouble).sum().item<double>();
+  });
+  return 0;
+}
