@@ -65,6 +65,7 @@ inline std::vector<Batch> make_batches(int64_t classes) {
 
 // Stops fit() at the end of each epoch so one benchmark iteration = one epoch of kStepsPerEpoch steps.
 struct StopAtEpochEnd {
+  static constexpr taxon::train::HookSet hooks{taxon::train::Hook::on_epoch_end, taxon::train::Hook::should_stop};
   bool stop = false;
   template <typename T> void on_epoch_end(T&, int64_t) { stop = true; }
   template <typename T> bool should_stop(T&) {

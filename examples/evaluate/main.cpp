@@ -7,6 +7,7 @@
 // seeded 80/20 split, accuracy_individual / accuracy_avg / distance_individual / distance_avg.
 #include <taxon/core/core.hpp>
 #include <taxon/data/csv.hpp>
+#include <taxon/data/rank_spec.hpp>
 #include <taxon/eval/eval.hpp>
 #include <taxon/io/npy.hpp>
 
@@ -14,6 +15,8 @@
 #include <nlohmann/json.hpp>
 
 #include <iostream>
+
+#include "zero_shot.hpp"
 
 using namespace taxon;
 
@@ -24,9 +27,13 @@ int main(int argc, char** argv) {
   uint64_t seed = 0;
   double test_size = 0.2;
   CLI::App app{"taxon-eval: the seeds' taxonomy retrieval table for a set of embeddings"};
-  app.add_option("--embeddings", embeddings_path, "[N, D] embeddings (.npy)")->required();
+  taxon_eval::ZeroShotArgs zs;
+  bool zero_shot = false;
+  app.add_option("--embeddings", embeddings_path, "[N, D] embeddings (.npy); with --zero-shot, optional: --images embeds them");
   app.add_option("--labels", labels_path, "CSV with N rows of labels, in embedding order")->required();
-  app.add_option("--rank", rank_specs, "RANK=COLUMN, or RANK=@genus(COLUMN) for the binomial's first token")->required();
+  app.add_option("--rank", rank_specs,
+                 "RANK=COLUMN, RANK=@genus(COLUMN) for the binomial's first token, or RANK==VALUE for a constant "
+                 "(repeatable; the first rank is the one Recall@K and MAP@R use)")->required();
   app.add_option("--group-column", group_column, "column whose values get their own rows (e.g. taxa); empty: All only");
   app.add_option("--model", model, "model name for the table's first column")->capture_default_str();
   app.add_option("--out", out, "write the table here (.csv; a .md Markdown copy is written beside it)");
@@ -34,29 +41,34 @@ int main(int argc, char** argv) {
   app.add_option("--test-size", test_size, "query fraction of each group")->capture_default_str();
   app.add_flag("--nfhm-compat", nfhm_compat, "reproduce the seeds' distance_individual bug (= accuracy_individual)");
   app.add_flag("--normalize", normalize, "L2-normalise embeddings first (the seeds use raw embeddings)");
+  app.add_flag("--zero-shot", zero_shot, "also zero-shot top-1/top-5 per rank and group from the text tower of --weights");
+  app.add_option("--weights", zs.weights, "CLIP checkpoint with a text tower (OpenAI .pt, open_clip, taxon)");
+  app.add_option("--vocab", zs.vocab, "CLIP BPE vocabulary (default: bpe_simple_vocab_16e6.txt.gz next to --weights)");
+  app.add_option("--images", zs.images, "image root for --path-column (embeds the images with --weights' visual tower)");
+  app.add_option("--path-column", zs.path_column, "CSV column holding each row's image path")->capture_default_str();
+  app.add_option("--template", zs.templates, "prompt template, repeatable ({} name, {taxonomic}, {RANK}); replaces the default sets");
+  app.add_option("--zero-shot-out", zs.out, "write the zero-shot table here (.csv; a .md copy beside it)");
   CLI11_PARSE(app, argc, argv);
 
   try {
     configure_threads();
-    const at::Tensor embeddings = io::load_npy(embeddings_path).to(at::kFloat);
-    TAXON_CHECK(embeddings.dim() == 2, "eval.bad-embeddings", embeddings_path, ": expected [N, D], got ",
+    TAXON_CHECK(!embeddings_path.empty() || (zero_shot && !zs.weights.empty()), "cli.missing-option",
+                "--embeddings is required (or --zero-shot --weights CKPT to embed the images the CSV lists)");
+    TAXON_CHECK(!zero_shot || !zs.weights.empty(), "cli.missing-option", "--zero-shot needs --weights CKPT");
+    std::optional<text::ClipModel> clip;
+    if (zero_shot) clip = text::load_clip(zs.weights);
+    const at::Tensor embeddings = embeddings_path.empty() ? taxon_eval::embed_csv_images(clip->visual, labels_path, zs)
+                                                          : io::load_npy(embeddings_path).to(at::kFloat);
+    TAXON_CHECK(embeddings.dim() == 2, "cli.bad-embeddings", embeddings_path, ": expected [N, D], got ",
                 embeddings.sizes());
     const auto csv = data::CsvTable::read(labels_path);
-    TAXON_CHECK(csv.num_rows() == embeddings.size(0), "eval.label-mismatch", labels_path, " has ", csv.num_rows(),
+    TAXON_CHECK(csv.num_rows() == embeddings.size(0), "cli.label-mismatch", labels_path, " has ", csv.num_rows(),
                 " rows but ", embeddings_path, " has ", embeddings.size(0), " embeddings");
 
     eval::TaxonomyColumns columns;
     for (const auto& spec : rank_specs) {
-      const auto eq = spec.find('=');
-      TAXON_CHECK(eq != std::string::npos, "cli.bad-rank", "--rank '", spec, "' is not RANK=COLUMN");
-      std::string rank = spec.substr(0, eq), source = spec.substr(eq + 1);
-      const bool genus = source.rfind("@genus(", 0) == 0 && source.back() == ')';
-      if (genus) source = source.substr(7, source.size() - 8);
-      const auto col = csv.column(source);
-      std::vector<std::string> values;
-      for (int64_t i = 0; i < csv.num_rows(); ++i)
-        values.push_back(genus ? eval::TaxonomyColumns::extract_genus(csv.cell(i, col)) : csv.cell(i, col));
-      columns.ranks.emplace_back(rank, std::move(values));
+      const auto rank = data::parse_rank_spec(spec);
+      columns.ranks.emplace_back(rank.rank, data::rank_values(csv, rank));
     }
     auto options = eval::TaxonomyEvalOptions().model(model).seed(seed).test_size(test_size)
                        .nfhm_compat(nfhm_compat).normalize(normalize);
@@ -80,9 +92,20 @@ int main(int argc, char** argv) {
       table.write_csv(out);
       table.write_markdown(std::filesystem::path(out).replace_extension(".md"));
     }
+    if (zero_shot) {
+      const auto zs_table = taxon_eval::run_zero_shot(*clip, embeddings, columns, model, group_column, zs);
+      std::cout << "\nzero-shot (" << zs.weights << "):\n" << zs_table.to_csv();
+      if (!zs.out.empty()) {
+        zs_table.write_csv(zs.out);
+        zs_table.write_markdown(std::filesystem::path(zs.out).replace_extension(".md"));
+      }
+    }
     return 0;
   } catch (const taxon::Error& e) {
     std::cerr << "taxon-eval: " << e.what() << "\n";
     return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "taxon-eval: unexpected error: " << e.what() << "\n";
+    return 1;
   }
 }

@@ -1,9 +1,14 @@
 #pragma once
 // Every knob of taxon-unicom in one struct, mirrored 1:1 by the command line (CLI11) and by an optional
 // JSON config file, so a run directory's config.json reproduces the run.
+#include <taxon/core/error.hpp>
+#include <taxon/io/atomic_file.hpp>
+#include <taxon/io/json.hpp>
+
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
@@ -14,7 +19,7 @@ struct Config {
   // data
   std::string dataset = "fashion-mnist";  // fashion-mnist | csv | folder
   std::string csv, images, path_column = "fileNameAsDelivered";
-  std::vector<std::string> ranks;         // "species=scientificName", "genus=@genus(species)", "taxa=Fish"
+  std::vector<std::string> ranks;         // "species=scientificName", "genus=@genus(species)", "taxa==Fish"
   std::string group_rank;                 // rank whose values form the per-group rows of the table
   int64_t train_limit = 0, eval_limit = 0;  // 0 = all samples
   int image_size = 28;
@@ -27,7 +32,13 @@ struct Config {
   double cluster_ratio = 0.1;
   int kmeans_iters = 20;
   std::string labels_from;  // train on a metadata rank instead of clusters
-  std::string cluster_on = "model";  // round 0 features: model embeddings, or raw pixels (bootstrap from random init)
+  // Clustering features: image (= model) embeddings; raw pixels in round 0 (bootstrap from random init); caption
+  // text embeddings; or their mean / concatenation, each part L2-normalised (the seeds' joint features).
+  std::string cluster_on = "model";
+  std::string caption_column;  // CSV column of captions (text/mean/concat)
+  std::string vocab;           // CLIP BPE vocabulary (default: bpe_simple_vocab_16e6.txt.gz next to --weights)
+  bool zero_shot = true;       // zero-shot accuracy per rank before/after, when the weights have a text tower
+  std::vector<std::string> templates;  // zero-shot prompt templates (default: clip, taxonomic and name sets)
   int rounds = 1;
   // training
   int epochs = 3, batch_size = 128, accumulation = 1;
@@ -47,7 +58,8 @@ struct Config {
 
   NLOHMANN_DEFINE_TYPE_INTRUSIVE(Config, dataset, csv, images, path_column, ranks, group_rank, train_limit,
                                  eval_limit, image_size, workers, model, weights, clusters, cluster_ratio,
-                                 kmeans_iters, labels_from, cluster_on, rounds, epochs, batch_size, accumulation, lr,
+                                 kmeans_iters, labels_from, cluster_on, caption_column, vocab, zero_shot,
+                                 templates, rounds, epochs, batch_size, accumulation, lr,
                                  lr_pfc_weight, weight_decay, clip_grad_norm, scale, m1, m2, m3, filter,
                                  sample_rate, num_feat, schedule, amp, augment, run_dir, resume, seed, threads,
                                  eval_fraction)
@@ -74,8 +86,14 @@ inline void add_options(CLI::App& app, Config& c) {
   app.add_option("--cluster-ratio", c.cluster_ratio, "pseudo-classes as a fraction of the training samples")->capture_default_str();
   app.add_option("--kmeans-iters", c.kmeans_iters, "k-means iterations")->capture_default_str();
   app.add_option("--cluster-on", c.cluster_on,
-                 "features clustered in round 0: model embeddings, or raw pixels (a better start than a random-init model)")
-      ->check(CLI::IsMember({"model", "pixels"}))->capture_default_str();
+                 "features to cluster: image (= model) embeddings; pixels (round 0 only, a better start than a "
+                 "random-init model); text (caption embeddings); mean or concat of L2-normalised image and text")
+      ->check(CLI::IsMember({"model", "image", "pixels", "text", "mean", "concat"}))->capture_default_str();
+  app.add_option("--caption-column", c.caption_column, "CSV column with a caption (any text) per image, for --cluster-on text|mean|concat");
+  app.add_option("--vocab", c.vocab, "CLIP BPE vocabulary bpe_simple_vocab_16e6.txt.gz (default: next to --weights)");
+  app.add_option("--zero-shot", c.zero_shot, "zero-shot accuracy per rank before and after training when the weights have a text tower")
+      ->capture_default_str();
+  app.add_option("--template", c.templates, "zero-shot prompt template, repeatable ({} name, {taxonomic}, {RANK}); replaces the default sets");
   app.add_option("--labels-from", c.labels_from, "train on this metadata rank instead of cluster pseudo-labels");
   app.add_option("--rounds", c.rounds, "cluster+train rounds, re-embedding in between (DeepCluster-style)")->capture_default_str();
   app.add_option("--epochs", c.epochs, "epochs per round")->capture_default_str();
@@ -101,7 +119,37 @@ inline void add_options(CLI::App& app, Config& c) {
   app.add_option("--resume", c.resume, "continue the interrupted run in this directory");
   app.add_option("--seed", c.seed, "seed for splits, clustering, sampling and augmentation")->capture_default_str();
   app.add_option("--threads", c.threads, "intra-op threads (0 = TAXON_NUM_THREADS / all cores)")->capture_default_str();
-  app.add_option("--eval-fraction", c.eval_fraction, "query share of the evaluation split")->capture_default_str();
+  app.add_option("--eval-fraction", c.eval_fraction,
+                 "share of a csv/folder dataset held out for evaluation, never trained on (fashion-mnist has its own "
+                 "test set and rejects this option)")
+      ->capture_default_str();
+}
+
+// Options from a JSON file (a run's config.json, or any subset of its keys written by hand) on top of `base`. Bad
+// JSON, an unknown key or a value of another type than the option's is cli.bad-config naming the file and key.
+inline Config load_config(const std::filesystem::path& file, const Config& base = {}) {
+  const auto parsed = taxon::io::parse_json(taxon::io::read_file(file));
+  TAXON_CHECK(parsed, "cli.bad-config", file.string(), ": ", parsed.error);
+  const nlohmann::json& j = parsed.value;
+  TAXON_CHECK(j.is_object(), "cli.bad-config", file.string(), " must hold a JSON object of options, not ",
+              j.type_name());
+  nlohmann::json merged = base;
+  for (const auto& [key, value] : j.items()) {
+    TAXON_CHECK(merged.contains(key), "cli.bad-config", file.string(), ": unknown option '", key, "'");
+    const nlohmann::json& current = merged[key];
+    bool same_kind = current.is_number_integer()
+                         ? value.is_number_integer() && (!current.is_number_unsigned() || value >= 0)
+                         : current.is_number() ? value.is_number() : value.type() == current.type();
+    if (same_kind && current.is_array())
+      for (const auto& item : value) same_kind = same_kind && item.is_string();
+    TAXON_CHECK(same_kind, "cli.bad-config", file.string(), ": option '", key, "' is ", value.dump(), ", not ",
+                current.is_number_unsigned() ? "a non-negative integer"
+                : current.is_number_integer() ? "an integer"
+                : current.is_array()          ? "a list of strings"
+                                              : current.type_name());
+    merged[key] = value;
+  }
+  return merged.get<Config>();
 }
 
 }  // namespace unicom

@@ -15,8 +15,10 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 
 #include "config.hpp"
+#include "text_side.hpp"
 
 namespace fs = std::filesystem;
 using namespace taxon;
@@ -33,24 +35,23 @@ struct Datasets {
   data::TransformFn train_transform, eval_transform;
   bool small_images = false;  // raw-pixel baseline only makes sense for small images
   std::string group_rank;     // dataset's default for --group-rank
+  std::vector<std::string> train_texts;  // --caption-column of each training image (CSV datasets)
 };
 
-// "species=scientificName", "genus=@genus(scientificName)", "taxa==Fish" -> how a CSV rank is read.
-data::RankSpec parse_rank(const std::string& spec) {
-  const auto eq = spec.find('=');
-  TAXON_CHECK(eq != std::string::npos && eq > 0, "cli.bad-rank", "--rank '", spec, "' is not RANK=COLUMN");
-  const std::string rank = spec.substr(0, eq), rest = spec.substr(eq + 1);
-  if (!rest.empty() && rest[0] == '=') return data::RankSpec::constant(rank, rest.substr(1));
-  if (rest.rfind("@genus(", 0) == 0 && rest.back() == ')')
-    return data::RankSpec::genus_from(rank, rest.substr(7, rest.size() - 8));
-  return data::RankSpec::column(rank, rest);
+// The rows `limited` keeps (all of them without a limit), in its order.
+std::vector<int64_t> limited_rows(int64_t size, int64_t limit, uint64_t seed) {
+  if (limit <= 0 || limit >= size) {
+    std::vector<int64_t> all(static_cast<size_t>(size));
+    for (int64_t i = 0; i < size; ++i) all[static_cast<size_t>(i)] = i;
+    return all;
+  }
+  return data::train_test_split(size, 1.0 - static_cast<double>(limit) / size, seed).train;
 }
 
 template <data::Dataset D>
 std::shared_ptr<const Dataset> limited(std::shared_ptr<const D> d, int64_t limit, uint64_t seed) {
   if (limit <= 0 || limit >= d->size()) return std::make_shared<const Dataset>(d);
-  auto split = data::train_test_split(d->size(), 1.0 - static_cast<double>(limit) / d->size(), seed);
-  return std::make_shared<const Dataset>(std::make_shared<const data::Subset<D>>(d, split.train));
+  return std::make_shared<const Dataset>(std::make_shared<const data::Subset<D>>(d, limited_rows(d->size(), limit, seed)));
 }
 
 Datasets load_datasets(const unicom::Config& c) {
@@ -75,11 +76,12 @@ Datasets load_datasets(const unicom::Config& c) {
     TAXON_CHECK(!c.csv.empty(), "cli.missing-option", "--dataset csv needs --csv FILE");
     TAXON_CHECK(!c.ranks.empty(), "cli.missing-option", "--dataset csv needs at least one --rank RANK=COLUMN");
     std::vector<data::RankSpec> ranks;
-    for (const auto& r : c.ranks) ranks.push_back(parse_rank(r));
+    for (const auto& r : c.ranks) ranks.push_back(data::parse_rank_spec(r));
     all = std::make_shared<const data::CsvImageDataset>(data::CsvImageDatasetOptions()
                                                             .sources({{c.csv, c.images.empty() ? fs::path(c.csv).parent_path() : fs::path(c.images), {}}})
                                                             .path_column(c.path_column)
                                                             .ranks(ranks)
+                                                            .text_column(c.caption_column)
                                                             .decode_min_side(static_cast<int>(size)));
   } else {
     TAXON_CHECK(!c.images.empty(), "cli.missing-option", "--dataset folder needs --images DIR");
@@ -88,6 +90,9 @@ Datasets load_datasets(const unicom::Config& c) {
   // Held-out images for evaluation; the encoder never trains on them.
   auto split = data::train_test_split(all->size(), c.eval_fraction, c.seed);
   out.train = limited(std::make_shared<const data::Subset<data::ImageFileDataset>>(all, split.train), c.train_limit, c.seed);
+  if (!c.caption_column.empty())
+    for (auto k : limited_rows(static_cast<int64_t>(split.train.size()), c.train_limit, c.seed))
+      out.train_texts.push_back(all->text(split.train[static_cast<size_t>(k)]));
   out.eval = limited(std::make_shared<const data::Subset<data::ImageFileDataset>>(all, split.test), c.eval_limit, c.seed + 1);
   out.eval_transform = data::clip_eval(size);
   out.train_transform = c.augment ? data::clip_train(size, 0.0, {0.5, 1.0}) : data::clip_eval(size);
@@ -189,14 +194,14 @@ void evaluate(Report& report, const std::string& name, const at::Tensor& embeddi
 at::Tensor round_labels(const fs::path& dir, const at::Tensor& train_embeddings, const Dataset& train,
                         const unicom::Config& c) {
   if (!c.labels_from.empty()) return at::tensor(data::rank_labels(train, c.labels_from), at::kLong);
-  if (fs::exists(dir / "labels.npy")) return cluster::load_clustering(dir).labels;  // resumed round
+  if (io::path_exists(dir / "labels.npy")) return cluster::load_clustering(dir).labels;  // resumed round
   auto result = cluster::KMeans(cluster::KMeansOptions()
                                     .k(c.clusters)
                                     .k_fraction(c.clusters > 0 ? 0.0 : c.cluster_ratio)
                                     .niter(c.kmeans_iters)
                                     .spherical(true)
                                     .seed(c.seed))
-                    .fit(train_embeddings / train_embeddings.norm(2, {1}, true).clamp_min(1e-12));
+                    .fit(l2_normalize_rows(train_embeddings));
   cluster::compact_labels(result);
   cluster::save_clustering(dir, result);
   return result.labels;
@@ -228,9 +233,7 @@ bool train_round(backbone::VisionTransformer& model, const fs::path& dir, const 
                      .weight_decay(c.weight_decay)
                      .accumulation(c.accumulation)
                      .clip_grad_norm(c.clip_grad_norm)
-                     .precision(c.amp == "bf16" ? train::Precision::bf16
-                                : c.amp == "fp16" ? train::Precision::fp16
-                                                  : train::Precision::fp32)
+                     .precision(train::precision_from_string(c.amp))
                      .label_name(c.labels_from.empty() ? "cluster" : c.labels_from)
                      .seed(c.seed);
   train::Trainer<backbone::VisionTransformer, UnicomHead> trainer(model, head, options, make_schedule(c));
@@ -252,20 +255,40 @@ bool train_round(backbone::VisionTransformer& model, const fs::path& dir, const 
   return true;
 }
 
+// The starting point's metrics and table rows, cached in the run directory so a resumed run does not recompute
+// them; nullopt when absent, or damaged (then they are computed again).
+struct Baselines {
+  nlohmann::json metrics;
+  std::string table_csv;
+  std::string zero_shot_csv;  // empty without a text tower
+};
+std::optional<Baselines> read_baselines(const fs::path& file) {
+  if (!io::path_exists(file)) return std::nullopt;
+  const auto parsed = io::parse_json(io::read_file(file));
+  const nlohmann::json& j = parsed.value;
+  if (parsed && j.is_object() && j.contains("metrics") && j["metrics"].is_object() && j.contains("table") &&
+      j["table"].is_string())
+    return Baselines{j["metrics"], j["table"].get<std::string>(),
+                     j.contains("zero_shot") && j["zero_shot"].is_string() ? j["zero_shot"].get<std::string>() : ""};
+  log::warn(file.string(), " is damaged; evaluating the baselines again");
+  return std::nullopt;
+}
+
 unicom::Config parse(int argc, char** argv) {
   unicom::Config c;
   CLI::App app{"taxon-unicom: embed -> k-means pseudo-classes -> margin-softmax fine-tuning -> evaluate"};
   std::string config_file;
-  app.add_option("--config", config_file, "JSON file with any of the options below (flags override it)");
+  app.add_option("--config", config_file,
+                 "JSON file with any subset of the options below, keys as in a run's config.json (flags override it)");
   unicom::add_options(app, c);
   // Options from a JSON config first, then the command line on top.
   for (int i = 1; i + 1 < argc; ++i)
-    if (std::string(argv[i]) == "--config") c = nlohmann::json::parse(io::read_file(argv[i + 1])).get<unicom::Config>();
+    if (std::string(argv[i]) == "--config") c = unicom::load_config(argv[i + 1]);
   for (int i = 1; i + 1 < argc; ++i)
     if (std::string(argv[i]) == "--resume") {
       const fs::path saved = fs::path(argv[i + 1]) / "config.json";
-      TAXON_CHECK(fs::exists(saved), "cli.bad-resume", "--resume ", argv[i + 1], ": no config.json there");
-      c = nlohmann::json::parse(io::read_file(saved)).get<unicom::Config>();
+      TAXON_CHECK(io::path_exists(saved), "cli.bad-resume", "--resume ", argv[i + 1], ": no config.json there");
+      c = unicom::load_config(saved);
     }
   try {
     app.parse(argc, argv);
@@ -276,6 +299,11 @@ unicom::Config parse(int argc, char** argv) {
   c.model_explicit = app.count("--model") > 0;
   TAXON_CHECK(c.rounds >= 1 && c.epochs >= 1 && c.batch_size >= 1, "cli.bad-option",
               "--rounds, --epochs and --batch-size must be >= 1");
+  TAXON_CHECK(!(c.dataset == "fashion-mnist" && app.count("--eval-fraction") > 0), "cli.bad-option",
+              "--eval-fraction has no effect with --dataset fashion-mnist, which evaluates on its own 10,000-image "
+              "test set; it applies to csv and folder datasets");
+  TAXON_CHECK(c.eval_fraction > 0 && c.eval_fraction < 1, "cli.bad-option", "--eval-fraction must be in (0, 1), got ",
+              c.eval_fraction);
   return c;
 }
 
@@ -290,28 +318,46 @@ int run(unicom::Config c) {
   if (c.group_rank.empty()) c.group_rank = data.group_rank;
   log::info("train: ", data.train->size(), " images, eval: ", data.eval->size(), " images");
   auto model = load_backbone(c);
+  auto text_side = unicom::load_text_side(c);
+  at::Tensor caption_features;  // the text tower is not trained: caption embeddings serve every round
+  if (unicom::needs_text(c)) {
+    TAXON_CHECK(c.dataset == "csv" && !c.caption_column.empty(), "cli.missing-option", "--cluster-on ", c.cluster_on,
+                " needs --dataset csv with --caption-column COLUMN");
+    caption_features = text_side.embed(data.train_texts, "embed captions");
+    log::info("clustering on ", c.cluster_on, " of image and caption features (", caption_features.size(1), "-d text)");
+  }
+  const bool zero_shot = c.zero_shot && text_side.ready();
   Report report;
   const fs::path eval_cache = run_dir / "eval-before.json";
 
-  if (!fs::exists(eval_cache)) {  // the baselines, once per run
+  auto baselines = read_baselines(eval_cache);
+  if (!baselines) {  // once per run
     if (data.small_images) evaluate(report, "raw-pixels", pixels(data.eval, data.eval_transform, c), *data.eval, c);
-    evaluate(report, "before", embed_all(model, data.eval, data.eval_transform, c, "embed eval"), *data.eval, c);
-    io::write_text_atomically(eval_cache, nlohmann::json{{"metrics", report.json}, {"table", report.table.to_csv()}}.dump(2));
+    const auto before = embed_all(model, data.eval, data.eval_transform, c, "embed eval");
+    evaluate(report, "before", before, *data.eval, c);
+    const std::string zs =
+        zero_shot ? unicom::zero_shot(text_side, "before", before, eval_columns(*data.eval, c.group_rank), c).to_csv() : "";
+    baselines = Baselines{report.json, report.table.to_csv(), zs};
+    io::write_text_atomically(eval_cache, nlohmann::json{{"metrics", baselines->metrics},
+                                                         {"table", baselines->table_csv},
+                                                         {"zero_shot", baselines->zero_shot_csv}}.dump(2));
   }
 
   for (int round = 0; round < c.rounds; ++round) {
     const fs::path dir = run_dir / ("round-" + std::to_string(round));
-    if (fs::exists(dir / "done")) {  // finished earlier: continue from its weights
+    if (io::path_exists(dir / "done")) {  // finished earlier: continue from its weights
       model = backbone::load_checkpoint(dir / "model.safetensors");
       continue;
     }
-    fs::create_directories(dir);
+    io::ensure_directory(dir);
     at::Tensor labels;
-    if (c.labels_from.empty() && !fs::exists(dir / "labels.npy"))
+    if (c.labels_from.empty() && !io::path_exists(dir / "labels.npy"))
       labels = round_labels(dir,
                             round == 0 && c.cluster_on == "pixels"
                                 ? pixels(data.train, data.eval_transform, c)
-                                : embed_all(model, data.train, data.eval_transform, c, "embed train"),
+                                : unicom::cluster_features(c, c.cluster_on == "text" ? at::Tensor()
+                                                              : embed_all(model, data.train, data.eval_transform, c, "embed train"),
+                                                           caption_features),
                             *data.train, c);
     else
       labels = round_labels(dir, at::Tensor(), *data.train, c);
@@ -323,10 +369,9 @@ int run(unicom::Config c) {
 
   // Final outputs where the seeds put them, and the after-training evaluation.
   const fs::path last = run_dir / ("round-" + std::to_string(c.rounds - 1));
-  fs::copy_file(last / "model.safetensors", run_dir / "model.safetensors", fs::copy_options::overwrite_existing);
-  fs::copy_file(last / "centroids.npy", run_dir / "centroids.npy", fs::copy_options::overwrite_existing);
-  const auto before = nlohmann::json::parse(io::read_file(eval_cache));
-  report.json = before["metrics"];
+  io::copy_file_atomically(last / "model.safetensors", run_dir / "model.safetensors");
+  io::copy_file_atomically(last / "centroids.npy", run_dir / "centroids.npy");
+  report.json = baselines->metrics;
   report.table = eval::TaxonomyTable{};
   const auto embeddings = embed_all(model, data.eval, data.eval_transform, c, "embed eval");
   io::save_npy(run_dir / "embeddings.npy", embeddings);
@@ -335,9 +380,23 @@ int run(unicom::Config c) {
   io::save_npy(run_dir / "labels.npy", at::tensor(eval_labels, at::kLong));
   evaluate(report, "after", embeddings, *data.eval, c);
 
-  const std::string table_csv = before["table"].get<std::string>() + report.table.to_csv().substr(report.table.to_csv().find('\n') + 1);
+  const std::string after_csv = report.table.to_csv();
+  const std::string table_csv = baselines->table_csv + after_csv.substr(after_csv.find('\n') + 1);
   io::write_text_atomically(run_dir / "eval_table.csv", table_csv);
   report.table.write_markdown(run_dir / "eval_table_after.md");
+  if (zero_shot) {  // zero-shot per rank before and after, and the fine-tuned CLIP (visual trained, text as loaded)
+    const auto after = unicom::zero_shot(text_side, "after", embeddings, eval_columns(*data.eval, c.group_rank), c);
+    const std::string& before_csv = baselines->zero_shot_csv;
+    const std::string csv = before_csv.empty() ? after.to_csv() : before_csv + after.to_csv().substr(after.to_csv().find('\n') + 1);
+    io::write_text_atomically(run_dir / "zero_shot.csv", csv);
+    after.write_markdown(run_dir / "zero_shot_after.md");
+    std::cout << "\nzero-shot (top-1 / top-5 by prompt set, group and rank):\n" << csv;
+    text::ClipModel clip;
+    clip.visual = model;
+    clip.text = text_side.tower;
+    clip.logit_scale = text_side.logit_scale;
+    text::save_clip_checkpoint(run_dir / "clip.safetensors", clip);
+  }
   io::write_text_atomically(run_dir / "retrieval.json", report.json.dump(2));
   std::cout << "\n" << table_csv << "\nretrieval (leave-one-out on the eval set):\n";
   for (auto& [name, m] : report.json.items())

@@ -1,7 +1,7 @@
 // libFuzzer harness: taxon's model checkpoints (backbone::load_checkpoint: safetensors whose "config" metadata
 // declares the ViT, or open_clip/UNICOM weights whose architecture is inferred from tensor shapes).
 #include "support.hpp"
-#include "taxon/backbone/checkpoint.hpp"
+#include "taxon/backbone/weights.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto path = taxon::fuzz::write_input("model.safetensors", taxon::fuzz::as_text(data, size));

@@ -1,7 +1,7 @@
 // Writes the seed corpora of the fuzz harnesses (tests/fuzz/corpus/<harness>/): small valid files of each format,
 // made with taxon's own writers (and libjpeg/libpng/zlib for variants taxon does not write), so that fuzzing starts
 // from inputs that reach deep into each parser. Run by scripts/fuzz-corpus; the output is committed.
-#include "taxon/backbone/checkpoint.hpp"
+#include "taxon/backbone/weights.hpp"
 #include "taxon/backbone/zoo.hpp"
 #include "taxon/core/seed.hpp"
 #include "taxon/data/decode.hpp"

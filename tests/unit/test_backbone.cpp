@@ -1,7 +1,7 @@
 // ViT backbones: zoo configs and parameter counts, forward vs. an independent per-head reference, JSON configs,
 // checkpoint loading (own safetensors, open_clip, UNICOM, OpenAI TorchScript written from C++), loader errors,
 // and the embedding API.
-#include "taxon/backbone/checkpoint.hpp"
+#include "taxon/backbone/weights.hpp"
 #include "taxon/backbone/embed.hpp"
 #include "taxon/backbone/torchscript.hpp"
 #include "taxon/backbone/vit.hpp"
@@ -167,7 +167,8 @@ using namespace taxon::backbone;
 
 TEST_CASE("zoo configs build with the published parameter counts", "[backbone][zoo]") {
   // Counts of the real models' visual towers (CLIP ViT-B/32: 87,849,216 = sum(p.numel() for p in
-  // model.visual.parameters()) of the OpenAI model); UNICOM counts follow §3.2's layer list.
+  // model.visual.parameters()) of the OpenAI model); UNICOM counts follow the layers of deepglint/unicom
+  // unicom/unicom/vision_transformer.py.
   const std::vector<std::pair<std::string, int64_t>> expected = {
       {"ViT-B/32", 87849216}, {"tiny", 115712}, {"tiny-unicom", 180864}, {"demo32", 816384}, {"demo28", 822912}};
   for (const auto& [name, count] : expected) {
@@ -187,7 +188,7 @@ TEST_CASE("zoo configs build with the published parameter counts", "[backbone][z
     const int64_t per_block = parameter_count(*two) - parameter_count(*one);
     REQUIRE(parameter_count(*one) + (o.layers() - 1) * per_block == count);
   }
-  // UNICOM's big heads (N*dim x dim Linear, up to 604M parameters): the configs match the §3.2 table.
+  // UNICOM's big heads (N*dim x dim Linear, up to 604M parameters): the configs match build_model's.
   struct Row {
     const char* name;
     int64_t res, patch, dim, depth, heads, emb;
@@ -380,7 +381,7 @@ TEST_CASE("OpenAI CLIP TorchScript archive written from C++ loads and reproduces
 
   REQUIRE_TAXON_ERROR(load_openai_clip(dir / "missing.pt"), "io.missing-file");
   taxon::io::write_text_atomically(dir / "garbage.pt", "not a zip archive");
-  REQUIRE_TAXON_ERROR(load_openai_clip(dir / "garbage.pt"), "io.bad-torchscript");
+  REQUIRE_TAXON_ERROR(load_openai_clip(dir / "garbage.pt"), "backbone.bad-torchscript");
 }
 
 TEST_CASE("torch.save-style .pt state dict (UNICOM FP16-ViT-*.pt) loads through load_pretrained",
@@ -409,11 +410,11 @@ TEST_CASE("torch.save-style .pt state dict (UNICOM FP16-ViT-*.pt) loads through 
   REQUIRE(at::equal(model->forward(images), reference->forward(images)));
 
   taxon::io::write_text_atomically(dir / "garbage.pt", "not a zip archive");
-  REQUIRE_TAXON_ERROR(load_pretrained(dir / "garbage.pt"), "io.bad-checkpoint");
+  REQUIRE_TAXON_ERROR(load_pretrained(dir / "garbage.pt"), "backbone.bad-weights");
   REQUIRE_TAXON_ERROR(load_pretrained(dir / "missing.pt"), "io.missing-file");
   const auto list = torch::jit::pickle_save(c10::IValue(int64_t{3}));
   taxon::io::write_text_atomically(dir / "int.pt", std::string(list.begin(), list.end()));
-  REQUIRE_TAXON_ERROR(load_pretrained(dir / "int.pt"), "io.bad-checkpoint");
+  REQUIRE_TAXON_ERROR(load_pretrained(dir / "int.pt"), "backbone.bad-weights");
 }
 
 TEST_CASE("strict loading lists every problem in one error, non-strict returns them", "[backbone][checkpoint]") {

@@ -4,11 +4,13 @@
 
 #include <ATen/ATen.h>
 #include <catch2/catch.hpp>
+#include <torch/nn/functional/normalization.h>
 
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "support/temp_dir.hpp"
 #include "support/tensor_compare.hpp"
 
 namespace test_core {
@@ -135,4 +137,53 @@ TEST_CASE("version header matches the CMake project version", "[core]") {
   std::stringstream text;
   text << cmake.rdbuf();
   CHECK(text.str().find(std::string("project(taxon VERSION ") + taxon::version_string) != std::string::npos);
+}
+
+TEST_CASE("l2_normalize_rows is F.normalize(dim=1, eps=1e-12): zero rows stay zero", "[core]") {
+  at::Tensor x = at::randn({5, 7});
+  x[2].zero_();
+  x[3] *= 1e-20;  // below eps: divided by 1e-12, not by its own norm
+  namespace F = torch::nn::functional;
+  const at::Tensor expected = F::normalize(x, F::NormalizeFuncOptions().dim(1).eps(1e-12));
+  const at::Tensor got = taxon::l2_normalize_rows(x);
+  CHECK(at::equal(got, expected));
+  CHECK(at::equal(got[2], at::zeros({7})));
+  CHECK(at::allclose(got.narrow(0, 0, 2).norm(2, {1}), at::ones({2})));
+}
+
+TEST_CASE("io filesystem helpers raise taxon errors naming the path", "[core][io]") {
+  namespace fs = std::filesystem;
+  taxon::test::TempDir dir("taxon_test_core_fs");
+  std::ofstream(dir / "file") << "x";
+  REQUIRE_TAXON_ERROR(taxon::io::ensure_directory(dir / "file" / "sub"), "io.cannot-write");
+  REQUIRE_TAXON_ERROR(taxon::io::write_text_atomically(dir / "file" / "out.txt", "x"), "io.cannot-write");
+  REQUIRE_TAXON_ERROR(taxon::io::append_text(dir / "file" / "log.jsonl", "x\n"), "io.cannot-write");
+  REQUIRE_TAXON_ERROR(taxon::io::require_file(dir / "absent", "weights"), "io.missing-file");
+  REQUIRE_TAXON_ERROR(taxon::io::require_file(dir.path), "io.cannot-read");
+  REQUIRE_TAXON_ERROR(taxon::io::require_directory(dir / "file"), "io.cannot-read");
+  REQUIRE_TAXON_ERROR(taxon::io::file_size(dir / "absent"), "io.missing-file");
+  CHECK_FALSE(taxon::io::path_exists(dir / "file" / "below-a-file"));
+  taxon::io::ensure_directory(dir / "a" / "b");
+  taxon::io::ensure_directory(dir / "a" / "b");  // existing: fine
+  taxon::io::append_text(dir / "a" / "log", "one\n");
+  taxon::io::append_text(dir / "a" / "log", "two\n");
+  CHECK(taxon::io::read_file(dir / "a" / "log") == "one\ntwo\n");
+  std::ofstream(dir / "empty");
+  taxon::io::copy_file_atomically(dir / "empty", dir / "a" / "empty-copy");
+  taxon::io::copy_file_atomically(dir / "a" / "log", dir / "a" / "log-copy");
+  CHECK(taxon::io::read_file(dir / "a" / "empty-copy").empty());
+  CHECK(taxon::io::read_file(dir / "a" / "log-copy") == "one\ntwo\n");
+  CHECK(taxon::io::file_size(dir / "a" / "log") == 8);
+  CHECK(taxon::io::subdirectory_names(dir.path) == std::vector<std::string>{"a"});
+  // A directory filled atomically: a failure leaves nothing, success replaces an earlier one.
+  REQUIRE_THROWS_AS(taxon::io::write_directory_atomically(dir.path, "d", [](const fs::path& d) {
+                      std::ofstream(d / "part") << "partial";
+                      throw std::runtime_error("disk full");
+                    }),
+                    std::runtime_error);
+  CHECK(taxon::io::subdirectory_names(dir.path) == std::vector<std::string>{"a"});
+  taxon::io::write_directory_atomically(dir.path, "d", [](const fs::path& d) { std::ofstream(d / "one") << "1"; });
+  taxon::io::write_directory_atomically(dir.path, "d", [](const fs::path& d) { std::ofstream(d / "two") << "2"; });
+  CHECK_FALSE(fs::exists(dir / "d" / "one"));
+  CHECK(fs::exists(dir / "d" / "two"));
 }

@@ -644,7 +644,7 @@ TEST_CASE("loader: epoch(e, skip) yields the epoch's remaining batches without r
     }
     CHECK(ds->gets.load() == 7 + 7 + 1);  // only the three remaining batches were read
     CHECK(loader.epoch(4, 99).size() == 0);
-    REQUIRE_TAXON_ERROR(loader.epoch(4, -1), "data.bad-options");
+    REQUIRE_TAXON_ERROR(loader.epoch(4, -1), "data.bad-option");
   }
 }
 
@@ -788,4 +788,26 @@ TEST_CASE("EmbeddingDataset from .npy features with npy or CSV labels", "[data][
   REQUIRE_TENSORS_CLOSE(batches[0].images, features.slice(0, 0, 4), 0, 0);
   REQUIRE_TAXON_ERROR(EmbeddingDataset(features, at::zeros({5}, at::kLong), Taxonomy({"c"}, {LabelMap({"a"})})),
                       "data.bad-embeddings");
+}
+
+TEST_CASE("rank specs: one parser for RANK=COLUMN, RANK=@genus(COLUMN), RANK==VALUE", "[data][csv]") {
+  using taxon::data::parse_rank_spec;
+  using taxon::data::RankSpec;
+  CHECK(parse_rank_spec("species=scientificName") == RankSpec::column("species", "scientificName"));
+  CHECK(parse_rank_spec("genus=@genus(scientificName)") == RankSpec::genus_from("genus", "scientificName"));
+  CHECK(parse_rank_spec("taxa==Fish") == RankSpec::constant("taxa", "Fish"));
+  CHECK(parse_rank_spec("taxa==a=b") == RankSpec::constant("taxa", "a=b"));  // only the first '=' separates
+  for (const char* spec : {"species=scientificName", "genus=@genus(scientificName)", "taxa==Fish"})
+    CHECK(to_string(parse_rank_spec(spec)) == spec);
+  for (const char* bad : {"species", "=scientificName", "species=", "taxa==", "genus=@genus()", "genus=@genus(x",
+                          "family=@family(scientificName)"}) {
+    INFO(bad);
+    REQUIRE_TAXON_ERROR(parse_rank_spec(bad), "data.bad-rank-spec");
+  }
+  const auto table = taxon::data::CsvTable::parse("path,scientificName\na.jpg,Salmo trutta fario\nb.jpg,  Danio rerio\n");
+  CHECK(rank_values(table, parse_rank_spec("species=scientificName")) ==
+        std::vector<std::string>{"Salmo trutta fario", "  Danio rerio"});
+  CHECK(rank_values(table, parse_rank_spec("genus=@genus(scientificName)")) == std::vector<std::string>{"Salmo", "Danio"});
+  CHECK(rank_values(table, parse_rank_spec("taxa==Fish")) == std::vector<std::string>{"Fish", "Fish"});
+  REQUIRE_TAXON_ERROR(rank_values(table, parse_rank_spec("species=species")), "data.missing-column");
 }

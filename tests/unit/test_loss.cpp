@@ -285,7 +285,7 @@ TEST_CASE("loss functions report bad inputs with ids", "[loss]") {
   REQUIRE_TAXON_ERROR(fused_margin_softmax_ce(emb, w, at::tensor({0, 1, 2}, at::kLong), p), "loss.batch-mismatch");
   REQUIRE_TAXON_ERROR(fused_margin_softmax_ce(emb, w, at::tensor({0., 1., 2., 3.}), p), "loss.label-dtype");
   REQUIRE_TAXON_ERROR(fused_margin_softmax_ce(emb.to(at::kDouble), w.to(at::kDouble), at::tensor({0, 1, 2, 3}, at::kLong), p),
-                      "loss.dtype");
+                      "loss.bad-dtype");
   REQUIRE_TAXON_ERROR(ArcFace(-1, 0.3), "loss.bad-margin");
   REQUIRE_TAXON_ERROR(CosFace(CosFaceOptions(32, 0.3).filter(1.5)), "loss.bad-margin");
   try {

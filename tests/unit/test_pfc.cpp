@@ -145,15 +145,15 @@ TEST_CASE("PartialFC accepts a smaller last batch and Bx1 labels", "[pfc]") {
 TEST_CASE("PartialFC bad inputs produce their error ids", "[pfc]") {
   taxon::pfc::PartialFC<taxon::loss::ArcFace> head(taxon::pfc::PartialFCOptions(10, 8), taxon::loss::ArcFace(32, 0.3));
   auto emb = at::randn({3, 8});
-  REQUIRE_TAXON_ERROR(head->forward(emb, at::tensor({0, 10, 1}, at::kLong)), "pfc.label-out-of-range");
-  REQUIRE_TAXON_ERROR(head->forward(emb, at::tensor({0, -5, 1}, at::kLong)), "pfc.label-out-of-range");
-  REQUIRE_TAXON_ERROR(head->forward(at::randn({3, 9}), at::tensor({0, 1, 2}, at::kLong)), "pfc.dim-mismatch");
+  REQUIRE_TAXON_ERROR(head->forward(emb, at::tensor({0, 10, 1}, at::kLong)), "loss.label-out-of-range");
+  REQUIRE_TAXON_ERROR(head->forward(emb, at::tensor({0, -5, 1}, at::kLong)), "loss.label-out-of-range");
+  REQUIRE_TAXON_ERROR(head->forward(at::randn({3, 9}), at::tensor({0, 1, 2}, at::kLong)), "loss.dim-mismatch");
   auto bad = emb.clone();
   bad[1][1] = std::nanf("");
-  REQUIRE_TAXON_ERROR(head->forward(bad, at::tensor({0, 1, 2}, at::kLong)), "pfc.non-finite-embeddings");
-  REQUIRE_TAXON_ERROR(head->forward(emb, at::tensor({0, 1}, at::kLong)), "pfc.batch-mismatch");
-  REQUIRE_TAXON_ERROR(taxon::pfc::PartialFC<taxon::loss::ArcFace>(taxon::pfc::PartialFCOptions(0, 8)), "pfc.bad-options");
-  REQUIRE_TAXON_ERROR(taxon::pfc::PartialFC<taxon::loss::ArcFace>(taxon::pfc::PartialFCOptions(10, 8).num_feat(-1)), "pfc.bad-options");
+  REQUIRE_TAXON_ERROR(head->forward(bad, at::tensor({0, 1, 2}, at::kLong)), "loss.non-finite-embeddings");
+  REQUIRE_TAXON_ERROR(head->forward(emb, at::tensor({0, 1}, at::kLong)), "loss.batch-mismatch");
+  REQUIRE_TAXON_ERROR(taxon::pfc::PartialFC<taxon::loss::ArcFace>(taxon::pfc::PartialFCOptions(0, 8)), "pfc.bad-option");
+  REQUIRE_TAXON_ERROR(taxon::pfc::PartialFC<taxon::loss::ArcFace>(taxon::pfc::PartialFCOptions(10, 8).num_feat(-1)), "pfc.bad-option");
   // num_feat >= D selects every feature, as upstream: identical to num_feat 0.
   taxon::pfc::PartialFC<taxon::loss::ArcFace> all(taxon::pfc::PartialFCOptions(10, 8).num_feat(9), taxon::loss::ArcFace(32, 0.3));
   taxon::pfc::PartialFC<taxon::loss::ArcFace> none(taxon::pfc::PartialFCOptions(10, 8), taxon::loss::ArcFace(32, 0.3));
@@ -184,4 +184,31 @@ TEST_CASE("PartialFC centroids round-trip through .npy and safetensors", "[pfc]"
   REQUIRE_TAXON_ERROR(wrong->load_centroids(dir / "c.npy"), "pfc.centroid-shape");
   REQUIRE_TAXON_ERROR(wrong->load_centroids(dir / "c.safetensors"), "pfc.centroid-shape");
   std::filesystem::remove_all(dir);
+}
+
+namespace test_pfc {
+// A sampler outside taxon whose labels point past its sample: PartialFC trusts only its own samplers' labels.
+struct OffByOneSampler {
+  static constexpr std::string_view name = "off-by-one";
+  std::int64_t num_sample(std::int64_t num_local) const { return num_local; }
+  taxon::pfc::ClassSample sample(const at::Tensor& local_labels, std::int64_t num_local, at::Generator&) const {
+    return {at::Tensor(), at::full_like(local_labels, num_local)};
+  }
+};
+}  // namespace test_pfc
+
+TEST_CASE("PartialFC checks a custom sampler's labels before the loss reads them", "[pfc]") {
+  taxon::pfc::PartialFC<taxon::loss::ArcFace, test_pfc::OffByOneSampler> head(taxon::pfc::PartialFCOptions(10, 8),
+                                                                     taxon::loss::ArcFace(32, 0.3));
+  REQUIRE_TAXON_ERROR(head->forward(at::randn({3, 8}), at::tensor({0, 1, 2}, at::kLong)), "loss.label-out-of-range");
+}
+
+TEST_CASE("PartialFC refuses world_size > 1 until a process group is given", "[pfc]") {
+  // Without collectives each rank would compute a softmax over its own class shard only: silently wrong.
+  using Head = taxon::pfc::PartialFC<taxon::loss::ArcFace>;
+  REQUIRE_TAXON_ERROR(Head(taxon::pfc::PartialFCOptions(10, 8).world_size(2)), "pfc.no-process-group");
+  REQUIRE_TAXON_ERROR(Head(taxon::pfc::PartialFCOptions(10, 8).rank(1).world_size(4)), "pfc.no-process-group");
+  REQUIRE_TAXON_ERROR(Head(taxon::pfc::PartialFCOptions(10, 8).rank(2).world_size(2)), "dist.bad-rank");
+  Head single(taxon::pfc::PartialFCOptions(10, 8).world_size(1));
+  CHECK(single->shard().num_local == 10);
 }

@@ -2,7 +2,7 @@
 // bit-exact resume, on a tiny MLP backbone and a normalized-softmax head defined here.
 #include "taxon/train/train.hpp"
 
-#include "taxon/backbone/checkpoint.hpp"
+#include "taxon/backbone/weights.hpp"
 #include "taxon/backbone/zoo.hpp"
 #include "taxon/core/seed.hpp"
 #include "taxon/data/dataset.hpp"
@@ -26,6 +26,8 @@
 namespace test_train {
 
 namespace fs = std::filesystem;
+using taxon::train::Hook;
+using taxon::train::HookSet;
 using taxon::train::Schedule;
 using taxon::train::Trainer;
 using taxon::train::TrainerOptions;
@@ -122,6 +124,8 @@ inline double accuracy(TinyMlp& b, CosineHead& h, const at::Tensor& x, const at:
 }
 
 struct CountingCallback {
+  static constexpr HookSet hooks{Hook::on_train_begin, Hook::on_train_end, Hook::on_epoch_begin, Hook::on_epoch_end,
+                                  Hook::on_step_begin,  Hook::on_step_end,  Hook::on_gradients};
   int train_begin = 0, train_end = 0, epoch_begin = 0, epoch_end = 0, step_begin = 0, step_end = 0, grads = 0;
   std::vector<double> losses;
   template <typename T> void on_train_begin(T&) { ++train_begin; }
@@ -138,6 +142,7 @@ struct CountingCallback {
 
 // Stops after `at` optimizer steps and saves a checkpoint there: an interrupted run.
 struct InterruptAt {
+  static constexpr HookSet hooks{Hook::on_step_end, Hook::should_stop};
   int64_t at;
   fs::path dir;
   bool fired = false;
@@ -152,6 +157,7 @@ struct InterruptAt {
 
 // First step's gradients, as the optimizer will see them.
 struct GradCapture {
+  static constexpr HookSet hooks{Hook::on_gradients};
   std::vector<at::Tensor>* out;
   template <typename T> void on_gradients(T& t) {
     if (!out->empty()) return;
@@ -161,6 +167,7 @@ struct GradCapture {
 };
 
 struct NormCheck {
+  static constexpr HookSet hooks{Hook::on_gradients, Hook::on_step_end};
   double max_seen = 0;
   std::vector<double> reported;
   template <typename T> void on_gradients(T& t) {
@@ -379,7 +386,7 @@ TEST_CASE("NaN guard stops with the step and loss, and keeps the last good check
   CHECK(message.find("step-000000004") != std::string::npos);
   CHECK(trainer.global_step() == 4);
   // The last good checkpoint is intact and equal to the weights before the bad batch.
-  auto latest = taxon::train::latest_checkpoint(dir);
+  auto latest = taxon::train::TrainingCheckpoint::latest(dir);
   REQUIRE(latest.has_value());
   CHECK(latest->filename() == "step-000000004");
   TinyMlp b2(8, 16, 8);
@@ -465,7 +472,7 @@ TEST_CASE("checkpoints are atomic: a failure during save leaves the previous one
   const auto saved = all_params(b, h);
 
   // A save that dies half-way (after writing one file): nothing of it remains, `latest` is unchanged.
-  REQUIRE_THROWS_AS(taxon::train::write_checkpoint_dir(dir, "step-000000005",
+  REQUIRE_THROWS_AS(taxon::io::write_directory_atomically(dir, "step-000000005",
                                                        [](const fs::path& tmp) {
                                                          std::ofstream(tmp / "backbone.pt") << "partial";
                                                          throw std::runtime_error("disk full");
@@ -478,7 +485,7 @@ TEST_CASE("checkpoints are atomic: a failure during save leaves the previous one
   // A process killed mid-save leaves a hidden temporary directory behind; it is never mistaken for a checkpoint.
   fs::create_directories(dir / ".step-000000006.tmp.1.2");
   std::ofstream(dir / ".step-000000006.tmp.1.2" / "trainer.json") << "{";
-  REQUIRE(taxon::train::latest_checkpoint(dir).value().filename() == "step-000000004");
+  REQUIRE(taxon::train::TrainingCheckpoint::latest(dir).value().filename() == "step-000000004");
 
   TinyMlp b2(8, 16, 8);
   CosineHead h2(4, 8);
@@ -495,13 +502,16 @@ TEST_CASE("checkpoints are atomic: a failure during save leaves the previous one
   // No checkpoint yet: resume says so and the run starts fresh.
   CHECK_FALSE(again.resume(dir / "empty"));
 
-  // keep_last prunes older step directories.
-  taxon::train::write_checkpoint_dir(dir, "step-000000010", [&](const fs::path& d) {
-    for (const auto& e : fs::directory_iterator(good)) fs::copy(e.path(), d / e.path().filename());
-  });
-  taxon::train::prune_checkpoints(dir, 1);
+  // keep_last prunes older step directories, never the one `latest` names.
+  TinyMlp b4(8, 16, 8);
+  CosineHead h4(4, 8);
+  Trainer longer(b4, h4, TrainerOptions().epochs(2).lr(1e-2), Schedule::constant());
+  longer.fit(EpochSource{data.x, data.y, 16, 2});
+  const auto newer = longer.save_checkpoint(dir, /*keep_last=*/1);
+  CHECK(newer.filename() == "step-000000008");
   CHECK_FALSE(fs::exists(good));
-  CHECK(fs::exists(dir / "step-000000010"));
+  CHECK(fs::exists(newer));
+  CHECK(taxon::train::TrainingCheckpoint::latest(dir) == newer);
   fs::remove_all(dir);
 }
 
@@ -688,6 +698,7 @@ TEST_CASE("Trainer with the real PartialFC head (ArcFace, class sampling, num_fe
 }
 
 struct StopAfter {
+  static constexpr HookSet hooks{Hook::should_stop};
   int64_t at;
   template <typename T> bool should_stop(T& t) const { return t.global_step() == at; }
 };
@@ -746,6 +757,271 @@ TEST_CASE("resume restores the run config and the metrics log reads like one run
   while (std::getline(in, line)) steps.push_back(nlohmann::json::parse(line).at("step").get<int64_t>());
   CHECK(steps == (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
   fs::remove_all(dir);
+}
+
+
+// Runs f, which must throw taxon::Error, and returns it; any other exception escapes and fails the test.
+template <typename F>
+taxon::Error taxon_error_of(F&& f) {
+  try {
+    f();
+  } catch (const taxon::Error& e) {
+    return e;
+  }
+  FAIL("expected a taxon::Error");
+  throw std::logic_error("unreachable");
+}
+
+inline std::string read_text(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+struct FirstStep {
+  static constexpr HookSet hooks{Hook::on_step_end};
+  taxon::train::StepReport report;
+  template <typename T> void on_step_end(T&, const taxon::train::StepReport& r) {
+    if (r.step == 1) report = r;
+  }
+};
+
+TEST_CASE("beta1 is never silently overridden by OneCycle's momentum cycling", "[train][schedule][options]") {
+  TinyMlp b(8, 16, 4);
+  CosineHead h(3, 4);
+  // Default OneCycle cycles AdamW's beta1 (PyTorch OneCycleLR cycle_momentum): an explicit beta1 would be ignored.
+  const auto e = taxon_error_of([&] { Trainer(b, h, TrainerOptions().beta1(0.5)); });
+  CHECK(e.id() == "train.bad-option");
+  const std::string msg = e.what();
+  CHECK(msg.find("beta1") != std::string::npos);
+  CHECK(msg.find("cycle_momentum") != std::string::npos);
+  // Upstream parity by default: without beta1 the cycle runs between max_beta1 0.95 and base_beta1 0.85.
+  Blobs data(32, 3, 31);
+  {
+    Trainer t(b, h, TrainerOptions().epochs(1).lr(1e-2));
+    FirstStep first;
+    t.fit(EpochSource{data.x, data.y, 2, 1}, first);  // 16 steps: the warm-up starts at max_beta1
+    CHECK(first.report.beta1 == Approx(0.95));
+  }
+  // With cycling off, or under a schedule that does not cycle, beta1 is what the optimizer uses.
+  for (auto schedule : {Schedule::one_cycle(taxon::train::OneCycleOptions().cycle_momentum(false)), Schedule::constant()}) {
+    TinyMlp b2(8, 16, 4);
+    CosineHead h2(3, 4);
+    Trainer t(b2, h2, TrainerOptions().epochs(1).lr(1e-2).beta1(0.5), schedule);
+    t.fit(EpochSource{data.x, data.y, 8, 1});
+    auto& g0 = static_cast<torch::optim::AdamWOptions&>(t.optimizer().param_groups()[0].options());
+    CHECK(std::get<0>(g0.betas()) == 0.5);
+  }
+}
+
+TEST_CASE("damaged schedule and scaler states are train.bad-checkpoint errors", "[train][checkpoint]") {
+  auto s = Schedule::one_cycle();
+  s.start(10, {1e-3, 1e-2});
+  auto state = s.state();
+  state.erase("max_beta1");
+  REQUIRE_TAXON_ERROR(Schedule::one_cycle().load_state(state), "train.bad-checkpoint");
+  state = s.state();
+  state["t"] = "three";
+  REQUIRE_TAXON_ERROR(Schedule::one_cycle().load_state(state), "train.bad-checkpoint");
+  REQUIRE_TAXON_ERROR(Schedule::one_cycle().load_state(nlohmann::json::array()), "train.bad-checkpoint");
+  taxon::train::GradScaler scaler;
+  REQUIRE_TAXON_ERROR(scaler.load_state({{"scale", "big"}, {"growth_tracker", 0}}), "train.bad-checkpoint");
+  REQUIRE_TAXON_ERROR(scaler.load_state({{"scale", 2.0}}), "train.bad-checkpoint");
+}
+
+TEST_CASE("a damaged checkpoint is a train.bad-checkpoint error naming the file and the key", "[train][checkpoint]") {
+  auto dir = temp_dir("damaged");
+  Blobs data(64, 4, 23);
+  const EpochSource source{data.x, data.y, 16, 7};
+  const auto options = TrainerOptions().epochs(1).lr(1e-2);
+  fs::path ckpt;
+  {
+    TinyMlp b(8, 16, 8);
+    CosineHead h(4, 8);
+    Trainer t(b, h, options);
+    t.fit(source);
+    ckpt = t.save_checkpoint(dir);
+  }
+  const std::string original = read_text(ckpt / "trainer.json");
+  auto expect_bad = [&](const std::string& file, const std::string& key) {
+    INFO("damaged: " << file << " " << key);
+    TinyMlp b(8, 16, 8);
+    CosineHead h(4, 8);
+    Trainer t(b, h, options);
+    const auto e = taxon_error_of([&] { t.resume(dir); });
+    INFO(e.what());
+    CHECK(e.id() == "train.bad-checkpoint");
+    CHECK(std::string(e.what()).find(file) != std::string::npos);
+    CHECK(std::string(e.what()).find(key) != std::string::npos);
+  };
+  const std::vector<std::pair<std::string, std::function<void(nlohmann::json&)>>> damages = {
+      {"scaler", [](nlohmann::json& j) { j.erase("scaler"); }},
+      {"epoch", [](nlohmann::json& j) { j["epoch"] = "three"; }},
+      {"'t'", [](nlohmann::json& j) { j["schedule"].erase("t"); }},
+      {"growth_tracker", [](nlohmann::json& j) { j["scaler"]["growth_tracker"] = nullptr; }},
+      {"accumulation", [](nlohmann::json& j) { j["options"].erase("accumulation"); }},
+      {"peak_lrs", [](nlohmann::json& j) { j["schedule"]["peak_lrs"] = "fast"; }},
+      {"options", [](nlohmann::json& j) { j["options"] = 3; }},
+  };
+  for (const auto& [key, damage] : damages) {
+    auto j = nlohmann::json::parse(original);
+    damage(j.at("trainer"));
+    std::ofstream(ckpt / "trainer.json") << j.dump();
+    expect_bad("trainer.json", key);
+  }
+  // The checkpoint's own fields: format and manifest.
+  const std::vector<std::pair<std::string, std::function<void(nlohmann::json&)>>> format_damages = {
+      {"format", [](nlohmann::json& j) { j["format"] = 99; }},
+      {"files", [](nlohmann::json& j) { j.erase("files"); }},
+      {"bytes", [](nlohmann::json& j) { j["files"]["head"]["bytes"] = "many"; }},
+      {"optimizer", [](nlohmann::json& j) { j["files"].erase("optimizer"); }},
+  };
+  for (const auto& [key, damage] : format_damages) {
+    auto j = nlohmann::json::parse(original);
+    damage(j);
+    std::ofstream(ckpt / "trainer.json") << j.dump();
+    expect_bad("trainer.json", key);
+  }
+  std::ofstream(ckpt / "trainer.json") << original.substr(0, original.size() / 2);
+  expect_bad("trainer.json", "not valid JSON");
+  std::ofstream(ckpt / "trainer.json") << original;
+  // The binary parts: garbage instead of the optimizer state, a truncated module state.
+  const std::string optimizer = read_text(ckpt / "optimizer.pt");
+  std::ofstream(ckpt / "optimizer.pt") << std::string(optimizer.size(), 'x');
+  expect_bad("optimizer.pt", "optimizer");
+  std::ofstream(ckpt / "optimizer.pt") << optimizer;
+  const std::string backbone = read_text(ckpt / "backbone.pt");
+  std::ofstream(ckpt / "backbone.pt") << backbone.substr(0, backbone.size() / 2);
+  expect_bad("backbone.pt", "backbone");
+  std::ofstream(ckpt / "backbone.pt") << backbone;
+  const std::string rng = read_text(ckpt / "rng.pt");
+  std::ofstream(ckpt / "rng.pt") << std::string(rng.size(), '\0');
+  expect_bad("rng.pt", "rng");
+  std::ofstream(ckpt / "rng.pt") << rng;
+  fs::remove(ckpt / "head.pt");
+  expect_bad("head.pt", "missing");
+  fs::remove_all(dir);
+}
+
+TEST_CASE("MetricsLog turns filesystem failures and damaged lines into taxon errors", "[train][callbacks]") {
+  auto dir = temp_dir("metrics_errors");
+  Blobs data(32, 4, 24);
+  const EpochSource source{data.x, data.y, 8, 8};
+  std::ofstream(dir / "a-file") << "not a directory";
+  {
+    TinyMlp b(8, 16, 8);
+    CosineHead h(4, 8);
+    Trainer t(b, h, TrainerOptions().epochs(1).lr(1e-2));
+    taxon::train::MetricsLog log(dir / "a-file" / "metrics.jsonl");
+    REQUIRE_TAXON_ERROR(t.fit(source, log), "io.cannot-write");
+  }
+  {
+    TinyMlp b(8, 16, 8);
+    CosineHead h(4, 8);
+    Trainer t(b, h, TrainerOptions().epochs(2).lr(1e-2));
+    t.fit(source, StopAfter{2});
+    t.save_checkpoint(dir / "ckpt");
+  }
+  std::ofstream(dir / "metrics.jsonl") << "{\"event\": \"step\", \"step\": 1}\n{\"event\": \"step\", \"step\": \"two\"}\n";
+  TinyMlp b(8, 16, 8);
+  CosineHead h(4, 8);
+  Trainer t(b, h, TrainerOptions().epochs(2).lr(1e-2));
+  REQUIRE(t.resume(dir / "ckpt"));
+  taxon::train::MetricsLog log(dir / "metrics.jsonl");
+  const auto e = taxon_error_of([&] { t.fit(source, log); });
+  CHECK(e.id() == "train.bad-metrics-log");
+  CHECK(std::string(e.what()).find("line 2") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("TrainingCheckpoint writes a manifest and still reads format 1 checkpoints", "[train][checkpoint]") {
+  auto dir = temp_dir("format1");
+  Blobs data(64, 4, 25);
+  const EpochSource source{data.x, data.y, 16, 9};
+  TinyMlp b(8, 16, 8);
+  CosineHead h(4, 8);
+  Trainer t(b, h, TrainerOptions().epochs(1).lr(1e-2));
+  t.fit(source);
+  const auto ckpt = t.save_checkpoint(dir);
+  auto doc = nlohmann::json::parse(read_text(ckpt / "trainer.json"));
+  CHECK(doc.at("format") == taxon::train::TrainingCheckpoint::kFormat);
+  for (const auto& part : taxon::train::TrainingCheckpoint::kParts)
+    CHECK(doc.at("files").at(part.part).at("bytes").get<std::uint64_t>() == fs::file_size(ckpt / part.file));
+  // Format 1, as taxon wrote it before the manifest: the trainer's state at the top level.
+  nlohmann::json v1 = doc.at("trainer");
+  v1["format"] = 1;
+  std::ofstream(ckpt / "trainer.json") << v1.dump();
+  TinyMlp b2(8, 16, 8);
+  CosineHead h2(4, 8);
+  Trainer resumed(b2, h2, TrainerOptions().epochs(1).lr(1e-2));
+  REQUIRE(resumed.resume(dir));
+  CHECK(resumed.global_step() == t.global_step());
+  const auto saved = all_params(b, h), restored = all_params(b2, h2);
+  for (size_t i = 0; i < saved.size(); ++i) CHECK(at::equal(saved[i], restored[i]));
+  fs::remove_all(dir);
+}
+
+// Callback checks, evaluated at compile time for a stand-in trainer type (the hooks are templates on it).
+struct AnyTrainer {};
+struct MisspeltHook {
+  static constexpr HookSet hooks{Hook::on_step_end};
+  template <typename T> void on_step_ned(T&, const taxon::train::StepReport&) {}
+};
+struct WrongHookParameters {
+  static constexpr HookSet hooks{Hook::on_epoch_end};
+  template <typename T> void on_epoch_end(T&) {}
+};
+struct EvaluateReturnsNothing {
+  static constexpr HookSet hooks{Hook::evaluate};
+  template <typename T> void evaluate(T&, int64_t) {}
+};
+struct UndeclaredHookMember {
+  static constexpr HookSet hooks{};
+  template <typename T> void on_evaluated(T&, const taxon::train::Metrics&) {}
+};
+struct DataMemberNamedLikeHook {
+  static constexpr HookSet hooks{};
+  bool should_stop = false;
+};
+struct NonConstShouldStop {
+  static constexpr HookSet hooks{Hook::should_stop};
+  template <typename T> bool should_stop(T&) { return false; }
+};
+struct OldHookName {  // written for on_evaluate, which is now on_evaluated
+  static constexpr HookSet hooks{Hook::on_evaluated};
+  template <typename T> void on_evaluate(T&, const taxon::train::Metrics&) {}
+};
+struct FinalCallback final {
+  static constexpr HookSet hooks{Hook::on_train_begin};
+  template <typename T> void on_train_begin(T&) {}
+};
+struct NoHooksDeclared {
+  template <typename T> void on_step_end(T&, const taxon::train::StepReport&) {}
+};
+
+TEST_CASE("callback hooks are checked against their declaration at compile time", "[train][callbacks]") {
+  using taxon::train::hooks::check;
+  STATIC_REQUIRE(check<MisspeltHook, AnyTrainer>().not_callable.contains(Hook::on_step_end));
+  STATIC_REQUIRE(check<WrongHookParameters, AnyTrainer>().not_callable.contains(Hook::on_epoch_end));
+  STATIC_REQUIRE(check<EvaluateReturnsNothing, AnyTrainer>().not_callable.contains(Hook::evaluate));
+  STATIC_REQUIRE(check<UndeclaredHookMember, AnyTrainer>().undeclared.contains(Hook::on_evaluated));
+  STATIC_REQUIRE(check<DataMemberNamedLikeHook, AnyTrainer>().undeclared.contains(Hook::should_stop));
+  STATIC_REQUIRE(check<NonConstShouldStop, AnyTrainer>().ok());
+  STATIC_REQUIRE(check<const NonConstShouldStop, AnyTrainer>().not_callable.contains(Hook::should_stop));
+  STATIC_REQUIRE(check<OldHookName, AnyTrainer>().not_callable.contains(Hook::on_evaluated));
+  STATIC_REQUIRE(check<FinalCallback, AnyTrainer>().ok());
+  STATIC_REQUIRE_FALSE(check<NoHooksDeclared, AnyTrainer>().declares);
+  STATIC_REQUIRE(check<NoHooksDeclared, AnyTrainer>().undeclared.empty());  // one error, not one per member
+  // Every callback taxon ships, and the ones these tests use, pass.
+  STATIC_REQUIRE(check<taxon::train::ProgressBar, AnyTrainer>().ok());
+  STATIC_REQUIRE(check<taxon::train::MetricsLog, AnyTrainer>().ok());
+  STATIC_REQUIRE(check<taxon::train::Checkpointing, AnyTrainer>().ok());
+  STATIC_REQUIRE(check<taxon::train::EarlyStop, AnyTrainer>().ok());
+  STATIC_REQUIRE(check<const taxon::train::StopFlag, AnyTrainer>().ok());
+  STATIC_REQUIRE(check<taxon::train::Evaluate<taxon::train::Metrics (*)(AnyTrainer&)>, AnyTrainer>().ok());
+  STATIC_REQUIRE(check<CountingCallback, AnyTrainer>().ok());
+  STATIC_REQUIRE(check<const StopAfter, AnyTrainer>().ok());
 }
 
 }  // namespace test_train

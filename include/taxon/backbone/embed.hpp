@@ -3,6 +3,7 @@
 // mode and gather the outputs as one [N, D] float CPU tensor, in batch order.
 #include "taxon/backbone/concepts.hpp"
 #include "taxon/core/error.hpp"
+#include "taxon/core/normalize.hpp"
 #include "taxon/core/options.hpp"
 #include "taxon/core/progress.hpp"
 
@@ -81,7 +82,7 @@ at::Tensor embed(B& model, BatchRange&& batches, EmbedOptions opts = {}) {
                   " of ", images.size(0), " images gave output ", out.sizes(), ", expected [", images.size(0),
                   ", D]");
       out = out.to(at::kFloat);
-      if (opts.normalize()) out = out / out.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
+      if (opts.normalize()) out = l2_normalize_rows(out);
       outputs.push_back(out.to(at::kCPU));
       if (progress) progress->advance(images.size(0));
       ++index;

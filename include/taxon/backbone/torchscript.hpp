@@ -2,7 +2,7 @@
 // PyTorch .pt files: OpenAI CLIP's released TorchScript archives (clip.load(jit=False) takes their state_dict() and
 // runs build_model; same here) and torch.save'd state dicts such as UNICOM's FP16-ViT-*.pt (zip format).
 // Separate header because the jit headers add seconds to every translation unit that includes them.
-#include "taxon/backbone/checkpoint.hpp"
+#include "taxon/backbone/weights.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/io/pickle.hpp"
 
@@ -17,12 +17,12 @@ namespace taxon::backbone {
 
 // All parameters and buffers of a TorchScript archive by dotted name (fp16 kept as stored), on the CPU.
 inline StateDict load_torchscript_state_dict(const std::filesystem::path& path) {
-  TAXON_CHECK(std::filesystem::exists(path), "io.missing-file", "file not found: ", path.string());
+  io::require_file(path, "TorchScript archive");
   torch::jit::Module module;
   try {
     module = torch::jit::load(path.string(), at::Device(at::kCPU));
   } catch (const c10::Error& e) {
-    TAXON_FAIL("io.bad-torchscript", path.string(), " is not a readable TorchScript archive: ",
+    TAXON_FAIL("backbone.bad-torchscript", path.string(), " is not a readable TorchScript archive: ",
                e.what_without_backtrace());
   }
   StateDict dict;
@@ -37,9 +37,9 @@ namespace torchscript_detail {
 // (at most a few levels: a hostile file could nest them until the recursion overflows the stack), non-tensor
 // entries (epoch counters, args) skipped.
 inline void collect_tensors(const c10::IValue& value, const std::string& source, StateDict& out, int depth = 0) {
-  TAXON_CHECK(value.isGenericDict(), "io.bad-checkpoint", source, " does not hold a dict of tensors (found ",
+  TAXON_CHECK(value.isGenericDict(), "backbone.bad-weights", source, " does not hold a dict of tensors (found ",
               value.tagKind(), ")");
-  TAXON_CHECK(depth < 8, "io.bad-checkpoint", source, " wraps its state dict in more than 8 levels");
+  TAXON_CHECK(depth < 8, "backbone.bad-weights", source, " wraps its state dict in more than 8 levels");
   for (const auto& kv : value.toGenericDict()) {
     if (!kv.key().isString()) continue;
     const std::string key = kv.key().toStringRef();
@@ -52,16 +52,21 @@ inline void collect_tensors(const c10::IValue& value, const std::string& source,
 
 // A state dict written by Python's torch.save (zip format, e.g. UNICOM's FP16-ViT-B-32.pt), fp16 kept as stored.
 inline StateDict load_pickled_state_dict(const std::filesystem::path& path) {
-  const c10::IValue value = io::load_pickle(path, "io.bad-checkpoint");
+  c10::IValue value;
+  try {
+    value = io::load_pickle(path);
+  } catch (const c10::Error& e) {
+    TAXON_FAIL("backbone.bad-weights", path.string(), " is not a torch.save archive: ", e.what_without_backtrace());
+  }
   StateDict dict;
   torchscript_detail::collect_tensors(value, path.string(), dict);
-  TAXON_CHECK(!dict.empty(), "io.bad-checkpoint", path.string(), " holds no tensors");
+  TAXON_CHECK(!dict.empty(), "backbone.bad-weights", path.string(), " holds no tensors");
   return dict;
 }
 
 // Any .pt: a TorchScript archive (OpenAI CLIP) or a torch.save'd state dict (UNICOM, fine-tuned checkpoints).
 inline StateDict load_pt_state_dict(const std::filesystem::path& path) {
-  TAXON_CHECK(std::filesystem::exists(path), "io.missing-file", "file not found: ", path.string());
+  io::require_file(path, "weights file");
   std::string jit_error;
   try {
     return load_torchscript_state_dict(path);
@@ -71,7 +76,7 @@ inline StateDict load_pt_state_dict(const std::filesystem::path& path) {
   try {
     return load_pickled_state_dict(path);
   } catch (const Error& e) {
-    TAXON_FAIL("io.bad-checkpoint", path.string(), " is neither a TorchScript archive nor a torch.save state dict:\n  ",
+    TAXON_FAIL("backbone.bad-weights", path.string(), " is neither a TorchScript archive nor a torch.save state dict:\n  ",
                jit_error, "\n  ", e.what());
   }
 }

@@ -1,5 +1,6 @@
 #pragma once
-// Vision Transformers in the two layouts taxon loads checkpoints for (unicom_spec.md §3.2, §5):
+// Vision Transformers in the two layouts taxon loads weights for (openai/CLIP clip/model.py and mlfoundations/open_clip
+// src/open_clip/transformer.py; deepglint/unicom unicom/unicom/vision_transformer.py):
 //  - CLIP (OpenAI / open_clip): bias-free conv patch embed, class token, ln_pre, pre-norm blocks with fused
 //    in-projection attention, ln_post on the class token, projection matrix. Parameter names are OpenAI's
 //    `visual.*` names without the prefix, so checkpoints map 1:1.
@@ -203,15 +204,22 @@ inline void from_json(const nlohmann::json& j, VisionTransformerOptions& o) {
   o = d;
 }
 
-// A ViT config from JSON text, e.g. the "config" metadata of a taxon checkpoint; `source` names it in errors.
-inline VisionTransformerOptions vit_options_from_json(std::string_view text, const std::string& source) {
-  const nlohmann::json j = io::parse_json(text, source, "backbone.bad-config");
+// A ViT config from parsed JSON, bounds-checked; `source` names it in errors.
+inline VisionTransformerOptions vit_options_from_json_value(const nlohmann::json& j, const std::string& source) {
   try {
     return j.get<VisionTransformerOptions>();
-  } catch (const Error& e) {
+  } catch (const Error& e) {  // from_json and validate raise only backbone.bad-config; add the source to it
+    if (e.id() != "backbone.bad-config") throw;
     const std::string what = e.what();
-    TAXON_FAIL(e.id().c_str(), source, ": ", what.substr(what.find("] ") + 2));
+    TAXON_FAIL("backbone.bad-config", source, ": ", what.substr(what.find("] ") + 2));
   }
+}
+
+// The same from JSON text, e.g. the "config" metadata of a taxon checkpoint.
+inline VisionTransformerOptions vit_options_from_json(std::string_view text, const std::string& source) {
+  const auto parsed = io::parse_json(text);
+  TAXON_CHECK(parsed, "backbone.bad-config", source, ": ", parsed.error);
+  return vit_options_from_json_value(parsed.value, source);
 }
 
 namespace vit_detail {
@@ -232,13 +240,17 @@ inline at::Tensor activate(const at::Tensor& x, Activation a) {
   }
 }
 
-// softmax(q k^T / sqrt(hd)) v on [B, H, L, hd].
-inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+// softmax(q k^T / sqrt(hd) [+ mask]) v on [B, H, L, hd]; `mask` is an additive [L, L] float mask (CLIP's text
+// tower: -inf above the diagonal) or undefined.
+inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask = {}) {
 #if TAXON_HAS_SDPA
+  if (mask.defined()) return at::scaled_dot_product_attention(q, k, v, mask.to(q.scalar_type()));
   return at::scaled_dot_product_attention(q, k, v);
 #else
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-  return at::matmul(at::softmax(at::matmul(q * scale, k.transpose(-2, -1)), -1), v);
+  auto scores = at::matmul(q * scale, k.transpose(-2, -1));
+  if (mask.defined()) scores = scores + mask.to(scores.scalar_type());
+  return at::matmul(at::softmax(scores, -1), v);
 #endif
 }
 
@@ -284,12 +296,13 @@ class AttentionImpl : public torch::nn::Module {
     }
   }
 
-  at::Tensor forward(const at::Tensor& x) {
+  // x [B, L, W]; attn_mask: optional additive [L, L] mask.
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& attn_mask = {}) {
     const int64_t B = x.size(0), L = x.size(1), W = x.size(2);
     const at::Tensor w = qkv ? qkv->weight : in_weight;
     auto fused = at::linear(x, w, in_bias.defined() ? c10::optional<at::Tensor>(in_bias) : c10::nullopt);
     auto parts = fused.view({B, L, 3, heads_, W / heads_}).permute({2, 0, 3, 1, 4});
-    auto y = vit_detail::attention(parts[0], parts[1], parts[2]);
+    auto y = vit_detail::attention(parts[0], parts[1], parts[2], attn_mask);
     return out->forward(y.transpose(1, 2).reshape({B, L, W}));
   }
 
@@ -334,8 +347,9 @@ class ResidualBlockImpl : public torch::nn::Module {
     }
   }
 
-  at::Tensor forward(at::Tensor x) {
-    x = x + residual(attn->forward(ln_1->forward(x)), gamma_1);
+  // attn_mask: optional additive [L, L] mask (the causal mask of CLIP's text tower).
+  at::Tensor forward(at::Tensor x, const at::Tensor& attn_mask = {}) {
+    x = x + residual(attn->forward(ln_1->forward(x), attn_mask), gamma_1);
     return x + residual(mlp->forward(ln_2->forward(x)), gamma_2);
   }
 

@@ -1,6 +1,7 @@
 #pragma once
-// Named ViT configs: OpenAI CLIP's visual towers, UNICOM's four (unicom_spec.md §3.2, §5), and small configs for
-// tests and CPU demos. Names are case-sensitive: "ViT-B/32", "unicom/ViT-B/32", "tiny", "demo32".
+// Named ViT configs: OpenAI CLIP's visual towers (openai/CLIP clip/model.py), UNICOM's four (deepglint/unicom
+// unicom/unicom/vision_transformer.py build_model), and small configs for tests and CPU demos. Names are
+// case-sensitive: "ViT-B/32", "unicom/ViT-B/32", "tiny", "demo32".
 #include "taxon/backbone/vit.hpp"
 #include "taxon/core/error.hpp"
 

@@ -2,6 +2,7 @@
 // Joint features for clustering (UNICOM, the seeds' next step): L2-normalise each feature set (e.g. image and
 // caption embeddings of the same rows), then average or concatenate them.
 #include "taxon/core/error.hpp"
+#include "taxon/core/normalize.hpp"
 #include "taxon/io/npy.hpp"
 
 #include <ATen/ATen.h>
@@ -28,11 +29,10 @@ inline at::Tensor combine_features(const std::vector<at::Tensor>& sets, Combine 
     if (how == Combine::mean)
       TAXON_CHECK(s.size(1) == sets[0].size(1), "cluster.feature-mismatch", "mean needs equal dimensions: set ", i,
                   " has ", s.size(1), ", set 0 has ", sets[0].size(1), " (use Combine::concat)");
-    auto f = s.to(at::kFloat);
-    unit.push_back(f / f.norm(2, {1}, true).clamp_min(1e-12));
+    unit.push_back(l2_normalize_rows(s.to(at::kFloat)));
   }
   at::Tensor out = how == Combine::mean ? at::stack(unit).mean(0) : at::cat(unit, 1);
-  if (renormalize) out = out / out.norm(2, {1}, true).clamp_min(1e-12);
+  if (renormalize) out = l2_normalize_rows(out);
   return out;
 }
 

@@ -7,6 +7,7 @@
 // same centroids up to float rounding and assignment ties. Subsampling above max_points_per_centroid * K is
 // done here, explicitly and logged, not silently inside faiss.
 #include "taxon/core/error.hpp"
+#include "taxon/core/normalize.hpp"
 #include "taxon/core/log.hpp"
 #include "taxon/core/options.hpp"
 #include "taxon/core/progress.hpp"
@@ -110,8 +111,6 @@ inline void check_features(const at::Tensor& x) {
   TAXON_CHECK(at::isFloatingType(x.scalar_type()), "cluster.bad-features", "features must be floating point, got ",
               x.scalar_type());
 }
-
-inline at::Tensor normalize_rows(const at::Tensor& x) { return x / x.norm(2, {1}, true).clamp_min(1e-12); }
 
 // Nearest centroid per row by LibTorch matmuls: (labels [n] int64, scores [n] float) on x's device.
 inline std::pair<at::Tensor, at::Tensor> assign_torch(const at::Tensor& x, const at::Tensor& centroids,
@@ -242,7 +241,7 @@ inline RunResult run_torch(const at::Tensor& x, at::Tensor centroids, const KMea
     auto counts_cpu = counts_t.to(at::kCPU, at::kFloat).contiguous();
     std::vector<float> counts(counts_cpu.data_ptr<float>(), counts_cpu.data_ptr<float>() + k);
     const int nsplit = split_empty_clusters(centroids, counts, n);
-    if (o.spherical()) centroids = normalize_rows(centroids);
+    if (o.spherical()) centroids = l2_normalize_rows(centroids);
     run.objective.push_back(obj);
     run.nsplit += nsplit;
     const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -287,7 +286,7 @@ inline at::Tensor initial_centroids(const at::Tensor& train, int64_t k, const KM
     rows = at::tensor(chosen, at::kLong);
   }
   auto c = train.index_select(0, rows.to(train.device())).to(at::kFloat);
-  return o.spherical() ? detail::normalize_rows(c) : c;
+  return o.spherical() ? l2_normalize_rows(c) : c;
 }
 
 // Nearest-centroid pseudo-labels for all rows of x (backend as in the options).
@@ -345,7 +344,7 @@ class KMeans {
     detail::RunResult best;
     for (int redo = 0; redo < o.nredo(); ++redo) {
       at::Tensor init = given ? o.init_centroids().to(x.device(), at::kFloat) : initial_centroids(train, k, o, redo);
-      if (given && o.spherical()) init = detail::normalize_rows(init);
+      if (given && o.spherical()) init = l2_normalize_rows(init);
       auto run = o.backend() == KMeansBackend::faiss ? detail::run_faiss(train, init, o, redo, progress)
                                                      : detail::run_torch(train, init, o, redo, progress);
       // Inner-product objectives are maximised, squared distances minimised (as faiss's nredo does).

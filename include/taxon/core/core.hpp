@@ -2,6 +2,7 @@
 #include "taxon/core/compat.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/core/log.hpp"
+#include "taxon/core/normalize.hpp"
 #include "taxon/core/options.hpp"
 #include "taxon/core/progress.hpp"
 #include "taxon/core/seed.hpp"

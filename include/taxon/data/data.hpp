@@ -8,6 +8,7 @@
 #include "taxon/data/idx_dataset.hpp"
 #include "taxon/data/image_dataset.hpp"
 #include "taxon/data/loader.hpp"
+#include "taxon/data/rank_spec.hpp"
 #include "taxon/data/split.hpp"
 #include "taxon/data/taxonomy.hpp"
 #include "taxon/data/transforms.hpp"

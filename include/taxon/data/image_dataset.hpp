@@ -8,7 +8,9 @@
 #include "taxon/data/dataset.hpp"
 #include "taxon/data/decode.hpp"
 #include "taxon/data/decode_crop.hpp"
+#include "taxon/data/rank_spec.hpp"
 #include "taxon/data/taxonomy.hpp"
+#include "taxon/io/atomic_file.hpp"
 
 #include <algorithm>
 #include <cctype>
@@ -48,6 +50,12 @@ class ImageFileDataset {
   }
   const Taxonomy& taxonomy() const { return taxonomy_; }
   const std::filesystem::path& path(std::int64_t i) const { return paths_[static_cast<size_t>(i)]; }
+  // The row's text column (captions for image+text features; CsvImageDatasetOptions::text_column), or "".
+  const std::string& text(std::int64_t i) const {
+    check_index(i, size(), "image dataset");
+    static const std::string none;
+    return texts_.empty() ? none : texts_[static_cast<size_t>(i)];
+  }
   // Rows/files dropped because the file was missing: total and the first few paths.
   std::int64_t missing_count() const noexcept { return missing_count_; }
   const std::vector<std::string>& missing_examples() const noexcept { return missing_examples_; }
@@ -94,31 +102,13 @@ class ImageFileDataset {
 
   std::vector<std::filesystem::path> paths_;
   std::vector<std::int64_t> labels_;  // [size, ranks] row-major
+  std::vector<std::string> texts_;    // per row when a text column was read
   Taxonomy taxonomy_;
   std::int64_t missing_count_ = 0;
   std::vector<std::string> missing_examples_;
   int decode_min_side_ = 0;
   DecodeResizeCrop decode_crop_;
   std::int64_t max_image_pixels_ = kDefaultMaxImagePixels;
-};
-
-// How one rank's label is obtained from a CSV row.
-struct RankSpec {
-  enum class Kind { column, first_token, constant };
-  std::string rank;
-  Kind kind = Kind::column;
-  std::string source;  // column name, or the constant value
-
-  // The cell of `column` (a column missing from the CSV may be supplied as a per-file constant, see CsvSource).
-  static RankSpec column(std::string rank, std::string column) { return {std::move(rank), Kind::column, std::move(column)}; }
-  // Genus from a binomial: first whitespace token of `column` (the seeds' extract_genus).
-  static RankSpec genus_from(std::string rank, std::string column) {
-    return {std::move(rank), Kind::first_token, std::move(column)};
-  }
-  // The same value for every row of the dataset.
-  static RankSpec constant(std::string rank, std::string value) {
-    return {std::move(rank), Kind::constant, std::move(value)};
-  }
 };
 
 // One metadata CSV, the folder its paths are relative to, and constant columns added to each of its rows
@@ -140,6 +130,8 @@ class CsvImageDatasetOptions {
   TAXON_ARG(DecodeResizeCrop, decode_resize_crop);
   // Decompression-bomb guard: larger images (declared width x height) are refused; Pillow's limit by default.
   TAXON_ARG(std::int64_t, max_image_pixels) = kDefaultMaxImagePixels;
+  // A column of free text kept per row (e.g. captions), read back with text(i); empty: none.
+  TAXON_ARG(std::string, text_column);
 
  public:
   CsvImageDatasetOptions& add_source(std::filesystem::path csv, std::filesystem::path image_root,
@@ -167,10 +159,12 @@ inline CsvImageDatasetOptions vlm4bio_options(const std::vector<Vlm4BioSource>& 
 }
 
 class CsvImageDataset : public ImageFileDataset {
+  static inline const std::string kNoText;
+
  public:
   explicit CsvImageDataset(const CsvImageDatasetOptions& options) {
-    TAXON_CHECK(!options.sources().empty(), "data.bad-options", "CsvImageDataset: no CSV source given");
-    TAXON_CHECK(!options.ranks().empty(), "data.bad-options", "CsvImageDataset: no rank given");
+    TAXON_CHECK(!options.sources().empty(), "data.bad-option", "CsvImageDataset: no CSV source given");
+    TAXON_CHECK(!options.ranks().empty(), "data.bad-option", "CsvImageDataset: no rank given");
     std::vector<std::string> ranks;
     for (const auto& r : options.ranks()) ranks.push_back(r.rank);
     std::vector<std::vector<std::string>> names;
@@ -184,6 +178,8 @@ class CsvImageDataset : public ImageFileDataset {
         return {table.column(col), nullptr};
       };
       const auto path_col = resolve(options.path_column());
+      const auto text_col = options.text_column().empty() ? std::make_pair(std::int64_t(-1), &kNoText)
+                                                          : resolve(options.text_column());
       std::vector<std::pair<std::int64_t, const std::string*>> cols;
       for (const auto& r : options.ranks())
         cols.push_back(r.kind == RankSpec::Kind::constant ? std::make_pair(std::int64_t(-1), &r.source) : resolve(r.source));
@@ -208,6 +204,7 @@ class CsvImageDataset : public ImageFileDataset {
         }
         paths_.push_back(std::move(p));
         names.push_back(std::move(labels));
+        if (!options.text_column().empty()) texts_.push_back(cell(text_col));
       }
     }
     report_missing(what, options.missing_files());
@@ -240,9 +237,9 @@ class ImageFolderDataset : public ImageFileDataset {
  public:
   explicit ImageFolderDataset(const std::filesystem::path& root, const ImageFolderDatasetOptions& options = {}) {
     namespace fs = std::filesystem;
-    TAXON_CHECK(fs::is_directory(root), "io.missing-file", "image folder not found: ", root.string());
+    io::require_directory(root, "image folder");
     const auto depth = static_cast<std::ptrdiff_t>(options.ranks().size());
-    TAXON_CHECK(depth >= 1, "data.bad-options", "ImageFolderDataset needs at least one rank");
+    TAXON_CHECK(depth >= 1, "data.bad-option", "ImageFolderDataset needs at least one rank");
     std::vector<std::pair<fs::path, std::vector<std::string>>> files;
     for (auto it = fs::recursive_directory_iterator(root, fs::directory_options::follow_directory_symlink);
          it != fs::recursive_directory_iterator(); ++it) {

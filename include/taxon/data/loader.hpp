@@ -162,9 +162,9 @@ class Loader {
  public:
   Loader(std::shared_ptr<const D> dataset, TransformFn transform, LoaderOptions options = {})
       : state_(std::make_shared<Shared>(std::move(dataset), std::move(transform), std::move(options))) {
-    TAXON_CHECK(state_->options.batch_size() > 0, "data.bad-options", "batch_size must be positive, got ",
+    TAXON_CHECK(state_->options.batch_size() > 0, "data.bad-option", "batch_size must be positive, got ",
                 state_->options.batch_size());
-    TAXON_CHECK(state_->options.workers() >= 0 && state_->options.prefetch() >= 1, "data.bad-options",
+    TAXON_CHECK(state_->options.workers() >= 0 && state_->options.prefetch() >= 1, "data.bad-option",
                 "workers must be >= 0 and prefetch >= 1");
     state_->pin = state_->options.pin_memory() && at::hasCUDA();
   }
@@ -306,7 +306,7 @@ class Loader {
    public:
     Epoch(std::shared_ptr<Shared> state, std::int64_t epoch, std::int64_t skip = 0)
         : state_(std::move(state)), epoch_(epoch) {
-      TAXON_CHECK(skip >= 0, "data.bad-options", "cannot skip ", skip, " batches");
+      TAXON_CHECK(skip >= 0, "data.bad-option", "cannot skip ", skip, " batches");
       order_ = epoch_order(state_->dataset->size(), epoch_, state_->options);
       const auto n = static_cast<std::int64_t>(order_.size());
       const auto bs = state_->options.batch_size();

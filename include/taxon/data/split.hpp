@@ -1,8 +1,9 @@
 #pragma once
 // Seeded train/test splits. The stratified split is per class: a class with n >= 2 samples gets
 // clamp(round(test_fraction * n), 1, n - 1) test samples, so every such class is in both the query (test) and
-// the gallery (train) set — the guarantee the seeds' min_split rule aimed at (domain.md §1.3), without the
-// missing `return` and with a fixed seed instead of a fresh split per run.
+// the gallery (train) set — the guarantee the min_split rule of the NFHM/BioCosmos evaluation aimed at
+// (BioCosmos-AI/BioCosmos jupyter-workpad/vlm4_bio/eval_utils.py, get_test_train_split), without its missing
+// `return` and with a fixed seed instead of a fresh split per run.
 #include "taxon/core/error.hpp"
 #include "taxon/core/seed.hpp"
 #include "taxon/data/dataset.hpp"

@@ -112,7 +112,9 @@ class Taxonomy {
   // {"ranks": [...], "labels": {"species": ["Abramis brama", ...], ...}}; list position = id.
   void save_json(const std::filesystem::path& path) const { io::write_text_atomically(path, to_json().dump(2)); }
   static Taxonomy load_json(const std::filesystem::path& path) {
-    return from_json(io::parse_json(io::read_file(path), "taxonomy JSON " + path.string(), "data.bad-taxonomy"));
+    const auto parsed = io::parse_json(io::read_file(path));
+    TAXON_CHECK(parsed, "data.bad-taxonomy", "taxonomy JSON ", path.string(), ": ", parsed.error);
+    return from_json(parsed.value);
   }
   // Long CSV "rank,id,name" (RFC 4180 quoting), one row per label: readable by pandas.
   void save_csv(const std::filesystem::path& path) const {

@@ -681,7 +681,7 @@ inline TransformFn normalize(const std::vector<double>& mean, const std::vector<
 // uint8 [H,W,C] -> uint8 [C,H,W]: ToTensor's layout without its scaling, for batches that are normalised on the
 // device (normalize_batch) and so cross PCIe at a quarter of float32's size. `channels` 3 turns grey into RGB.
 inline TransformFn to_chw(int64_t channels = 0) {
-  TAXON_CHECK(channels >= 0, "data.bad-options", "to_chw channels must be >= 0, got ", channels);
+  TAXON_CHECK(channels >= 0, "data.bad-option", "to_chw channels must be >= 0, got ", channels);
   return [channels](const at::Tensor& image, Rng&) {
     detail::check_hwc_u8(image, "to_chw");
     const at::Tensor img = image.contiguous();

@@ -1,5 +1,6 @@
 #pragma once
-// Class sharding across ranks (spec §2.1): rank r owns classes [class_start, class_start + num_local).
+// Class sharding across ranks, as deepglint/unicom unicom/partial_fc.py (PartialFC_V2) shards the class centres:
+// rank r owns classes [class_start, class_start + num_local).
 // Single-process training is world_size 1; the distributed head is an extension of this arithmetic.
 #include "taxon/core/error.hpp"
 

@@ -4,6 +4,7 @@
 // Order of the k results: nearest first; equal scores in ascending gallery index (the LibTorch backend also
 // picks the lowest indices when ties straddle the k-th place; faiss may pick any of them there).
 #include "taxon/core/error.hpp"
+#include "taxon/core/normalize.hpp"
 #include "taxon/core/options.hpp"
 
 #include <ATen/ATen.h>
@@ -42,11 +43,6 @@ inline void check_matrix(const at::Tensor& x, const char* name) {
               " must be a non-empty 2-D [N, D] tensor, got shape ", x.sizes());
   TAXON_CHECK(at::isFloatingType(x.scalar_type()), "eval.bad-embeddings", name,
               " must be floating point, got ", x.scalar_type());
-}
-
-inline at::Tensor l2_normalize(const at::Tensor& x) {
-  // Zero rows stay zero (as sklearn.preprocessing.normalize does) instead of becoming NaN.
-  return x / x.norm(2, {1}, true).clamp_min(1e-12);
 }
 
 inline int64_t auto_chunk(int64_t chunk, int64_t gallery_rows) {

@@ -3,6 +3,7 @@
 // R-precision, MAP@R; queries whose label has no other reference are excluded), Recall@K ("any of the top K
 // shares the label"), and UNICOM/DINO-style weighted kNN-vote accuracy. Leave-one-out excludes the query by
 // index. Queries are processed in blocks, so memory is O(block x gallery), never N x N.
+#include "taxon/core/normalize.hpp"
 #include "taxon/eval/knn.hpp"
 
 #include <ATen/ATen.h>
@@ -92,8 +93,8 @@ inline RetrievalMetrics retrieval_core(at::Tensor queries, at::Tensor query_labe
   query_labels = query_labels.to(at::kCPU, at::kLong);
   gallery_labels = gallery_labels.to(at::kCPU, at::kLong);
   if (o.normalize()) {
-    queries = l2_normalize(queries.to(at::kFloat));
-    gallery = leave_one_out ? queries : l2_normalize(gallery.to(at::kFloat));
+    queries = l2_normalize_rows(queries.to(at::kFloat));
+    gallery = leave_one_out ? queries : l2_normalize_rows(gallery.to(at::kFloat));
   }
   auto R = count_in_gallery(query_labels, gallery_labels) - (leave_one_out ? 1 : 0);
   auto valid = R > 0;
@@ -187,8 +188,8 @@ inline KnnVoteAccuracy knn_vote_core(at::Tensor queries, at::Tensor query_labels
   auto ql = inverse.narrow(0, 0, queries.size(0));
   auto gl = inverse.narrow(0, queries.size(0), gallery.size(0));
   const int64_t classes = inverse.max().item<int64_t>() + 1;
-  queries = l2_normalize(queries.to(at::kFloat));
-  gallery = leave_one_out ? queries : l2_normalize(gallery.to(at::kFloat));
+  queries = l2_normalize_rows(queries.to(at::kFloat));
+  gallery = leave_one_out ? queries : l2_normalize_rows(gallery.to(at::kFloat));
   const int64_t k = std::min(o.k(), gallery.size(0) - (leave_one_out ? 1 : 0));
   KnnIndex index(gallery, KnnOptions().backend(o.backend()).chunk_size(o.chunk_size()));
   const int64_t nq = queries.size(0);

@@ -1,6 +1,7 @@
 #pragma once
-// The NFHM/BioCosmos taxonomy evaluation (domain.md §1): per taxa group plus "All", a seeded 80/20 split
-// (test = queries, train = gallery) and, per rank column, four nearest-neighbour accuracies:
+// The NFHM/BioCosmos taxonomy evaluation (BioCosmos-AI/BioCosmos jupyter-workpad/vlm4_bio/eval_utils.py): per
+// taxa group plus "All", a seeded 80/20 split (test = queries, train = gallery) and, per rank column, four
+// nearest-neighbour accuracies:
 //   accuracy_individual  label of the top-1 cosine neighbour;
 //   accuracy_avg         class with the highest mean cosine over its gallery images (q̂ · mean_j x̂_j);
 //   distance_individual  label of the top-1 Euclidean neighbour (nfhm_compat: the cosine neighbour, as the
@@ -10,8 +11,10 @@
 // smallest label for class-level ones. A query whose label is absent from the gallery always counts wrong.
 #include "taxon/core/error.hpp"
 #include "taxon/core/log.hpp"
+#include "taxon/core/normalize.hpp"
 #include "taxon/core/options.hpp"
 #include "taxon/core/seed.hpp"
+#include "taxon/data/taxonomy.hpp"
 #include "taxon/eval/knn.hpp"
 #include "taxon/eval/retrieval.hpp"
 #include "taxon/io/atomic_file.hpp"
@@ -25,7 +28,6 @@
 #include <filesystem>
 #include <map>
 #include <random>
-#include <sstream>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -39,13 +41,8 @@ struct TaxonomyColumns {
   std::vector<std::string> taxa;
   std::vector<std::pair<std::string, std::vector<std::string>>> ranks;
 
-  // The seeds' genus: the first whitespace-separated token of the scientific name.
-  static std::string extract_genus(const std::string& scientific_name) {
-    std::istringstream in(scientific_name);
-    std::string first;
-    in >> first;
-    return first;
-  }
+  // The NFHM/BioCosmos evaluation's genus: the first whitespace-separated token of the scientific name.
+  static std::string extract_genus(const std::string& scientific_name) { return data::genus_of(scientific_name); }
 
   // taxa + species (scientific name) -> ranks {species, genus} as the seeds build them.
   static TaxonomyColumns from_species(std::vector<std::string> taxa, std::vector<std::string> species) {
@@ -264,11 +261,11 @@ inline std::vector<FourAccuracies> score_columns(
   auto Q = queries.detach().to(o.device(), o.dtype());
   auto G = gallery.detach().to(o.device(), o.dtype());
   if (o.normalize()) {
-    Q = detail::l2_normalize(Q);
-    G = detail::l2_normalize(G);
+    Q = l2_normalize_rows(Q);
+    G = l2_normalize_rows(G);
   }
   const int64_t nq = Q.size(0), ng = G.size(0);
-  auto Qn = detail::l2_normalize(Q), Gn = detail::l2_normalize(G);
+  auto Qn = l2_normalize_rows(Q), Gn = l2_normalize_rows(G);
   auto q_sq = Q.pow(2).sum(1).unsqueeze(0), g_sq = G.pow(2).sum(1, true);  // [1, nq], [ng, 1]
 
   struct Column {

@@ -194,9 +194,10 @@ inline SafetensorsFile load_safetensors(const std::filesystem::path& path) {
               header_len, " exceeds safetensors' limit of ", safetensors_detail::kMaxHeaderBytes, " bytes");
   TAXON_CHECK(header_len <= map->size - 8, "io.bad-safetensors", name, ": truncated or not safetensors: header ",
               "length ", header_len, " exceeds the file size ", map->size);
-  const nlohmann::json header = parse_json(
-      std::string_view(reinterpret_cast<const char*>(base + 8), static_cast<size_t>(header_len)), name + " header",
-      "io.bad-safetensors");
+  const auto parsed =
+      parse_json(std::string_view(reinterpret_cast<const char*>(base + 8), static_cast<size_t>(header_len)));
+  TAXON_CHECK(parsed, "io.bad-safetensors", name, " header: ", parsed.error);
+  const nlohmann::json& header = parsed.value;
   TAXON_CHECK(header.is_object(), "io.bad-safetensors", name, ": header JSON is not an object");
   const size_t data_start = 8 + header_len;
   const size_t data_size = map->size - data_start;

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <concepts>
 #include <cstdint>
 #include <limits>
 
@@ -231,12 +232,11 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
   }
 };
 
-// Fused loss from raw embeddings [B, D] and raw centres [C, D] (fp32); same value and gradients as the reference.
+// Fused loss from raw embeddings [B, D] and raw centres [C, D] (fp32), with labels already checked.
 inline at::Tensor fused_margin_softmax_ce(const at::Tensor& embeddings, const at::Tensor& centres,
-                                          const at::Tensor& labels, const MarginParams& p,
+                                          const ValidLabels& labels, const MarginParams& p,
                                           const FusedOptions& options = {}) {
-  const at::Tensor y = validate_inputs("loss", embeddings, centres, labels, centres.size(0));
-  TAXON_CHECK(embeddings.scalar_type() == at::kFloat && centres.scalar_type() == at::kFloat, "loss.dtype",
+  TAXON_CHECK(embeddings.scalar_type() == at::kFloat && centres.scalar_type() == at::kFloat, "loss.bad-dtype",
               "the fused loss takes float32 embeddings and centres, got ", embeddings.scalar_type(), " and ",
               centres.scalar_type());
 #if !defined(TAXON_WITH_CUDA)
@@ -249,8 +249,16 @@ inline at::Tensor fused_margin_softmax_ce(const at::Tensor& embeddings, const at
   const at::Tensor en = l2_normalize_rows(embeddings).contiguous();
   // Without a backward pass to serve, one scratch slot is all the forward needs.
   const bool grad = at::GradMode::is_enabled() && (embeddings.requires_grad() || centres.requires_grad());
-  return FusedMarginCE::apply(en, centres.contiguous(), y.to(embeddings.device()), p, options.chunk_size(),
-                              grad ? options.cache_bytes() : std::int64_t{0});
+  return FusedMarginCE::apply(en, centres.contiguous(), labels.labels.to(embeddings.device()), p,
+                              options.chunk_size(), grad ? options.cache_bytes() : std::int64_t{0});
+}
+
+// Fused loss from raw embeddings [B, D] and raw centres [C, D] (fp32); same value and gradients as the reference.
+inline at::Tensor fused_margin_softmax_ce(const at::Tensor& embeddings, const at::Tensor& centres,
+                                          const at::Tensor& labels, const MarginParams& p,
+                                          const FusedOptions& options = {}) {
+  const ValidLabels y{validate_inputs(embeddings, centres, labels, centres.size(0))};
+  return fused_margin_softmax_ce(embeddings, centres, y, p, options);
 }
 
 // Frees this thread's reusable chunk-cache buffer (at most FusedOptions::cache_bytes, kept between calls).
@@ -258,11 +266,18 @@ inline void release_fused_workspace() { detail::chunk_slot_pool() = at::Tensor()
 
 enum class Impl { reference, fused };
 
-inline at::Tensor margin_softmax_ce(const at::Tensor& embeddings, const at::Tensor& centres, const at::Tensor& labels,
+// `labels`: an int64 tensor (checked here) or ValidLabels (checked by the caller, e.g. PartialFC).
+template <typename Labels>
+  requires std::same_as<Labels, at::Tensor> || std::same_as<Labels, ValidLabels>
+inline at::Tensor margin_softmax_ce(const at::Tensor& embeddings, const at::Tensor& centres, const Labels& labels,
                                     const MarginParams& p, Impl impl = Impl::fused,
                                     const FusedOptions& options = {}) {
-  return impl == Impl::fused ? fused_margin_softmax_ce(embeddings, centres, labels, p, options)
-                             : reference_margin_softmax_ce(embeddings, centres, labels, p);
+  const ValidLabels y = [&] {
+    if constexpr (std::same_as<Labels, ValidLabels>) return labels;
+    else return ValidLabels{validate_inputs(embeddings, centres, labels, centres.size(0))};
+  }();
+  return impl == Impl::fused ? fused_margin_softmax_ce(embeddings, centres, y, p, options)
+                             : reference_margin_softmax_ce(embeddings, centres, y, p);
 }
 
 }  // namespace taxon::loss

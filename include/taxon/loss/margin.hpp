@@ -12,7 +12,7 @@
 namespace taxon::loss {
 
 enum class GradMode {
-  straight_through,  // upstream ArcFace: only the scale is differentiated (spec §1 step 5)
+  straight_through,  // upstream ArcFace (deepglint/unicom unicom/partial_fc.py): margin added under no_grad
   exact,             // full chain rule through cos(m1·θ + m2)
 };
 

@@ -1,17 +1,13 @@
 #pragma once
 // The plain LibTorch composition of margin-softmax cross-entropy (normalize, matmul, clamp, filter, margin, scale,
 // log-softmax, NLL). It materialises several B×C tensors; it is the baseline for tests and benchmarks.
+#include "taxon/core/normalize.hpp"
 #include "taxon/loss/margin_math.hpp"
 #include "taxon/loss/validate.hpp"
 
 #include <ATen/ATen.h>
 
 namespace taxon::loss {
-
-// F.normalize(x, dim=1, eps=1e-12).
-inline at::Tensor l2_normalize_rows(const at::Tensor& x) {
-  return x / x.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
-}
 
 // Margin-softmax CE from cosine logits [B, C] (clamped here) and labels [B] (int64, -1 = ignore).
 // Mean over all B rows; ignored rows add 0 to the sum and get no gradient.
@@ -49,12 +45,18 @@ inline at::Tensor margin_ce_from_cosines(const at::Tensor& cosines, const at::Te
   return (nll * valid.to(nll.scalar_type())).sum() / static_cast<double>(B);
 }
 
+// Reference loss from raw embeddings [B, D] and raw class centres [C, D], with labels already checked.
+inline at::Tensor reference_margin_softmax_ce(const at::Tensor& embeddings, const at::Tensor& centres,
+                                              const ValidLabels& labels, const MarginParams& p) {
+  const at::Tensor cos = at::mm(l2_normalize_rows(embeddings), l2_normalize_rows(centres).t());
+  return margin_ce_from_cosines(cos, labels.labels, p);
+}
+
 // Reference loss from raw embeddings [B, D] and raw class centres [C, D].
 inline at::Tensor reference_margin_softmax_ce(const at::Tensor& embeddings, const at::Tensor& centres,
                                               const at::Tensor& labels, const MarginParams& p) {
-  const at::Tensor y = validate_inputs("loss", embeddings, centres, labels, centres.size(0));
-  const at::Tensor cos = at::mm(l2_normalize_rows(embeddings), l2_normalize_rows(centres).t());
-  return margin_ce_from_cosines(cos, y, p);
+  const ValidLabels y{validate_inputs(embeddings, centres, labels, centres.size(0))};
+  return reference_margin_softmax_ce(embeddings, centres, y, p);
 }
 
 }  // namespace taxon::loss

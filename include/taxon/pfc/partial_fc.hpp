@@ -18,6 +18,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <concepts>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -34,6 +35,8 @@ struct PartialFCOptions {
   TAXON_ARG(std::int64_t, num_feat) = 0;  // random feature sub-selection (UNICOM sample_num_feat); 0 or >= D = all
   TAXON_ARG(loss::Impl, impl) = loss::Impl::fused;
   TAXON_ARG(std::int64_t, chunk_size) = 0;  // fused kernel classes per chunk; 0 = automatic
+  // Class sharding across ranks. world_size > 1 needs a process group for the softmax's collectives (not yet
+  // available): without one each rank would normalise over its own shard only, so it is rejected.
   TAXON_ARG(std::int64_t, rank) = 0;
   TAXON_ARG(std::int64_t, world_size) = 1;
   TAXON_ARG(std::uint64_t, seed) = 0;  // class sampling and feature selection stream (derived per rank)
@@ -44,14 +47,19 @@ class PartialFCImpl : public torch::nn::Module {
  public:
   explicit PartialFCImpl(PartialFCOptions options, Margin margin = Margin(), Sampler sampler = Sampler())
       : options_(std::move(options)), margin_(std::move(margin)), sampler_(std::move(sampler)) {
-    TAXON_CHECK(options_.num_classes() > 0, "pfc.bad-options", "num_classes must be > 0, got ",
+    TAXON_CHECK(options_.num_classes() > 0, "pfc.bad-option", "num_classes must be > 0, got ",
                 options_.num_classes());
-    TAXON_CHECK(options_.embedding_dim() > 0, "pfc.bad-options", "embedding_dim must be > 0, got ",
+    TAXON_CHECK(options_.embedding_dim() > 0, "pfc.bad-option", "embedding_dim must be > 0, got ",
                 options_.embedding_dim());
     // As upstream, num_feat >= D (e.g. the scripts' 512 with a 512-d head) means no sub-selection.
-    TAXON_CHECK(options_.num_feat() >= 0, "pfc.bad-options", "num_feat must be >= 0 (0 = all features), got ",
+    TAXON_CHECK(options_.num_feat() >= 0, "pfc.bad-option", "num_feat must be >= 0 (0 = all features), got ",
                 options_.num_feat());
     shard_ = dist::class_shard(options_.num_classes(), options_.rank(), options_.world_size());
+    TAXON_CHECK(options_.world_size() == 1, "pfc.no-process-group", "PartialFCOptions world_size ",
+                options_.world_size(), " (rank ", options_.rank(),
+                ") needs a process group for the distributed softmax, and none is given; without it each rank "
+                "would normalise over its own ", shard_.num_local, " of ", options_.num_classes(),
+                " classes. Use world_size 1.");
     generator_ = make_generator(options_.seed(), {0x5046435ULL, static_cast<std::uint64_t>(options_.rank())});
     reset();
   }
@@ -68,7 +76,7 @@ class PartialFCImpl : public torch::nn::Module {
   // Scalar loss: mean over the batch of margin-softmax CE. Embeddings [B, D] (fp32), labels [B] global class ids
   // (or -1 to ignore a row). B may change between calls.
   at::Tensor forward(const at::Tensor& embeddings, const at::Tensor& labels) {
-    const at::Tensor y = loss::validate_inputs("pfc", embeddings, weight, labels, options_.num_classes());
+    const at::Tensor y = loss::validate_inputs(embeddings, weight, labels, options_.num_classes(), "PartialFC");
     const at::Tensor local = dist::localize_labels(y, shard_).to(weight.device());
     ClassSample sample = sampler_.sample(local, shard_.num_local, generator_);
     last_sample_ = sample;
@@ -82,8 +90,13 @@ class PartialFCImpl : public torch::nn::Module {
       w = w.index_select(1, ids);
       e = e.index_select(1, ids);
     }
-    return loss::margin_softmax_ce(e, w, sample.labels, margin_.params(), options_.impl(),
-                                   loss::FusedOptions().chunk_size(options_.chunk_size()));
+    const auto fused = loss::FusedOptions().chunk_size(options_.chunk_size());
+    if constexpr (std::same_as<Sampler, AllClasses> || std::same_as<Sampler, UniformNegatives>) {
+      // Checked once above (each check is a host sync): these samplers map the checked labels into their sample.
+      return loss::margin_softmax_ce(e, w, loss::ValidLabels{sample.labels}, margin_.params(), options_.impl(), fused);
+    } else {
+      return loss::margin_softmax_ce(e, w, sample.labels, margin_.params(), options_.impl(), fused);  // checks them
+    }
   }
 
   // The class centres this rank owns, [num_local, D] (shares storage with the parameter).

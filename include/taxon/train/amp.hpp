@@ -4,6 +4,7 @@
 #include "taxon/core/compat.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/core/options.hpp"
+#include "taxon/train/state_json.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
@@ -139,9 +140,14 @@ class GradScaler {
   }
 
   nlohmann::json state() const { return {{"scale", scale_}, {"growth_tracker", growth_tracker_}}; }
-  void load_state(const nlohmann::json& j) {
-    scale_ = j.at("scale").get<double>();
-    growth_tracker_ = j.at("growth_tracker").get<int64_t>();
+  // A missing or mistyped field is train.bad-checkpoint naming `where` (the file it came from) and the key.
+  void load_state(const nlohmann::json& j, const std::string& where = "grad scaler state") {
+    const auto scale = state_field<double>(j, "scale", where);
+    const auto growth_tracker = state_field<int64_t>(j, "growth_tracker", where);
+    TAXON_CHECK(scale > 0 && std::isfinite(scale), "train.bad-checkpoint", where, ": loss scale ", scale,
+                " is not a positive finite number");
+    scale_ = scale;
+    growth_tracker_ = growth_tracker;
   }
 
  private:

@@ -1,36 +1,46 @@
 #pragma once
-// Callbacks detected at compile time (ensmallen-style): a callback is any object, and each hook below is
-// called only if the object has it, checked with a `requires` expression, so an absent hook costs nothing.
+// Trainer callbacks, resolved at compile time (ensmallen-style, no virtual calls): a callback is any object that
+// declares which hooks it implements and has a member for each, e.g.
+//
+//   struct LogLoss {
+//     static constexpr taxon::train::HookSet hooks{taxon::train::Hook::on_step_end};
+//     template <typename T> void on_step_end(T& trainer, const taxon::train::StepReport& r) { ... }
+//   };
 //
 //   on_train_begin(trainer)                 on_train_end(trainer)
 //   on_epoch_begin(trainer, epoch)          on_epoch_end(trainer, epoch)
 //   on_step_begin(trainer, step)            on_step_end(trainer, const StepReport&)
 //   on_gradients(trainer)                   after backward/unscale/clip, before optimizer.step()
 //   evaluate(trainer, epoch) -> Metrics     produces metrics at the end of an epoch (empty map: not due)
-//   on_evaluate(trainer, const Metrics&)    sees the merged metrics of all evaluate hooks
+//   on_evaluated(trainer, const Metrics&)   after evaluation, with the merged metrics of all evaluate hooks
 //   should_stop(trainer) -> bool            checked after every optimizer step and epoch
+//
+// Trainer::fit checks every callback when it is compiled, so no hook is silently never called: a declared hook
+// without a member callable with its arguments (misspelt name, other parameters, a non-const member on a const
+// callback), and a member named like a hook that is not declared, are each one static_assert naming the hook.
+// C++ cannot list a class's members: the declaration is what turns a misspelt hook name into an error.
 #include "taxon/core/error.hpp"
 #include "taxon/core/log.hpp"
 #include "taxon/core/progress.hpp"
 #include "taxon/io/atomic_file.hpp"
-
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <csignal>
 #include <cmath>
+#include <concepts>
+#include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace taxon::train {
@@ -53,59 +63,224 @@ struct StepReport {
   bool skipped = false;     // fp16 step skipped because of inf/NaN gradients
 };
 
+// The hooks, named as the members that implement them.
+enum class Hook : std::uint32_t {
+  on_train_begin,
+  on_train_end,
+  on_epoch_begin,
+  on_epoch_end,
+  on_step_begin,
+  on_step_end,
+  on_gradients,
+  evaluate,
+  on_evaluated,
+  should_stop,
+};
+inline constexpr Hook kAllHooks[] = {Hook::on_train_begin, Hook::on_train_end,  Hook::on_epoch_begin,
+                                     Hook::on_epoch_end,   Hook::on_step_begin, Hook::on_step_end,
+                                     Hook::on_gradients,   Hook::evaluate,      Hook::on_evaluated,
+                                     Hook::should_stop};
+
+// The hooks a callback implements: `static constexpr HookSet hooks{Hook::on_step_end, Hook::should_stop};`.
+class HookSet {
+ public:
+  constexpr HookSet() = default;
+  constexpr HookSet(std::initializer_list<Hook> hooks) {
+    for (const Hook h : hooks) insert(h);
+  }
+  constexpr void insert(Hook h) { bits_ |= bit(h); }
+  constexpr bool contains(Hook h) const { return (bits_ & bit(h)) != 0; }
+  constexpr bool empty() const { return bits_ == 0; }
+
+ private:
+  static constexpr std::uint32_t bit(Hook h) { return std::uint32_t{1} << static_cast<std::uint32_t>(h); }
+  std::uint32_t bits_ = 0;
+};
+
 namespace hooks {
+
+template <typename C>
+concept declares_hooks = requires {
+  { std::remove_cvref_t<C>::hooks } -> std::convertible_to<HookSet>;
+};
+
+template <typename C>
+constexpr HookSet declared() {
+  if constexpr (declares_hooks<C>) return HookSet(std::remove_cvref_t<C>::hooks);
+  else return HookSet{};
+}
+
+// Whether C (const-qualified when the callback is passed as const) can run hook h of a trainer T.
+template <typename C, typename T>
+constexpr bool callable(Hook h) {
+  switch (h) {
+    case Hook::on_train_begin: return requires(C& c, T& t) { c.on_train_begin(t); };
+    case Hook::on_train_end: return requires(C& c, T& t) { c.on_train_end(t); };
+    case Hook::on_epoch_begin: return requires(C& c, T& t, int64_t e) { c.on_epoch_begin(t, e); };
+    case Hook::on_epoch_end: return requires(C& c, T& t, int64_t e) { c.on_epoch_end(t, e); };
+    case Hook::on_step_begin: return requires(C& c, T& t, int64_t s) { c.on_step_begin(t, s); };
+    case Hook::on_step_end: return requires(C& c, T& t, const StepReport& r) { c.on_step_end(t, r); };
+    case Hook::on_gradients: return requires(C& c, T& t) { c.on_gradients(t); };
+    case Hook::evaluate:
+      return requires(C& c, T& t, int64_t e) { { c.evaluate(t, e) } -> std::convertible_to<Metrics>; };
+    case Hook::on_evaluated: return requires(C& c, T& t, const Metrics& m) { c.on_evaluated(t, m); };
+    case Hook::should_stop: return requires(C& c, T& t) { { c.should_stop(t) } -> std::convertible_to<bool>; };
+  }
+  return false;
+}
+
+// Whether class C has a member of a hook's name, whatever its kind or signature: the name is looked up in a class
+// deriving from both C and a probe with a member of that name, which is ambiguous exactly when C has one too.
+// A final class cannot be derived from; for it only the declared hooks are checked.
+#define TAXON_DETAIL_HOOK_NAME_PROBE(name)                   \
+  struct name##_probe {                                      \
+    int name;                                                \
+  };                                                         \
+  template <typename C>                                      \
+  struct name##_mixin : C, name##_probe {};                  \
+  template <typename C>                                      \
+  constexpr bool has_##name() {                              \
+    if constexpr (std::is_class_v<C> && !std::is_final_v<C>) \
+      return !requires { &name##_mixin<C>::name; };          \
+    else                                                     \
+      return false;                                          \
+  }
+namespace names {
+TAXON_DETAIL_HOOK_NAME_PROBE(on_train_begin)
+TAXON_DETAIL_HOOK_NAME_PROBE(on_train_end)
+TAXON_DETAIL_HOOK_NAME_PROBE(on_epoch_begin)
+TAXON_DETAIL_HOOK_NAME_PROBE(on_epoch_end)
+TAXON_DETAIL_HOOK_NAME_PROBE(on_step_begin)
+TAXON_DETAIL_HOOK_NAME_PROBE(on_step_end)
+TAXON_DETAIL_HOOK_NAME_PROBE(on_gradients)
+TAXON_DETAIL_HOOK_NAME_PROBE(evaluate)
+TAXON_DETAIL_HOOK_NAME_PROBE(on_evaluated)
+TAXON_DETAIL_HOOK_NAME_PROBE(should_stop)
+}  // namespace names
+#undef TAXON_DETAIL_HOOK_NAME_PROBE
+
+template <typename C>
+constexpr bool has_member_named(Hook h) {
+  using P = std::remove_cvref_t<C>;
+  switch (h) {
+    case Hook::on_train_begin: return names::has_on_train_begin<P>();
+    case Hook::on_train_end: return names::has_on_train_end<P>();
+    case Hook::on_epoch_begin: return names::has_on_epoch_begin<P>();
+    case Hook::on_epoch_end: return names::has_on_epoch_end<P>();
+    case Hook::on_step_begin: return names::has_on_step_begin<P>();
+    case Hook::on_step_end: return names::has_on_step_end<P>();
+    case Hook::on_gradients: return names::has_on_gradients<P>();
+    case Hook::evaluate: return names::has_evaluate<P>();
+    case Hook::on_evaluated: return names::has_on_evaluated<P>();
+    case Hook::should_stop: return names::has_should_stop<P>();
+  }
+  return false;
+}
+
+// What is wrong with C as a callback of a trainer T; ok() when nothing.
+struct CallbackCheck {
+  bool declares = false;  // has `static constexpr HookSet hooks`
+  HookSet not_callable;   // declared, but no member callable as that hook
+  HookSet undeclared;     // a member named like a hook, not declared
+  constexpr bool ok() const { return declares && not_callable.empty() && undeclared.empty(); }
+};
+
+template <typename C, typename T>
+constexpr CallbackCheck check() {
+  CallbackCheck out;
+  out.declares = declares_hooks<C>;
+  if (!out.declares) return out;  // one error for a callback without a declaration, not one per member
+  const HookSet d = declared<C>();
+  for (const Hook h : kAllHooks) {
+    if (d.contains(h) && !callable<C, T>(h)) out.not_callable.insert(h);
+    if (!d.contains(h) && has_member_named<C>(h)) out.undeclared.insert(h);
+  }
+  return out;
+}
+
+#define TAXON_DETAIL_REQUIRE_HOOK(name, parameters)                                                               \
+  static_assert(!result.not_callable.contains(Hook::name),                                                       \
+                "taxon::train callback declares Hook::" #name " but has no member " #name parameters             \
+                " callable on it (misspelt name, other parameters, or a non-const member on a const callback?)"); \
+  static_assert(!result.undeclared.contains(Hook::name),                                                         \
+                "taxon::train callback has a member named " #name " that is not declared in its `hooks`: add "   \
+                "Hook::" #name " to them, or rename the member");
+
+// Compile-time check of one callback (C as passed to fit, const-qualified if const) for a trainer T.
+template <typename C, typename T>
+constexpr void require_valid_callback() {
+  constexpr CallbackCheck result = check<C, T>();
+  static_assert(result.declares,
+                "taxon::train callback does not declare its hooks: add e.g. `static constexpr "
+                "taxon::train::HookSet hooks{taxon::train::Hook::on_step_end};` (hooks{} for none)");
+  TAXON_DETAIL_REQUIRE_HOOK(on_train_begin, "(trainer)")
+  TAXON_DETAIL_REQUIRE_HOOK(on_train_end, "(trainer)")
+  TAXON_DETAIL_REQUIRE_HOOK(on_epoch_begin, "(trainer, int64_t epoch)")
+  TAXON_DETAIL_REQUIRE_HOOK(on_epoch_end, "(trainer, int64_t epoch)")
+  TAXON_DETAIL_REQUIRE_HOOK(on_step_begin, "(trainer, int64_t step)")
+  TAXON_DETAIL_REQUIRE_HOOK(on_step_end, "(trainer, const StepReport&)")
+  TAXON_DETAIL_REQUIRE_HOOK(on_gradients, "(trainer)")
+  TAXON_DETAIL_REQUIRE_HOOK(evaluate, "(trainer, int64_t epoch) -> Metrics")
+  TAXON_DETAIL_REQUIRE_HOOK(on_evaluated, "(trainer, const Metrics&)")
+  TAXON_DETAIL_REQUIRE_HOOK(should_stop, "(trainer) -> bool")
+}
+#undef TAXON_DETAIL_REQUIRE_HOOK
+
+// Hook dispatch: a hook runs when declared and callable (require_valid_callback reports the other cases, and this
+// keeps a bad callback to that one message).
+template <typename C, typename T>
+constexpr bool runs(Hook h) {
+  return declared<C>().contains(h) && callable<C, T>(h);
+}
 template <typename C, typename T>
 void train_begin(C& c, T& t) {
-  if constexpr (requires { c.on_train_begin(t); }) c.on_train_begin(t);
+  if constexpr (runs<C, T>(Hook::on_train_begin)) c.on_train_begin(t);
 }
 template <typename C, typename T>
 void train_end(C& c, T& t) {
-  if constexpr (requires { c.on_train_end(t); }) c.on_train_end(t);
+  if constexpr (runs<C, T>(Hook::on_train_end)) c.on_train_end(t);
 }
 template <typename C, typename T>
 void epoch_begin(C& c, T& t, int64_t e) {
-  if constexpr (requires { c.on_epoch_begin(t, e); }) c.on_epoch_begin(t, e);
+  if constexpr (runs<C, T>(Hook::on_epoch_begin)) c.on_epoch_begin(t, e);
 }
 template <typename C, typename T>
 void epoch_end(C& c, T& t, int64_t e) {
-  if constexpr (requires { c.on_epoch_end(t, e); }) c.on_epoch_end(t, e);
+  if constexpr (runs<C, T>(Hook::on_epoch_end)) c.on_epoch_end(t, e);
 }
 template <typename C, typename T>
 void step_begin(C& c, T& t, int64_t s) {
-  if constexpr (requires { c.on_step_begin(t, s); }) c.on_step_begin(t, s);
+  if constexpr (runs<C, T>(Hook::on_step_begin)) c.on_step_begin(t, s);
 }
 template <typename C, typename T>
 void step_end(C& c, T& t, const StepReport& r) {
-  if constexpr (requires { c.on_step_end(t, r); }) c.on_step_end(t, r);
+  if constexpr (runs<C, T>(Hook::on_step_end)) c.on_step_end(t, r);
 }
 template <typename C, typename T>
 void gradients(C& c, T& t) {
-  if constexpr (requires { c.on_gradients(t); }) c.on_gradients(t);
+  if constexpr (runs<C, T>(Hook::on_gradients)) c.on_gradients(t);
 }
 template <typename C, typename T>
 void evaluate(C& c, T& t, int64_t e, Metrics& merged) {
-  if constexpr (requires { { c.evaluate(t, e) } -> std::convertible_to<Metrics>; }) {
+  if constexpr (runs<C, T>(Hook::evaluate)) {
     for (auto& [k, v] : Metrics(c.evaluate(t, e))) merged[k] = v;
   }
 }
 template <typename C, typename T>
 void evaluated(C& c, T& t, const Metrics& m) {
-  if constexpr (requires { c.on_evaluate(t, m); }) c.on_evaluate(t, m);
+  if constexpr (runs<C, T>(Hook::on_evaluated)) c.on_evaluated(t, m);
 }
 template <typename C, typename T>
 bool should_stop(C& c, T& t) {
-  if constexpr (requires { { c.should_stop(t) } -> std::convertible_to<bool>; }) return static_cast<bool>(c.should_stop(t));
+  if constexpr (runs<C, T>(Hook::should_stop)) return static_cast<bool>(c.should_stop(t));
   else return false;
-}
-template <typename C, typename T>
-constexpr bool has_evaluate() {
-  return requires(C& c, T& t, int64_t e) { { c.evaluate(t, e) } -> std::convertible_to<Metrics>; };
 }
 }  // namespace hooks
 
 // Progress bar: loss, lr, images/s and ETA through taxon::Progress (redrawn on a terminal, one summary line otherwise).
 class ProgressBar {
  public:
+  static constexpr HookSet hooks{Hook::on_train_begin, Hook::on_step_end, Hook::on_train_end};
   explicit ProgressBar(std::string label = "train") : label_(std::move(label)) {}
   template <typename T>
   void on_train_begin(T& trainer) {
@@ -144,6 +319,7 @@ class ProgressBar {
 // are dropped first (rewritten atomically) so the log reads like one uninterrupted run.
 class MetricsLog {
  public:
+  static constexpr HookSet hooks{Hook::on_train_begin, Hook::on_step_end, Hook::on_evaluated};
   explicit MetricsLog(std::filesystem::path path, int64_t every_steps = 1) : path_(std::move(path)), every_(every_steps) {
     TAXON_CHECK(every_steps >= 1, "train.bad-option", "MetricsLog every_steps must be >= 1, got ", every_steps);
   }
@@ -151,8 +327,8 @@ class MetricsLog {
 
   template <typename T>
   void on_train_begin(T& trainer) {
-    if (path_.has_parent_path()) std::filesystem::create_directories(path_.parent_path());
-    if (trainer.global_step() > 0 && std::filesystem::exists(path_)) truncate_after(trainer.global_step());
+    if (path_.has_parent_path()) io::ensure_directory(path_.parent_path());
+    if (trainer.global_step() > 0 && io::path_exists(path_)) truncate_after(trainer.global_step());
   }
   template <typename T>
   void on_step_end(T&, const StepReport& r) {
@@ -166,30 +342,29 @@ class MetricsLog {
     append(j);
   }
   template <typename T>
-  void on_evaluate(T& trainer, const Metrics& m) {
+  void on_evaluated(T& trainer, const Metrics& m) {
     nlohmann::json j = {{"event", "eval"}, {"epoch", trainer.epoch()}, {"step", trainer.global_step()}};
     for (const auto& [k, v] : m) j[k] = v;
     append(j);
   }
 
-  void append(const nlohmann::json& j) {
-    const std::string line = j.dump() + "\n";
-    const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    TAXON_CHECK(fd >= 0, "io.cannot-write", "cannot open ", path_.string(), ": ", std::strerror(errno));
-    const ssize_t n = ::write(fd, line.data(), line.size());
-    ::close(fd);
-    TAXON_CHECK(n == static_cast<ssize_t>(line.size()), "io.cannot-write", "short write to ", path_.string());
-  }
+  void append(const nlohmann::json& j) { io::append_text(path_, j.dump() + "\n"); }
 
  private:
+  // Keeps the lines of steps <= `step`. A torn last line (a killed run) is dropped; a line whose "step" is not an
+  // integer is damage this log cannot place, and an error naming the line.
   void truncate_after(int64_t step) {
     std::istringstream in(io::read_file(path_));
     std::string line, kept;
-    while (std::getline(in, line)) {
+    for (int64_t number = 1; std::getline(in, line); ++number) {
       if (line.empty()) continue;
-      const auto j = nlohmann::json::parse(line, nullptr, false);
-      if (j.is_discarded()) continue;  // a torn last line from a killed run
-      if (j.contains("step") && j["step"].get<int64_t>() > step) continue;
+      const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (j.is_discarded()) continue;
+      if (j.is_object() && j.contains("step")) {
+        TAXON_CHECK(j["step"].is_number_integer(), "train.bad-metrics-log", path_.string(), " line ", number,
+                    ": \"step\" is ", j["step"].dump(), ", not an integer");
+        if (j["step"].get<int64_t>() > step) continue;
+      }
       kept += line + "\n";
     }
     io::write_text_atomically(path_, kept);
@@ -203,6 +378,7 @@ class MetricsLog {
 template <typename Fn>
 class Evaluate {
  public:
+  static constexpr HookSet hooks{Hook::evaluate};
   explicit Evaluate(Fn fn, int64_t every_epochs = 1) : fn_(std::move(fn)), every_(every_epochs) {
     TAXON_CHECK(every_epochs >= 1, "train.bad-option", "Evaluate every_epochs must be >= 1, got ", every_epochs);
   }
@@ -221,6 +397,7 @@ class Evaluate {
 // `every_epochs` epochs (0: off), keeping the newest `keep_last` (0: all).
 class Checkpointing {
  public:
+  static constexpr HookSet hooks{Hook::on_step_end, Hook::on_epoch_end};
   explicit Checkpointing(std::filesystem::path dir, int64_t every_steps = 0, int64_t every_epochs = 1, int keep_last = 2)
       : dir_(std::move(dir)), every_steps_(every_steps), every_epochs_(every_epochs), keep_(keep_last) {
     TAXON_CHECK(every_steps >= 0 && every_epochs >= 0, "train.bad-option",
@@ -246,12 +423,13 @@ class Checkpointing {
 // on the best by more than `min_delta`.
 class EarlyStop {
  public:
+  static constexpr HookSet hooks{Hook::on_evaluated, Hook::should_stop};
   EarlyStop(std::string metric, int patience, bool maximize = true, double min_delta = 0.0)
       : metric_(std::move(metric)), patience_(patience), maximize_(maximize), min_delta_(min_delta) {
     TAXON_CHECK(patience >= 1, "train.bad-option", "EarlyStop patience must be >= 1, got ", patience);
   }
   template <typename T>
-  void on_evaluate(T&, const Metrics& m) {
+  void on_evaluated(T&, const Metrics& m) {
     auto it = m.find(metric_);
     if (it == m.end()) return;
     const double v = it->second;
@@ -282,6 +460,7 @@ class EarlyStop {
 // final trainer.save_checkpoint() to make Ctrl-C resumable.
 class StopFlag {
  public:
+  static constexpr HookSet hooks{Hook::should_stop};
   explicit StopFlag(const volatile std::sig_atomic_t* flag) : flag_(flag) {}
   template <typename T>
   bool should_stop(T&) const { return *flag_ != 0; }

@@ -1,132 +1,298 @@
 #pragma once
-// Checkpoint directories written atomically: everything goes into a hidden temporary sibling directory that is
-// renamed into place only when complete, and then the `latest` pointer file is replaced atomically. A crash at
-// any point leaves `latest` naming the previous, complete checkpoint.
+// The training checkpoint format, owned by TrainingCheckpoint: file names, layout, the `latest` pointer, pruning,
+// saving and loading. Trainer::save_checkpoint and Trainer::resume hand it their parts and never name a file.
+//
+//   <root>/step-<optimizer step, 9 digits>/
+//       backbone.pt    pickled {name: tensor} of every parameter and buffer (Python reads it with torch.load)
+//       head.pt        the same for the head (e.g. PartialFC's class centres)
+//       optimizer.pt   torch::serialize archive of the optimizer (AdamW moments and step counts)
+//       rng.pt         pickled {"cpu": state[, "head": state][, "backbone": state]} generator states
+//       trainer.json   {"format": 2, "files": {part: {"name": file, "bytes": size}}, "trainer": {...}}
+//   <root>/latest      the name of the newest complete step directory
+//
+// A step directory is filled under a hidden temporary name and renamed into place when complete, and `latest` is
+// replaced atomically after that: a crash at any point leaves `latest` naming a complete checkpoint. The "files"
+// manifest lets a load report a missing or truncated part by name before parsing anything (more per-file facts,
+// e.g. checksums, belong there). Format 1 (the trainer's state at the top level, no manifest) is still read.
 #include "taxon/core/error.hpp"
-#include "taxon/core/log.hpp"
 #include "taxon/io/atomic_file.hpp"
+#include "taxon/io/json.hpp"
 #include "taxon/io/pickle.hpp"
+#include "taxon/train/state_json.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/Dict.h>
 #include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
 #include <torch/serialize.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <filesystem>
-#include <functional>
+#include <mutex>
 #include <optional>
-#include <random>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 namespace taxon::train {
 
-namespace fs = std::filesystem;
+using TensorDict = c10::Dict<std::string, at::Tensor>;
+// Generator states by owner: "cpu" (LibTorch's default generator), "head" and "backbone" (their own generators).
+using GeneratorStates = TensorDict;
 
-inline constexpr const char* latest_pointer_file = "latest";
-inline constexpr const char* trainer_state_file = "trainer.json";
+// The objects whose state a checkpoint holds besides the generators and the trainer's JSON state.
+struct CheckpointParts {
+  torch::nn::Module& backbone;
+  torch::nn::Module& head;
+  torch::optim::Optimizer& optimizer;
+};
 
-inline std::string checkpoint_name(int64_t global_step) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "step-%09lld", static_cast<long long>(global_step));
-  return buf;
-}
-
-// Creates root/name by filling a temporary directory and renaming it, then points root/latest at it.
-// On any exception the temporary directory is removed and root/latest is unchanged.
-inline fs::path write_checkpoint_dir(const fs::path& root, const std::string& name,
-                                     const std::function<void(const fs::path& dir)>& fill) {
-  std::error_code ec;
-  fs::create_directories(root, ec);
-  TAXON_CHECK(!ec, "io.cannot-write", "cannot create checkpoint directory ", root.string(), ": ", ec.message());
-  std::random_device rd;
-  const fs::path tmp = root / ("." + name + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(rd()));
-  const fs::path target = root / name;
-  try {
-    fs::create_directories(tmp, ec);
-    TAXON_CHECK(!ec, "io.cannot-write", "cannot create ", tmp.string(), ": ", ec.message());
-    fill(tmp);
-    io::fsync_path(tmp);
-    if (fs::exists(target)) fs::remove_all(target);  // re-saving the same step replaces it
-    fs::rename(tmp, target, ec);
-    TAXON_CHECK(!ec, "io.cannot-write", "cannot rename ", tmp.string(), " to ", target.string(), ": ", ec.message());
-    io::fsync_path(root);
-    io::write_text_atomically(root / latest_pointer_file, name + "\n");
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove_all(tmp, ignored);
-    throw;
-  }
-  return target;
-}
-
-// The directory root/latest points at, if it exists and is complete.
-inline std::optional<fs::path> latest_checkpoint(const fs::path& root) {
-  const fs::path pointer = root / latest_pointer_file;
-  if (!fs::exists(pointer)) return std::nullopt;
-  std::string name = io::read_file(pointer);
-  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
-  const fs::path dir = root / name;
-  TAXON_CHECK(!name.empty() && fs::exists(dir / trainer_state_file), "train.bad-checkpoint", pointer.string(),
-              " names '", name, "' but ", (dir / trainer_state_file).string(), " does not exist");
-  return dir;
-}
-
-// Removes all but the newest `keep` step-* checkpoints (never the one `latest` names); keep <= 0 keeps all.
-inline void prune_checkpoints(const fs::path& root, int keep) {
-  if (keep <= 0 || !fs::exists(root)) return;
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(root)) {
-    const std::string n = e.path().filename().string();
-    if (e.is_directory() && n.rfind("step-", 0) == 0) names.push_back(n);
-  }
-  std::sort(names.begin(), names.end());
-  const auto latest = latest_checkpoint(root);
-  for (size_t i = 0; i + static_cast<size_t>(keep) < names.size(); ++i) {
-    if (latest && latest->filename() == names[i]) continue;
-    std::error_code ignored;
-    fs::remove_all(root / names[i], ignored);
-  }
-}
-
-// name → tensor for every parameter and buffer (the module's state_dict), detached, on CPU.
-inline c10::Dict<std::string, at::Tensor> module_state(const torch::nn::Module& module) {
-  c10::Dict<std::string, at::Tensor> state;
-  for (const auto& p : module.named_parameters(true)) state.insert(p.key(), p.value().detach().cpu().clone());
-  for (const auto& b : module.named_buffers(true)) state.insert(b.key(), b.value().detach().cpu().clone());
-  return state;
-}
-
-inline void save_module_state(const fs::path& file, const torch::nn::Module& module) {
-  const std::vector<char> bytes = torch::pickle_save(module_state(module));
-  io::write_atomically(file, [&](std::ostream& out) { out.write(bytes.data(), static_cast<std::streamsize>(bytes.size())); });
-}
-
-// Copies a saved state into `module`; missing or extra names and shape differences are errors naming them.
-inline void load_module_state(const fs::path& file, torch::nn::Module& module, const std::string& what) {
-  const auto value = io::load_pickle(file, "train.bad-checkpoint");
-  TAXON_CHECK(value.isGenericDict(), "train.bad-checkpoint", file.string(), " is not a tensor dictionary");
-  auto dict = c10::impl::toTypedDict<std::string, at::Tensor>(value.toGenericDict());
-  torch::NoGradGuard no_grad;
-  size_t matched = 0;
-  auto restore = [&](const std::string& name, at::Tensor& target) {
-    auto it = dict.find(name);
-    TAXON_CHECK(it != dict.end(), "train.checkpoint-mismatch", what, " tensor '", name, "' is missing from ",
-                file.string());
-    const at::Tensor& src = it->value();
-    TAXON_CHECK(src.sizes() == target.sizes(), "train.checkpoint-mismatch", what, " tensor '", name, "' has shape ",
-                src.sizes(), " in ", file.string(), " but the model expects ", target.sizes());
-    target.copy_(src);
-    ++matched;
+class TrainingCheckpoint {
+ public:
+  static constexpr int kFormat = 2;
+  static constexpr const char* kLatestFile = "latest";
+  static constexpr const char* kStateFile = "trainer.json";
+  // Manifest entries: part -> file name inside the step directory.
+  struct Part {
+    const char* part;
+    const char* file;
   };
-  for (auto& p : module.named_parameters(true)) restore(p.key(), p.value());
-  for (auto& b : module.named_buffers(true)) restore(b.key(), b.value());
-  TAXON_CHECK(matched == dict.size(), "train.checkpoint-mismatch", file.string(), " holds ", dict.size(),
-              " tensors but the ", what, " has ", matched);
-}
+  static constexpr std::array<Part, 4> kParts{
+      {{"backbone", "backbone.pt"}, {"head", "head.pt"}, {"optimizer", "optimizer.pt"}, {"rng", "rng.pt"}}};
+
+  // "step-000000042": the directory of the checkpoint taken after optimizer step 42 (sorts by step).
+  static std::string directory_name(int64_t step) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "step-%09lld", static_cast<long long>(step));
+    return buf;
+  }
+
+  // Writes root/step-<step>/ atomically, points root/latest at it and keeps the newest `keep_last` step
+  // directories (0: all). `state` is the trainer's own JSON state. Returns the new directory.
+  static std::filesystem::path save(const std::filesystem::path& root, int64_t step, const CheckpointParts& parts,
+                                    const GeneratorStates& generators, const nlohmann::json& state,
+                                    int keep_last = 0) {
+    const std::string name = directory_name(step);
+    const auto dir = io::write_directory_atomically(root, name, [&](const std::filesystem::path& d) {
+      write_pickle(d / file_of("backbone"), module_state(parts.backbone));
+      write_pickle(d / file_of("head"), module_state(parts.head));
+      io::write_atomically(d / file_of("optimizer"), [&](std::ostream& out) {
+        torch::serialize::OutputArchive archive;
+        parts.optimizer.save(archive);
+        archive.save_to(out);
+      });
+      write_pickle(d / file_of("rng"), generators);
+      nlohmann::json files = nlohmann::json::object();
+      for (const auto& p : kParts) files[p.part] = {{"name", p.file}, {"bytes", io::file_size(d / p.file)}};
+      const nlohmann::json doc = {{"format", kFormat}, {"files", std::move(files)}, {"trainer", state}};
+      io::write_text_atomically(d / kStateFile, doc.dump(2));
+    });
+    io::write_text_atomically(root / kLatestFile, name + "\n");
+    prune(root, keep_last);
+    return dir;
+  }
+
+  // The checkpoint at `path`: a step directory, or a root whose `latest` names one; nullopt when `path` holds none
+  // yet (a fresh run). trainer.json and the manifest are read and checked here; nothing is restored yet.
+  static std::optional<TrainingCheckpoint> open(const std::filesystem::path& path) {
+    std::filesystem::path dir = path;
+    if (!io::path_exists(path / kStateFile)) {
+      const auto named = latest(path);
+      if (!named) return std::nullopt;
+      dir = *named;
+    }
+    return TrainingCheckpoint(dir);
+  }
+
+  // The step directory root/latest names; nullopt when there is no `latest` (no checkpoint saved yet).
+  static std::optional<std::filesystem::path> latest(const std::filesystem::path& root) {
+    const auto pointer = root / kLatestFile;
+    if (!io::path_exists(pointer)) return std::nullopt;
+    std::string name = io::read_file(pointer);
+    while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+    TAXON_CHECK(!name.empty() && name.find('/') == std::string::npos && name != "." && name != "..",
+                "train.bad-checkpoint", pointer.string(), " does not hold a checkpoint directory name: '", name, "'");
+    const auto dir = root / name;
+    TAXON_CHECK(io::path_exists(dir / kStateFile), "train.bad-checkpoint", pointer.string(), " names '", name, "' but ",
+                (dir / kStateFile).string(), " does not exist");
+    return dir;
+  }
+
+  // Removes all but the newest `keep` step directories (never the one `latest` names); keep <= 0 keeps all.
+  static void prune(const std::filesystem::path& root, int keep) {
+    if (keep <= 0 || !io::path_exists(root)) return;
+    std::vector<std::string> names;
+    for (auto& n : io::subdirectory_names(root))
+      if (n.rfind("step-", 0) == 0) names.push_back(std::move(n));
+    const auto newest = latest(root);
+    for (size_t i = 0; i + static_cast<size_t>(keep) < names.size(); ++i) {
+      if (newest && newest->filename() == names[i]) continue;
+      std::error_code ignored;  // an old checkpoint that cannot be removed is left behind, not fatal
+      std::filesystem::remove_all(root / names[i], ignored);
+    }
+  }
+
+  const std::filesystem::path& dir() const { return dir_; }
+  // trainer.json of this checkpoint, for naming it in errors.
+  std::filesystem::path state_file() const { return dir_ / kStateFile; }
+  // The trainer's JSON state as saved.
+  const nlohmann::json& state() const { return state_; }
+
+  // The generator states (rng.pt), read and checked; nothing is applied.
+  GeneratorStates generators() const {
+    const auto file = dir_ / file_of("rng");
+    const c10::IValue value = read_pickle(file, "generator states");
+    TAXON_CHECK(value.isGenericDict(), "train.bad-checkpoint", file.string(),
+                " does not hold a dictionary of generator states");
+    return to_tensor_dict(value, file, "generator states");
+  }
+
+  // Copies the saved backbone, head and optimizer state into `parts` (optimizer state onto `device`). Both modules'
+  // names and shapes are checked before any tensor is copied; a mismatch is train.checkpoint-mismatch naming them.
+  void restore(const CheckpointParts& parts, at::Device device) const {
+    const auto backbone_file = dir_ / file_of("backbone");
+    const auto head_file = dir_ / file_of("head");
+    const auto backbone = read_module_state(backbone_file);
+    const auto head = read_module_state(head_file);
+    check_module_state(backbone, parts.backbone, backbone_file, "backbone");
+    check_module_state(head, parts.head, head_file, "head");
+    const auto optimizer_file = dir_ / file_of("optimizer");
+    torch::serialize::InputArchive archive;
+    try {
+      archive.load_from(optimizer_file.string(), device);
+    } catch (const c10::Error& e) {
+      TAXON_FAIL("train.bad-checkpoint", optimizer_file.string(), " is not a readable optimizer archive: ",
+                 e.what_without_backtrace());
+    }
+    try {
+      parts.optimizer.load(archive);
+    } catch (const c10::Error& e) {
+      TAXON_FAIL("train.checkpoint-mismatch", optimizer_file.string(),
+                 " does not fit this optimizer (other parameters or optimizer?): ", e.what_without_backtrace());
+    }
+    copy_module_state(backbone, parts.backbone);
+    copy_module_state(head, parts.head);
+  }
+
+ private:
+  explicit TrainingCheckpoint(std::filesystem::path dir) : dir_(std::move(dir)) {
+    const auto file = state_file();
+    const std::string where = file.string();
+    const auto parsed = io::parse_json(io::read_file(file));
+    TAXON_CHECK(parsed, "train.bad-checkpoint", where, ": ", parsed.error);
+    const nlohmann::json& doc = parsed.value;
+    TAXON_CHECK(doc.is_object(), "train.bad-checkpoint", where, " is not a JSON object (truncated or overwritten?)");
+    const auto format = doc.contains("format") && doc["format"].is_number_integer() ? doc["format"].get<int>() : 0;
+    TAXON_CHECK(format == 1 || format == kFormat, "train.bad-checkpoint", where,
+                " is not a taxon training checkpoint this version reads (format ",
+                doc.contains("format") ? doc["format"].dump() : std::string("missing"), "; reads 1 and ", kFormat, ")");
+    if (format == 1) {  // the trainer's state at the top level, fixed file names, no sizes
+      state_ = doc;
+      for (const auto& p : kParts)
+        TAXON_CHECK(io::path_exists(dir_ / p.file), "train.bad-checkpoint", (dir_ / p.file).string(),
+                    " is missing from the checkpoint");
+      return;
+    }
+    state_ = state_value(doc, "trainer", where);
+    const auto& files = state_value(doc, "files", where);
+    const std::string files_where = where + " 'files'";
+    for (const auto& p : kParts) {
+      const auto& entry = state_value(files, p.part, files_where);
+      const std::string entry_where = files_where + " '" + p.part + "'";
+      const auto name = state_field<std::string>(entry, "name", entry_where);
+      TAXON_CHECK(name == p.file, "train.bad-checkpoint", entry_where, " names '", name, "'; this version writes '",
+                  p.file, "'");
+      const auto bytes = state_field<std::uint64_t>(entry, "bytes", entry_where);
+      const auto path = dir_ / p.file;
+      std::error_code ec;
+      const auto size = std::filesystem::file_size(path, ec);
+      TAXON_CHECK(!ec, "train.bad-checkpoint", path.string(), " is missing from the checkpoint (", ec.message(), ")");
+      TAXON_CHECK(size == bytes, "train.bad-checkpoint", path.string(), " is ", size, " bytes but ", where,
+                  " records ", bytes, " (truncated or replaced after saving?)");
+    }
+  }
+
+  static const char* file_of(std::string_view part) {
+    for (const auto& p : kParts)
+      if (part == p.part) return p.file;
+    TAXON_FAIL("train.bad-checkpoint", "no checkpoint part '", part, "'");
+  }
+
+  // name -> tensor for every parameter and buffer (the module's state_dict), detached, on CPU.
+  static TensorDict module_state(const torch::nn::Module& module) {
+    TensorDict state;
+    for (const auto& p : module.named_parameters(true)) state.insert(p.key(), p.value().detach().cpu().clone());
+    for (const auto& b : module.named_buffers(true)) state.insert(b.key(), b.value().detach().cpu().clone());
+    return state;
+  }
+
+  static void write_pickle(const std::filesystem::path& file, const TensorDict& dict) {
+    const std::vector<char> bytes = torch::pickle_save(dict);
+    io::write_atomically(file, [&](std::ostream& out) {
+      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    });
+  }
+
+  static c10::IValue read_pickle(const std::filesystem::path& file, const char* what) {
+    try {
+      return io::load_pickle(file, what);
+    } catch (const c10::Error& e) {
+      TAXON_FAIL("train.bad-checkpoint", file.string(), " is not a readable pickle of ", what, ": ",
+                 e.what_without_backtrace());
+    }
+  }
+
+  static TensorDict to_tensor_dict(const c10::IValue& value, const std::filesystem::path& file,
+                                                           const char* what) {
+    TensorDict out;
+    for (const auto& kv : value.toGenericDict()) {
+      TAXON_CHECK(kv.key().isString() && kv.value().isTensor(), "train.bad-checkpoint", file.string(),
+                  " holds a non-tensor entry among its ", what);
+      out.insert(kv.key().toStringRef(), kv.value().toTensor());
+    }
+    return out;
+  }
+
+  static TensorDict read_module_state(const std::filesystem::path& file) {
+    const c10::IValue value = read_pickle(file, "module tensors");
+    TAXON_CHECK(value.isGenericDict(), "train.bad-checkpoint", file.string(), " is not a tensor dictionary");
+    return to_tensor_dict(value, file, "module tensors");
+  }
+
+  // Every parameter and buffer of `module` must be in `state` with its shape, and nothing else.
+  static void check_module_state(const TensorDict& state, const torch::nn::Module& module,
+                                 const std::filesystem::path& file, const char* what) {
+    size_t matched = 0;
+    auto check = [&](const std::string& name, const at::Tensor& target) {
+      auto it = state.find(name);
+      TAXON_CHECK(it != state.end(), "train.checkpoint-mismatch", what, " tensor '", name, "' is missing from ",
+                  file.string());
+      TAXON_CHECK(it->value().sizes() == target.sizes(), "train.checkpoint-mismatch", what, " tensor '", name,
+                  "' has shape ", it->value().sizes(), " in ", file.string(), " but the model expects ",
+                  target.sizes());
+      ++matched;
+    };
+    for (const auto& p : module.named_parameters(true)) check(p.key(), p.value());
+    for (const auto& b : module.named_buffers(true)) check(b.key(), b.value());
+    TAXON_CHECK(matched == state.size(), "train.checkpoint-mismatch", file.string(), " holds ", state.size(),
+                " tensors but the ", what, " has ", matched);
+  }
+
+  static void copy_module_state(const TensorDict& state, torch::nn::Module& module) {
+    torch::NoGradGuard no_grad;
+    for (auto& p : module.named_parameters(true)) p.value().copy_(state.at(p.key()));
+    for (auto& b : module.named_buffers(true)) b.value().copy_(state.at(b.key()));
+  }
+
+  std::filesystem::path dir_;
+  nlohmann::json state_;
+};
 
 // The default CPU generator's state (dropout, PartialFC's negative sampling and anything else drawing from it).
 inline at::Tensor cpu_rng_state() {

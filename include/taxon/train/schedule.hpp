@@ -4,6 +4,7 @@
 // optionally, beta1; its whole state is (kind, parameters, t, total) so it round-trips through a checkpoint.
 #include "taxon/core/error.hpp"
 #include "taxon/core/options.hpp"
+#include "taxon/train/state_json.hpp"
 
 #include <torch/optim/adamw.h>
 
@@ -40,7 +41,8 @@ struct OneCycleOptions {
   TAXON_ARG(double, pct_start) = 0.1;
   TAXON_ARG(double, div_factor) = 25.0;
   TAXON_ARG(double, final_div_factor) = 1e4;
-  // OneCycleLR's cycle_momentum: drives AdamW's beta1 between max_beta1 and base_beta1 (on for parity).
+  // OneCycleLR's cycle_momentum: drives AdamW's beta1 from max_beta1 (at the start and end) to base_beta1 (at the
+  // peak lr); on with PyTorch's bounds for parity. While on, TrainerOptions::beta1 must stay unset (Trainer checks).
   TAXON_ARG(bool, cycle_momentum) = true;
   TAXON_ARG(double, base_beta1) = 0.85;
   TAXON_ARG(double, max_beta1) = 0.95;
@@ -64,6 +66,9 @@ class Schedule {
     TAXON_CHECK(o.div_factor() > 0 && o.final_div_factor() > 0, "train.bad-option",
                 "OneCycle div_factor and final_div_factor must be > 0, got ", o.div_factor(), " and ",
                 o.final_div_factor());
+    TAXON_CHECK(o.base_beta1() >= 0 && o.base_beta1() < 1 && o.max_beta1() >= 0 && o.max_beta1() < 1,
+                "train.bad-option", "OneCycle base_beta1 and max_beta1 must be in [0,1), got ", o.base_beta1(),
+                " and ", o.max_beta1());
     Schedule s(ScheduleKind::one_cycle);
     s.one_cycle_ = o;
     return s;
@@ -84,6 +89,9 @@ class Schedule {
   }
 
   ScheduleKind kind() const { return kind_; }
+  // True when apply() overwrites AdamW's beta1 every step (OneCycle with cycle_momentum).
+  bool cycles_beta1() const { return kind_ == ScheduleKind::one_cycle && one_cycle_.cycle_momentum(); }
+  const OneCycleOptions& one_cycle_options() const { return one_cycle_; }
   int64_t step_count() const { return t_; }
   int64_t total_steps() const { return total_; }
 
@@ -127,7 +135,7 @@ class Schedule {
 
   // AdamW beta1 at step t when the schedule cycles it, otherwise nullopt (betas left as configured).
   std::optional<double> beta1_at(int64_t t) const {
-    if (kind_ != ScheduleKind::one_cycle || !one_cycle_.cycle_momentum()) return std::nullopt;
+    if (!cycles_beta1()) return std::nullopt;
     const double p1 = one_cycle_.pct_start() * static_cast<double>(total_) - 1.0;
     const double td = static_cast<double>(t);
     if (p1 > 0 && td <= p1) return cosine_anneal(one_cycle_.max_beta1(), one_cycle_.base_beta1(), td / p1);
@@ -177,30 +185,41 @@ class Schedule {
   }
 
   // Restores a state written by state(); a schedule of another kind or length is an error, not a silent switch.
-  void load_state(const nlohmann::json& j) {
-    const std::string kind = j.at("kind").get<std::string>();
+  // A missing or mistyped field is train.bad-checkpoint naming `where` (the file it came from) and the key.
+  void load_state(const nlohmann::json& j, const std::string& where = "schedule state") {
+    const auto kind = state_field<std::string>(j, "kind", where);
     TAXON_CHECK(kind == to_string(kind_), "train.resume-mismatch", "checkpoint schedule is ", kind,
                 " but this run uses ", to_string(kind_));
-    if (total_ > 0) {
-      TAXON_CHECK(j.at("total").get<int64_t>() == total_, "train.resume-mismatch", "checkpoint schedule has ",
-                  j.at("total").get<int64_t>(), " total steps but this run has ", total_,
-                  " (epochs, batches per epoch or accumulation changed?)");
-    }
-    total_ = j.at("total").get<int64_t>();
-    t_ = j.at("t").get<int64_t>();
-    peak_lrs_ = j.at("peak_lrs").get<std::vector<double>>();
+    const auto total = state_field<int64_t>(j, "total", where);
+    TAXON_CHECK(total_ == 0 || total == total_, "train.resume-mismatch", "checkpoint schedule has ", total,
+                " total steps but this run has ", total_, " (epochs, batches per epoch or accumulation changed?)");
+    const auto t = state_field<int64_t>(j, "t", where);
+    auto peak_lrs = state_field<std::vector<double>>(j, "peak_lrs", where);
+    TAXON_CHECK(total >= 0 && t >= 0 && t <= total, "train.bad-checkpoint", where, ": step t = ", t,
+                " is outside [0, total = ", total, "]");
+    OneCycleOptions one_cycle = one_cycle_;
+    CosineWarmupOptions cosine = cosine_;
+    ConstantOptions constant = constant_;
     if (kind_ == ScheduleKind::one_cycle) {
-      one_cycle_.pct_start(j.at("pct_start").get<double>())
-          .div_factor(j.at("div_factor").get<double>())
-          .final_div_factor(j.at("final_div_factor").get<double>())
-          .cycle_momentum(j.at("cycle_momentum").get<bool>())
-          .base_beta1(j.at("base_beta1").get<double>())
-          .max_beta1(j.at("max_beta1").get<double>());
+      one_cycle.pct_start(state_field<double>(j, "pct_start", where))
+          .div_factor(state_field<double>(j, "div_factor", where))
+          .final_div_factor(state_field<double>(j, "final_div_factor", where))
+          .cycle_momentum(state_field<bool>(j, "cycle_momentum", where))
+          .base_beta1(state_field<double>(j, "base_beta1", where))
+          .max_beta1(state_field<double>(j, "max_beta1", where));
     } else if (kind_ == ScheduleKind::cosine_warmup) {
-      cosine_.warmup_steps(j.at("warmup_steps").get<int64_t>()).min_lr_ratio(j.at("min_lr_ratio").get<double>());
+      cosine.warmup_steps(state_field<int64_t>(j, "warmup_steps", where))
+          .min_lr_ratio(state_field<double>(j, "min_lr_ratio", where));
     } else {
-      constant_.warmup_steps(j.at("warmup_steps").get<int64_t>());
+      constant.warmup_steps(state_field<int64_t>(j, "warmup_steps", where));
     }
+    // Every field read and checked: only now is anything replaced.
+    total_ = total;
+    t_ = t;
+    peak_lrs_ = std::move(peak_lrs);
+    one_cycle_ = one_cycle;
+    cosine_ = cosine;
+    constant_ = constant;
   }
 
  private:

@@ -3,7 +3,7 @@
 //
 //   backbone → embeddings → head(embeddings, labels) → loss → backward → AdamW(two groups) + schedule
 //
-// Differences from upstream retrieval.py (spec §3.3), on purpose:
+// Differences from upstream deepglint/unicom unicom/retrieval.py, on purpose:
 // - Gradient accumulation: upstream steps when `global_step % gradient_acc == 0` *before* incrementing (so the
 //   first step follows a single micro-batch) and never divides the loss. Here the optimizer steps after every
 //   complete group of `accumulation` micro-batches, each micro-batch loss divided by `accumulation`, so
@@ -37,7 +37,6 @@
 #include "taxon/core/options.hpp"
 #include "taxon/core/seed.hpp"
 #include "taxon/io/atomic_file.hpp"
-#include "taxon/io/json.hpp"
 #include "taxon/io/npy.hpp"
 #include "taxon/io/safetensors.hpp"
 #include "taxon/pfc/concepts.hpp"
@@ -77,6 +76,9 @@ concept TrainBatch = requires(const T& b) {
   { b.labels } -> std::convertible_to<at::Tensor>;
 };
 
+// PyTorch's AdamW default beta1, used when TrainerOptions::beta1 is unset.
+inline constexpr double kAdamWBeta1 = 0.9;
+
 struct TrainerOptions {
   TAXON_ARG(int64_t, epochs) = 1;
   // Peak lr of the backbone group; the head group gets lr × lr_pfc_weight (retrieval.py defaults).
@@ -84,7 +86,9 @@ struct TrainerOptions {
   TAXON_ARG(double, lr_pfc_weight) = 5.0;
   // AdamW; weight decay applies to every parameter, norms, biases and the head's centres included, as upstream.
   TAXON_ARG(double, weight_decay) = 0.0;
-  TAXON_ARG(double, beta1) = 0.9;
+  // AdamW's beta1; unset = PyTorch's 0.9. A schedule that cycles beta1 (OneCycle's cycle_momentum, on by default as
+  // in PyTorch) sets it every step, so an explicit beta1 together with such a schedule is rejected, not ignored.
+  TAXON_ARG(std::optional<double>, beta1);
   TAXON_ARG(double, beta2) = 0.999;
   TAXON_ARG(double, adam_eps) = 1e-8;
   // Micro-batches per optimizer step.
@@ -108,8 +112,9 @@ struct TrainerOptions {
     TAXON_CHECK(lr_ > 0 && std::isfinite(lr_), "train.bad-option", "lr must be > 0, got ", lr_);
     TAXON_CHECK(lr_pfc_weight_ > 0, "train.bad-option", "lr_pfc_weight must be > 0, got ", lr_pfc_weight_);
     TAXON_CHECK(weight_decay_ >= 0, "train.bad-option", "weight_decay must be >= 0, got ", weight_decay_);
-    TAXON_CHECK(beta1_ >= 0 && beta1_ < 1 && beta2_ >= 0 && beta2_ < 1, "train.bad-option",
-                "AdamW betas must be in [0,1), got (", beta1_, ", ", beta2_, ")");
+    TAXON_CHECK(beta1_.value_or(kAdamWBeta1) >= 0 && beta1_.value_or(kAdamWBeta1) < 1 && beta2_ >= 0 && beta2_ < 1,
+                "train.bad-option", "AdamW betas must be in [0,1), got (", beta1_.value_or(kAdamWBeta1), ", ", beta2_,
+                ")");
     TAXON_CHECK(adam_eps_ > 0, "train.bad-option", "adam_eps must be > 0, got ", adam_eps_);
     TAXON_CHECK(accumulation_ >= 1, "train.bad-option", "accumulation must be >= 1, got ", accumulation_);
     TAXON_CHECK(clip_grad_norm_ >= 0, "train.bad-option", "clip_grad_norm must be >= 0 (0 = off), got ",
@@ -125,7 +130,7 @@ struct TrainerOptions {
             {"lr", lr_},
             {"lr_pfc_weight", lr_pfc_weight_},
             {"weight_decay", weight_decay_},
-            {"beta1", beta1_},
+            {"beta1", beta1_ ? nlohmann::json(*beta1_) : nlohmann::json(nullptr)},
             {"beta2", beta2_},
             {"adam_eps", adam_eps_},
             {"accumulation", accumulation_},
@@ -141,11 +146,10 @@ struct TrainerOptions {
 // AdamW with UNICOM's two groups: [backbone @ lr] + [head @ lr × lr_pfc_weight].
 template <typename B, typename H>
 std::unique_ptr<torch::optim::AdamW> make_adamw(B& backbone, H& head, const TrainerOptions& o) {
+  const auto betas = std::make_tuple(o.beta1().value_or(kAdamWBeta1), o.beta2());
   auto group_options = [&](double lr) {
-    return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(lr)
-                                                            .betas(std::make_tuple(o.beta1(), o.beta2()))
-                                                            .eps(o.adam_eps())
-                                                            .weight_decay(o.weight_decay()));
+    return std::make_unique<torch::optim::AdamWOptions>(
+        torch::optim::AdamWOptions(lr).betas(betas).eps(o.adam_eps()).weight_decay(o.weight_decay()));
   };
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(backbone->parameters(), group_options(o.lr()));
@@ -173,6 +177,14 @@ class Trainer {
       : backbone_(std::move(backbone)), head_(std::move(head)), options_(std::move(options)),
         schedule_(std::move(schedule)), scaler_(options_.grad_scaler()) {
     options_.validate();
+    if (options_.beta1() && schedule_.cycles_beta1()) {
+      const auto& cycle = schedule_.one_cycle_options();
+      TAXON_FAIL("train.bad-option", "TrainerOptions::beta1 = ", *options_.beta1(),
+                 " would have no effect: OneCycleOptions::cycle_momentum (on by default, as in PyTorch's OneCycleLR) "
+                 "sets AdamW's beta1 every step, from max_beta1 ", cycle.max_beta1(), " to base_beta1 ",
+                 cycle.base_beta1(), " and back. For a fixed beta1 use OneCycleOptions().cycle_momentum(false); to "
+                 "change the cycle set base_beta1/max_beta1 and leave beta1 unset.");
+    }
     optimizer_ = make_adamw(backbone_, head_, options_);
     for (const auto& p : backbone_->parameters()) {
       device_ = p.device();
@@ -193,6 +205,7 @@ class Trainer {
   // must depend only on the epoch (e.g. derive_seed(seed, {epoch})) for resume to be exact.
   template <typename Source, typename... Callbacks>
   TrainSummary fit(Source&& source, Callbacks&&... callbacks) {
+    (hooks::require_valid_callback<std::remove_reference_t<Callbacks>, Trainer>(), ...);
     steps_per_epoch_ = options_.steps_per_epoch() > 0 ? options_.steps_per_epoch() : infer_steps(source);
     const int64_t total = total_optimizer_steps();
     if (!started_) {
@@ -229,84 +242,68 @@ class Trainer {
 
   // ---- checkpoints ------------------------------------------------------------------------------------------
 
-  // Writes root/step-<N>/ {backbone.pt, head.pt, optimizer.pt, rng.pt, trainer.json} atomically and points
-  // root/latest at it; keeps the newest `keep_last` (0: all). Call at a step boundary (any callback hook).
+  // Saves a checkpoint of this step under `root` (layout and atomicity: TrainingCheckpoint) and keeps the newest
+  // `keep_last` (0: all). Call at a step boundary (any callback hook).
   std::filesystem::path save_checkpoint(const std::filesystem::path& root, int keep_last = 0) {
-    TAXON_CHECK(micro_ == 0, "train.bad-checkpoint",
+    TAXON_CHECK(micro_ == 0, "train.checkpoint-mid-step",
                 "save_checkpoint called in the middle of an accumulation group (", micro_, " of ",
                 options_.accumulation(), " micro-batches); call it from a step or epoch hook");
-    const auto dir = write_checkpoint_dir(root, checkpoint_name(global_step_), [&](const std::filesystem::path& d) {
-      save_module_state(d / "backbone.pt", *backbone_);
-      save_module_state(d / "head.pt", *head_);
-      io::write_atomically(d / "optimizer.pt", [&](std::ostream& out) {
-        torch::serialize::OutputArchive archive;
-        optimizer_->save(archive);
-        archive.save_to(out);
-      });
-      const std::vector<char> rng = torch::pickle_save(rng_states());
-      io::write_atomically(d / "rng.pt", [&](std::ostream& out) { out.write(rng.data(), static_cast<std::streamsize>(rng.size())); });
-      io::write_text_atomically(d / trainer_state_file, state_json().dump(2));
-    });
-    last_checkpoint_ = dir;
-    prune_checkpoints(root, keep_last);
-    return dir;
+    last_checkpoint_ =
+        TrainingCheckpoint::save(root, global_step_, checkpoint_parts(), rng_states(), state_json(), keep_last);
+    return *last_checkpoint_;
   }
 
   // Loads `path` (a checkpoint directory, or a root whose `latest` names one). Returns false when `path` holds
-  // no checkpoint yet (a fresh run), so `trainer.resume(dir); trainer.fit(...)` works for both cases.
+  // no checkpoint yet (a fresh run), so `trainer.resume(dir); trainer.fit(...)` works for both cases. Everything
+  // is read and checked before the trainer changes; a damaged file is train.bad-checkpoint naming it.
   bool resume(const std::filesystem::path& path) {
-    try {
-      return resume_from(path);
-    } catch (const nlohmann::json::exception& e) {  // a field of trainer.json missing or of the wrong type
-      TAXON_FAIL("train.bad-checkpoint", "cannot resume from ", path.string(), ": ", trainer_state_file, " ", e.what());
-    }
-  }
-
- private:
-  bool resume_from(const std::filesystem::path& path) {
-    std::filesystem::path dir = path;
-    if (!std::filesystem::exists(path / trainer_state_file)) {
-      const auto latest = latest_checkpoint(path);
-      if (!latest) return false;
-      dir = *latest;
-    }
-    const auto state = io::parse_json(io::read_file(dir / trainer_state_file), (dir / trainer_state_file).string(),
-                                      "train.bad-checkpoint");
-    TAXON_CHECK(state.is_object() && state.value("format", 0) == 1, "train.bad-checkpoint",
-                (dir / trainer_state_file).string(), " is not a taxon trainer state");
-    const auto saved = state.at("options");
+    const auto checkpoint = TrainingCheckpoint::open(path);
+    if (!checkpoint) return false;
+    const auto& state = checkpoint->state();
+    const std::string where = checkpoint->state_file().string();
+    const auto& saved = state_value(state, "options", where);
+    const auto current = options_.to_json();
     for (const char* key : {"accumulation", "label_column"}) {
-      TAXON_CHECK(saved.at(key) == options_.to_json().at(key), "train.resume-mismatch", "checkpoint ", dir.string(),
-                  " was trained with ", key, "=", saved.at(key).dump(), " but this run has ",
-                  options_.to_json().at(key).dump());
+      const auto value = state_field<int64_t>(saved, key, where + " 'options'");
+      TAXON_CHECK(value == current.at(key).get<int64_t>(), "train.resume-mismatch", "checkpoint ",
+                  checkpoint->dir().string(), " was trained with ", key, "=", value, " but this run has ",
+                  current.at(key).dump());
     }
-    if (state.value("threads", 0) != at::get_num_threads()) {
-      log::warn("resuming with ", at::get_num_threads(), " threads; the checkpoint was written with ",
-                state.value("threads", 0), " (results will not be bit-identical to an uninterrupted run)");
-    }
-    load_module_state(dir / "backbone.pt", *backbone_, "backbone");
-    load_module_state(dir / "head.pt", *head_, "head");
-    {
-      torch::serialize::InputArchive archive;
-      archive.load_from((dir / "optimizer.pt").string(), device_);
-      optimizer_->load(archive);
-    }
-    set_rng_states(io::load_pickle(dir / "rng.pt", "train.bad-checkpoint"), dir / "rng.pt");
-    schedule_.load_state(state.at("schedule"));
-    scaler_.load_state(state.at("scaler"));
-    epoch_ = state.at("epoch").get<int64_t>();
-    batch_in_epoch_ = state.at("batch_in_epoch").get<int64_t>();
-    global_step_ = state.at("global_step").get<int64_t>();
-    last_loss_ = state.value("last_loss", 0.0);
+    const auto epoch = state_field<int64_t>(state, "epoch", where);
+    const auto batch_in_epoch = state_field<int64_t>(state, "batch_in_epoch", where);
+    const auto global_step = state_field<int64_t>(state, "global_step", where);
+    TAXON_CHECK(epoch >= 0 && batch_in_epoch >= 0 && global_step >= 0, "train.bad-checkpoint", where,
+                ": negative epoch, batch_in_epoch or global_step");
+    Schedule schedule = schedule_;
+    schedule.load_state(state_value(state, "schedule", where), where + " 'schedule'");
+    GradScaler scaler = scaler_;
+    scaler.load_state(state_value(state, "scaler", where), where + " 'scaler'");
+    // Informational fields, read leniently (a null last_loss is what JSON makes of a NaN).
+    const auto& last_loss_json = state.contains("last_loss") ? state["last_loss"] : nlohmann::json();
+    const auto& threads_json = state.contains("threads") ? state["threads"] : nlohmann::json();
+    const double last_loss = last_loss_json.is_number() ? last_loss_json.get<double>() : 0.0;
+    const int threads = threads_json.is_number_integer() ? threads_json.get<int>() : 0;
+    const GeneratorStates generators = checkpoint->generators();
+
+    checkpoint->restore(checkpoint_parts(), device_);
+    set_rng_states(generators, checkpoint->dir());
+    schedule_ = std::move(schedule);
+    scaler_ = std::move(scaler);
+    epoch_ = epoch;
+    batch_in_epoch_ = batch_in_epoch;
+    global_step_ = global_step;
+    last_loss_ = last_loss;
     if (state.contains("config")) config_ = state.at("config");
-    last_checkpoint_ = dir;
+    last_checkpoint_ = checkpoint->dir();
     started_ = true;
-    log::info("resumed from ", dir.string(), " at epoch ", epoch_, ", batch ", batch_in_epoch_, ", step ",
-              global_step_);
+    if (threads != at::get_num_threads()) {
+      log::warn("resuming with ", at::get_num_threads(), " threads; the checkpoint was written with ", threads,
+                " (results will not be bit-identical to an uninterrupted run)");
+    }
+    log::info("resumed from ", checkpoint->dir().string(), " at epoch ", epoch_, ", batch ", batch_in_epoch_,
+              ", step ", global_step_);
     return true;
   }
-
- public:
 
   // Final outputs as the seeds produce them: dir/model.safetensors and dir/backbone.pt (torch::save of the
   // backbone module, loadable with torch::load), and the head's class centres as dir/centroids.npy.
@@ -351,9 +348,9 @@ class Trainer {
   double last_loss() const { return last_loss_; }
   const std::optional<std::filesystem::path>& last_checkpoint() const { return last_checkpoint_; }
 
+  // The trainer's own state, saved in every checkpoint's trainer.json.
   nlohmann::json state_json() const {
-    return {{"format", 1},
-            {"epoch", epoch_},
+    return {{"epoch", epoch_},
             {"batch_in_epoch", batch_in_epoch_},
             {"global_step", global_step_},
             {"steps_per_epoch", steps_per_epoch_},
@@ -372,10 +369,12 @@ class Trainer {
     return options_.epochs() * per_epoch;
   }
 
+  CheckpointParts checkpoint_parts() { return {*backbone_, *head_, *optimizer_}; }
+
   // Generators: LibTorch's default CPU one, plus the head's/backbone's own when they expose `generator()`
   // (PartialFC draws its class samples and feature subsets from its own stream).
-  c10::Dict<std::string, at::Tensor> rng_states() {
-    c10::Dict<std::string, at::Tensor> states;
+  GeneratorStates rng_states() {
+    GeneratorStates states;
     states.insert("cpu", cpu_rng_state());
     if constexpr (requires { { head_->generator() } -> std::convertible_to<at::Generator>; })
       states.insert("head", generator_state(head_->generator()));
@@ -383,20 +382,30 @@ class Trainer {
       states.insert("backbone", generator_state(backbone_->generator()));
     return states;
   }
-  void set_rng_states(const c10::IValue& value, const std::filesystem::path& file) {
-    TAXON_CHECK(value.isGenericDict(), "train.bad-checkpoint", file.string(), " is not a generator-state dictionary");
-    auto states = c10::impl::toTypedDict<std::string, at::Tensor>(value.toGenericDict());
+  void set_rng_states(const GeneratorStates& states, const std::filesystem::path& dir) {
     auto get = [&](const std::string& key) {
       auto it = states.find(key);
-      TAXON_CHECK(it != states.end(), "train.checkpoint-mismatch", file.string(), " has no '", key,
+      TAXON_CHECK(it != states.end(), "train.checkpoint-mismatch", dir.string(), " has no '", key,
                   "' generator state");
       return it->value();
     };
-    set_cpu_rng_state(get("cpu"));
+    // Look everything up first, so a missing state changes no generator.
+    const at::Tensor cpu = get("cpu");
+    at::Tensor head, backbone;
     if constexpr (requires { { head_->generator() } -> std::convertible_to<at::Generator>; })
-      set_generator_state(head_->generator(), get("head"));
+      head = get("head");
     if constexpr (requires { { backbone_->generator() } -> std::convertible_to<at::Generator>; })
-      set_generator_state(backbone_->generator(), get("backbone"));
+      backbone = get("backbone");
+    try {
+      set_cpu_rng_state(cpu);
+      if constexpr (requires { { head_->generator() } -> std::convertible_to<at::Generator>; })
+        set_generator_state(head_->generator(), head);
+      if constexpr (requires { { backbone_->generator() } -> std::convertible_to<at::Generator>; })
+        set_generator_state(backbone_->generator(), backbone);
+    } catch (const c10::Error& e) {
+      TAXON_FAIL("train.bad-checkpoint", dir.string(), ": a saved generator state does not fit its generator: ",
+                 e.what_without_backtrace());
+    }
   }
 
   template <typename Source>
@@ -552,7 +561,7 @@ class Trainer {
     const int64_t finished = epoch_;
     epoch_ = finished + 1;
     batch_in_epoch_ = 0;
-    if constexpr ((hooks::has_evaluate<Callbacks, Trainer>() || ...)) {
+    if constexpr ((hooks::runs<Callbacks, Trainer>(Hook::evaluate) || ...)) {
       Metrics metrics;
       {
         backbone_->train(false);

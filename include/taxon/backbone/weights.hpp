@@ -1,9 +1,11 @@
 #pragma once
-// Loading pretrained ViT weights and saving our own checkpoints.
-//  - state dicts in three layouts: OpenAI CLIP / open_clip (`visual.*`, optional LayerScale) and UNICOM (§3.2);
+// ViT weights files: loading pretrained weights and saving/loading taxon's own model.safetensors. (The training
+// checkpoint format, with optimizer and generator state, is train/checkpoint.hpp.)
+//  - state dicts in three layouts: OpenAI CLIP / open_clip (`visual.*`, optional LayerScale) and UNICOM
+//    (deepglint/unicom unicom/unicom/vision_transformer.py);
 //  - the architecture is inferred from tensor shapes the way upstream's build_model does;
 //  - strict loading lists every missing, unexpected and mis-shaped key in one error; non-strict returns them;
-//  - our own checkpoint is a safetensors file whose "config" metadata holds the options JSON.
+//  - taxon's own file is a safetensors file whose "config" metadata holds the options JSON.
 // OpenAI's TorchScript .pt files are read by taxon/backbone/torchscript.hpp (kept apart: the jit headers are heavy).
 #include "taxon/backbone/vit.hpp"
 #include "taxon/core/checked.hpp"
@@ -156,17 +158,23 @@ inline VisionTransformerOptions infer_vit_options(const StateDict& visual, const
 
 // Refuses to build `options` unless `dict` holds at least one byte of tensor data (shared storage counted once)
 // per value the model would allocate: a small or hostile file cannot make a loader allocate gigabytes before
-// strict loading would report the mismatch.
+// strict loading would report the mismatch. A declared architecture (the file's config) that does not fit is a bad
+// config; an inferred one, a state dict that does not fit any model.
+enum class ArchitectureFrom { config, shapes };
 inline void check_dict_can_fill(const VisionTransformerOptions& options, const StateDict& dict, const std::string& source,
-                                const char* id) {
+                                ArchitectureFrom from) {
   const int64_t need = vit_state_numel(options);
   std::set<const void*> seen;
   int64_t have = 0;
   for (const auto& [name, t] : dict)
     if (t.defined() && t.has_storage() && seen.insert(t.storage().unsafeGetStorageImpl()).second)
       have += static_cast<int64_t>(t.storage().nbytes());
-  TAXON_CHECK(need <= have, id, source, ": the architecture (", nlohmann::json(options).dump(), ") has ", need,
-              " parameter and buffer values but the file holds only ", have, " bytes of tensor data");
+  if (need <= have) return;
+  const std::string problem = ": the architecture (" + nlohmann::json(options).dump() + ") has " + std::to_string(need) +
+                              " parameter and buffer values but the file holds only " + std::to_string(have) +
+                              " bytes of tensor data";
+  if (from == ArchitectureFrom::config) TAXON_FAIL("backbone.bad-config", source, problem);
+  TAXON_FAIL("backbone.state-dict-mismatch", source, problem);
 }
 
 // Builds a ViT from any supported state dict (full CLIP/open_clip model or visual tower, or UNICOM), strictly.
@@ -174,7 +182,7 @@ inline VisionTransformer vit_from_state_dict(const StateDict& dict, const InferO
                                              const std::string& source = "state dict") {
   const StateDict visual = visual_state_dict(dict);
   const VisionTransformerOptions options = infer_vit_options(visual, infer, source);
-  check_dict_can_fill(options, visual, source, "backbone.state-dict-mismatch");
+  check_dict_can_fill(options, visual, source, ArchitectureFrom::shapes);
   VisionTransformer model(options);
   load_state_dict(*model, visual, /*strict=*/true, source);
   return model;
@@ -190,18 +198,28 @@ inline void save_checkpoint(const std::filesystem::path& path, const VisionTrans
   io::save_safetensors(path, std::vector<std::pair<std::string, at::Tensor>>(dict.begin(), dict.end()), metadata);
 }
 
-// Rebuilds a ViT from a safetensors file: our own checkpoint (config metadata), or an open_clip / UNICOM state dict
-// whose architecture is inferred from shapes. Weights are cast to fp32.
+// Rebuilds a ViT from a safetensors file: our own ViT or CLIP checkpoint (config metadata), or an open_clip / UNICOM
+// state dict whose architecture is inferred from shapes. Weights are cast to fp32.
 inline VisionTransformer load_checkpoint(const std::filesystem::path& path, const InferOptions& infer = {}) {
   const auto file = io::load_safetensors(path);
   const std::string source = path.string();
   StateDict dict(file.tensors.begin(), file.tensors.end());
   auto config = file.metadata.find("config");
   if (config == file.metadata.end()) return vit_from_state_dict(dict, infer, source);
-  const auto options = vit_options_from_json(config->second, source + " 'config' metadata");
-  check_dict_can_fill(options, dict, source, "backbone.bad-config");
+  const std::string where = source + " 'config' metadata";
+  const auto parsed = io::parse_json(config->second);
+  TAXON_CHECK(parsed, "backbone.bad-config", where, ": ", parsed.error);
+  const nlohmann::json& j = parsed.value;
+  // taxon's CLIP checkpoint (text/clip.hpp): the visual tower's config and its "visual." keys.
+  const auto format = file.metadata.find("taxon.format");
+  const bool clip = format != file.metadata.end() && format->second == "clip";
+  TAXON_CHECK(!clip || (j.is_object() && j.contains("visual")), "backbone.bad-config", source,
+              ": CLIP checkpoint config lacks 'visual'");
+  const auto options = vit_options_from_json_value(clip ? j["visual"] : j, where);
+  const StateDict weights = clip ? visual_state_dict(dict) : dict;
+  check_dict_can_fill(options, weights, source, ArchitectureFrom::config);
   VisionTransformer model(options);
-  load_state_dict(*model, dict, /*strict=*/true, source);
+  load_state_dict(*model, weights, /*strict=*/true, source);
   return model;
 }
 
