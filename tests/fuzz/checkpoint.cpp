@@ -3,7 +3,7 @@
 #include "support.hpp"
 #include "taxon/backbone/weights.hpp"
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+TAXON_FUZZ_TARGET(checkpoint) {
   const auto path = taxon::fuzz::write_input("model.safetensors", taxon::fuzz::as_text(data, size));
   taxon::fuzz::expect_only_taxon_errors([&] {
     auto model = taxon::backbone::load_checkpoint(path);
@@ -12,5 +12,4 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const auto& o = model->options;
     if (o.image_size() <= 64) (void)model->forward(at::zeros({1, 3, o.image_size(), o.image_size()})).sum().item<double>();
   });
-  return 0;
 }

@@ -3,7 +3,7 @@
 #include "taxon/data/csv.hpp"
 #include "taxon/data/image_dataset.hpp"
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+TAXON_FUZZ_TARGET(csv) {
   const std::string_view text = taxon::fuzz::as_text(data, size);
   taxon::fuzz::expect_only_taxon_errors([&] {
     const auto table = taxon::data::CsvTable::parse(text, "fuzz.csv");
@@ -26,5 +26,4 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const taxon::data::CsvImageDataset dataset(options);
     (void)dataset.size();
   });
-  return 0;
 }

@@ -2,7 +2,7 @@
 #include "support.hpp"
 #include "taxon/data/idx_dataset.hpp"
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+TAXON_FUZZ_TARGET(idx) {
   const auto images = taxon::fuzz::write_input("images-idx3-ubyte", taxon::fuzz::as_text(data, size));
   taxon::fuzz::expect_only_taxon_errors([&] {
     const at::Tensor t = taxon::data::detail::read_idx_u8(images);
@@ -18,5 +18,4 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const taxon::data::IdxDataset dataset(images, label_path);
     for (int64_t i = 0; i < std::min<int64_t>(dataset.size(), 3); ++i) (void)dataset.get(i);
   });
-  return 0;
 }

@@ -4,12 +4,12 @@
 #include "taxon/data/decode.hpp"
 #include "taxon/data/decode_crop.hpp"
 
-namespace {
+namespace fuzz_image {
 // Smaller than the default limit (Pillow's) so that each input decodes fast; the code paths are the same.
 constexpr std::int64_t kMaxPixels = std::int64_t{4096} * 4096;
-}  // namespace
+}  // namespace fuzz_image
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+TAXON_FUZZ_TARGET(image) {
   const std::string_view bytes = taxon::fuzz::as_text(data, size);
   using namespace taxon::data;
   taxon::fuzz::expect_only_taxon_errors([&] { (void)decode_image(bytes, "fuzz", 0, kMaxPixels).sum().item<int64_t>(); });
@@ -23,5 +23,4 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         kMaxPixels);
     (void)region.pixels.sum().item<int64_t>();
   });
-  return 0;
 }

@@ -4,7 +4,7 @@
 #include "taxon/backbone/vit.hpp"
 #include "taxon/data/taxonomy.hpp"
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+TAXON_FUZZ_TARGET(json_config) {
   const std::string_view text = taxon::fuzz::as_text(data, size);
   taxon::fuzz::expect_only_taxon_errors([&] {
     const auto options = taxon::backbone::vit_options_from_json(text, "fuzz config");
@@ -15,5 +15,4 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const auto taxonomy = taxon::data::Taxonomy::load_json(taxon::fuzz::write_input("taxonomy.json", text));
     for (int64_t r = 0; r < taxonomy.num_ranks(); ++r) (void)taxonomy.labels(r).size();
   });
-  return 0;
 }

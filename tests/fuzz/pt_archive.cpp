@@ -3,8 +3,7 @@
 #include "support.hpp"
 #include "taxon/backbone/torchscript.hpp"
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+TAXON_FUZZ_TARGET(pt_archive) {
   const auto path = taxon::fuzz::write_input("input.pt", taxon::fuzz::as_text(data, size));
   taxon::fuzz::expect_only_taxon_errors([&] { (void)taxon::backbone::load_pretrained(path); });
-  return 0;
 }

@@ -2,7 +2,7 @@
 #include "support.hpp"
 #include "taxon/io/safetensors.hpp"
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+TAXON_FUZZ_TARGET(safetensors) {
   const auto path = taxon::fuzz::write_input("input.safetensors", taxon::fuzz::as_text(data, size));
   taxon::fuzz::expect_only_taxon_errors([&] {
     const auto file = taxon::io::load_safetensors(path);
@@ -14,5 +14,4 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     for (const auto& [key, value] : file.metadata) (void)(key.size() + value.size());
   });
-  return 0;
 }

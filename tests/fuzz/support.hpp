@@ -1,6 +1,10 @@
 #pragma once
-// Shared by the libFuzzer harnesses: the input as a file (taxon's readers take paths) and the one rule every
-// harness enforces: bad input may only raise taxon::Error; any other exception, crash or sanitizer report is a bug.
+// Shared by the libFuzzer harnesses: how a harness is declared (TAXON_FUZZ_TARGET), the input as a file (taxon's
+// readers take paths) and the one rule every harness enforces: bad input may only raise taxon::Error; any other
+// exception, crash or sanitizer report is a bug.
+//
+// All harnesses are unity-built into one binary, taxon_fuzz, and `--harness=NAME` picks one (driver.cpp): one
+// sanitized LibTorch translation unit instead of one per harness, which is most of the build time.
 #include "taxon/core/error.hpp"
 
 #include <unistd.h>
@@ -9,10 +13,24 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <string_view>
 
 namespace taxon::fuzz {
+
+using Target = void (*)(const uint8_t* data, size_t size);
+
+// name -> harness, filled before main() by TAXON_FUZZ_TARGET.
+inline std::map<std::string, Target>& targets() {
+  static std::map<std::string, Target> all;
+  return all;
+}
+
+inline bool register_target(const char* name, Target target) {
+  targets()[name] = target;
+  return true;
+}
 
 // A per-process scratch directory, on tmpfs when there is one (a file is rewritten for every input).
 inline const std::filesystem::path& scratch_dir() {
@@ -50,3 +68,12 @@ void expect_only_taxon_errors(F&& body) {
 }
 
 }  // namespace taxon::fuzz
+
+// Declares harness `name` (the file tests/fuzz/<name>.cpp, seeds in tests/fuzz/corpus/<name>): the body runs one
+// input. File-local helpers go in `namespace fuzz_<name>`, where the body is, so that unity-built harnesses never clash.
+#define TAXON_FUZZ_TARGET(name)                                          \
+  namespace fuzz_##name {                                                \
+  void run(const uint8_t* data, size_t size);                            \
+  [[maybe_unused]] const bool registered = ::taxon::fuzz::register_target(#name, &run); \
+  }                                                                      \
+  void fuzz_##name::run(const uint8_t* data, size_t size)

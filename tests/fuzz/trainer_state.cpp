@@ -5,7 +5,7 @@
 #include "taxon/pfc/partial_fc.hpp"
 #include "taxon/train/train.hpp"
 
-namespace {
+namespace fuzz_trainer_state {
 
 using Trainer = taxon::train::Trainer<taxon::backbone::VisionTransformer, taxon::pfc::PartialFC<taxon::loss::ArcFace>>;
 
@@ -25,9 +25,9 @@ const std::filesystem::path& checkpoint_dir() {
   return dir;
 }
 
-}  // namespace
+}  // namespace fuzz_trainer_state
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+TAXON_FUZZ_TARGET(trainer_state) {
   static Trainer trainer = make_trainer();
   const auto& dir = checkpoint_dir();
   taxon::fuzz::write_input("checkpoints/" + dir.filename().string() + "/trainer.json", taxon::fuzz::as_text(data, size));
@@ -36,5 +36,4 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)trainer.state_json().dump();
     (void)trainer.total_steps();
   });
-  return 0;
 }

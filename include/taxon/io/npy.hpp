@@ -1,6 +1,7 @@
 #pragma once
 // NumPy .npy files: embeddings, centroids and labels written here open with `numpy.load` and vice versa.
-// Reads format 1.0/2.0/3.0 (C order, little-endian); writes 1.0, or 2.0 when the header exceeds 64 KiB.
+// Reads format 1.0/2.0/3.0 (C order, little-endian); writes 1.0 (at most 64 dimensions, so the header stays far
+// below format 1.0's 64 KiB; numpy writes 2.0 only for structured dtypes, which taxon does not use).
 #include "taxon/core/checked.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/io/atomic_file.hpp"
@@ -181,6 +182,8 @@ inline std::string shape_literal(at::IntArrayRef sizes) {
 // Writes `tensor` (moved to CPU, made C-contiguous) as .npy, atomically.
 inline void save_npy(const std::filesystem::path& path, const at::Tensor& tensor) {
   TAXON_CHECK(tensor.defined(), "io.bad-argument", "save_npy(", path.string(), "): tensor is undefined");
+  TAXON_CHECK(static_cast<size_t>(tensor.dim()) <= npy_detail::kMaxDims, "io.bad-argument", "save_npy(",
+              path.string(), "): ", tensor.dim(), " dimensions, but numpy reads at most ", npy_detail::kMaxDims);
   const std::string descr = npy_detail::descr_for(tensor.scalar_type(), path);
   const at::Tensor data = tensor.detach().to(at::kCPU).contiguous();
   std::string dict = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " +
@@ -192,19 +195,13 @@ inline void save_npy(const std::filesystem::path& path, const at::Tensor& tensor
     const size_t padded = (unpadded + 63) / 64 * 64;
     return dict + std::string(padded - unpadded, ' ') + "\n";
   };
-  std::string header = build(2);
-  const bool v2 = header.size() > 0xFFFF;
-  if (v2) header = build(4);
+  const std::string header = build(2);
   std::string prefix(npy_detail::kMagic, npy_detail::kMagicLen);
-  prefix += static_cast<char>(v2 ? 2 : 1);
+  prefix += static_cast<char>(1);
   prefix += static_cast<char>(0);
-  const uint32_t len = static_cast<uint32_t>(header.size());
+  const auto len = static_cast<uint16_t>(header.size());
   prefix += static_cast<char>(len & 0xFF);
   prefix += static_cast<char>((len >> 8) & 0xFF);
-  if (v2) {
-    prefix += static_cast<char>((len >> 16) & 0xFF);
-    prefix += static_cast<char>((len >> 24) & 0xFF);
-  }
   const size_t nbytes = static_cast<size_t>(data.numel()) * data.element_size();
   write_atomically(path, [&](std::ostream& out) {
     out.write(prefix.data(), static_cast<std::streamsize>(prefix.size()));
