@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <string>
@@ -49,9 +50,12 @@ inline std::optional<std::uint64_t> idx_declared_size(std::string_view prefix, c
   return total;
 }
 
-// Whole file, gunzipped when it starts with the gzip magic. Inflation stops with an error as soon as the output
-// exceeds what the idx header declares, so a small gzip cannot expand into gigabytes that are then thrown away.
-inline std::string read_maybe_gzip(const std::filesystem::path& path) {
+// Whole file, gunzipped when it starts with the gzip magic (idx files, the text tower's merges file). With
+// `declared_size` (the size the inflated prefix's header declares, nullopt until known), inflation stops with an
+// error as soon as the output exceeds it, so a small gzip cannot expand into gigabytes that are then thrown away.
+inline std::string read_maybe_gzip(
+    const std::filesystem::path& path,
+    const std::function<std::optional<std::uint64_t>(std::string_view)>& declared_size = nullptr) {
   const std::string raw = io::read_file(path);
   if (raw.size() < 2 || static_cast<unsigned char>(raw[0]) != 0x1f || static_cast<unsigned char>(raw[1]) != 0x8b) return raw;
   TAXON_CHECK(raw.size() <= std::numeric_limits<uInt>::max(), "data.corrupt-file", path.string(),
@@ -75,9 +79,9 @@ inline std::string read_maybe_gzip(const std::filesystem::path& path) {
     TAXON_CHECK(rc == Z_OK || rc == Z_STREAM_END, "data.corrupt-file", path.string(),
                 ": gzip data is corrupt or truncated (zlib code ", rc, ")");
     out.append(buf, sizeof buf - zs.avail_out);
-    if (!declared) declared = idx_declared_size(out, path);
-    TAXON_CHECK(!declared || out.size() <= *declared, "data.corrupt-file", path.string(), ": gzip data inflates to more than the ",
-                *declared, " bytes its idx header declares");
+    if (declared_size && !declared) declared = declared_size(out);
+    TAXON_CHECK(!declared || out.size() <= *declared, "data.corrupt-file", path.string(),
+                ": gzip data inflates to more than the ", *declared, " bytes its header declares");
     TAXON_CHECK(!(rc == Z_OK && zs.avail_in == 0 && zs.avail_out != 0), "data.corrupt-file", path.string(),
                 ": gzip data is truncated");
   }
@@ -86,7 +90,7 @@ inline std::string read_maybe_gzip(const std::filesystem::path& path) {
 
 // Parses an unsigned-byte idx file: returns the tensor with the file's dimensions.
 inline at::Tensor read_idx_u8(const std::filesystem::path& path) {
-  const std::string data = read_maybe_gzip(path);
+  const std::string data = read_maybe_gzip(path, [&](std::string_view prefix) { return idx_declared_size(prefix, path); });
   const auto declared = idx_declared_size(data, path);
   TAXON_CHECK(declared.has_value(), "data.corrupt-file", path.string(), ": truncated idx header (", data.size(), " bytes)");
   const std::size_t dims = static_cast<unsigned char>(data[3]);
