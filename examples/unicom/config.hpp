@@ -3,6 +3,7 @@
 // JSON config file, so a run directory's config.json reproduces the run.
 #include <taxon/core/error.hpp>
 #include <taxon/io/atomic_file.hpp>
+#include <taxon/io/json.hpp>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -133,8 +134,9 @@ inline void add_options(CLI::App& app, Config& c) {
 // Options from a JSON file (a run's config.json, or any subset of its keys written by hand) on top of `base`. Bad
 // JSON, an unknown key or a value of another type than the option's is cli.bad-config naming the file and key.
 inline Config load_config(const std::filesystem::path& file, const Config& base = {}) {
-  const auto j = nlohmann::json::parse(taxon::io::read_file(file), nullptr, /*allow_exceptions=*/false);
-  TAXON_CHECK(!j.is_discarded(), "cli.bad-config", file.string(), " is not valid JSON");
+  const auto parsed = taxon::io::parse_json(taxon::io::read_file(file));
+  TAXON_CHECK(parsed, "cli.bad-config", file.string(), ": ", parsed.error);
+  const nlohmann::json& j = parsed.value;
   TAXON_CHECK(j.is_object(), "cli.bad-config", file.string(), " must hold a JSON object of options, not ",
               j.type_name());
   nlohmann::json merged = base;

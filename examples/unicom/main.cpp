@@ -318,8 +318,9 @@ struct Baselines {
 };
 std::optional<Baselines> read_baselines(const fs::path& file) {
   if (!io::path_exists(file)) return std::nullopt;
-  const auto j = nlohmann::json::parse(io::read_file(file), nullptr, /*allow_exceptions=*/false);
-  if (j.is_object() && j.contains("metrics") && j["metrics"].is_object() && j.contains("table") &&
+  const auto parsed = io::parse_json(io::read_file(file));
+  const nlohmann::json& j = parsed.value;
+  if (parsed && j.is_object() && j.contains("metrics") && j["metrics"].is_object() && j.contains("table") &&
       j["table"].is_string())
     return Baselines{j["metrics"], j["table"].get<std::string>(),
                      j.contains("zero_shot") && j["zero_shot"].is_string() ? j["zero_shot"].get<std::string>() : ""};

@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 #include <catch2/catch.hpp>
+#include <torch/csrc/jit/serialization/pickle.h>
 
 #include <cmath>
 #include <filesystem>

@@ -4,11 +4,10 @@
 // Separate header because the jit headers add seconds to every translation unit that includes them.
 #include "taxon/backbone/weights.hpp"
 #include "taxon/core/error.hpp"
-#include "taxon/io/atomic_file.hpp"
+#include "taxon/io/pickle.hpp"
 
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/serialization/import.h>
-#include <torch/csrc/jit/serialization/pickle.h>
 
 #include <filesystem>
 #include <string>
@@ -34,16 +33,18 @@ inline StateDict load_torchscript_state_dict(const std::filesystem::path& path) 
 
 namespace torchscript_detail {
 
-// Tensors of a (possibly wrapped) pickled dict; {"state_dict": {...}} / {"model": {...}} wrappers are unwrapped,
-// non-tensor entries (epoch counters, args) skipped.
-inline void collect_tensors(const c10::IValue& value, const std::string& source, StateDict& out) {
+// Tensors of a (possibly wrapped) pickled dict; {"state_dict": {...}} / {"model": {...}} wrappers are unwrapped
+// (at most a few levels: a hostile file could nest them until the recursion overflows the stack), non-tensor
+// entries (epoch counters, args) skipped.
+inline void collect_tensors(const c10::IValue& value, const std::string& source, StateDict& out, int depth = 0) {
   TAXON_CHECK(value.isGenericDict(), "backbone.bad-weights", source, " does not hold a dict of tensors (found ",
               value.tagKind(), ")");
+  TAXON_CHECK(depth < 8, "backbone.bad-weights", source, " wraps its state dict in more than 8 levels");
   for (const auto& kv : value.toGenericDict()) {
     if (!kv.key().isString()) continue;
     const std::string key = kv.key().toStringRef();
     if (kv.value().isTensor()) out[key] = kv.value().toTensor().detach();
-    else if ((key == "state_dict" || key == "model") && kv.value().isGenericDict()) collect_tensors(kv.value(), source, out);
+    else if ((key == "state_dict" || key == "model") && kv.value().isGenericDict()) collect_tensors(kv.value(), source, out, depth + 1);
   }
 }
 
@@ -51,10 +52,9 @@ inline void collect_tensors(const c10::IValue& value, const std::string& source,
 
 // A state dict written by Python's torch.save (zip format, e.g. UNICOM's FP16-ViT-B-32.pt), fp16 kept as stored.
 inline StateDict load_pickled_state_dict(const std::filesystem::path& path) {
-  const std::string bytes = io::read_file(path);
   c10::IValue value;
   try {
-    value = torch::jit::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
+    value = io::load_pickle(path);
   } catch (const c10::Error& e) {
     TAXON_FAIL("backbone.bad-weights", path.string(), " is not a torch.save archive: ", e.what_without_backtrace());
   }

@@ -6,9 +6,11 @@
 //    `visual.*` names without the prefix, so checkpoints map 1:1.
 //  - UNICOM: conv with bias, no class token / ln_pre, ReLU6 MLP, drop-path, LayerNorm, then all tokens flattened
 //    into Linear→BatchNorm→Linear→BatchNorm. Parameter names are UNICOM's.
+#include "taxon/core/checked.hpp"
 #include "taxon/core/compat.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/core/options.hpp"
+#include "taxon/io/json.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -23,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace taxon::backbone {
@@ -65,9 +68,20 @@ struct VisionTransformerOptions {
            mlp_ratio_ == o.mlp_ratio_ && activation_ == o.activation_ && layer_scale_ == o.layer_scale_ &&
            drop_path_rate_ == o.drop_path_rate_ && ln_eps_ == o.ln_eps_ && bn_eps_ == o.bn_eps_;
   }
+  // Bounds far above any published ViT (ViT-22B: width 6144, 48 layers; SAM: 1024 px), low enough that every
+  // size derived from them (tokens(), parameter shapes, state_numel()) fits in 64 bits.
+  static constexpr int64_t kMaxImageSize = 16384, kMaxWidth = 65536, kMaxLayers = 4096, kMaxOutputDim = 1 << 20,
+                           kMaxMlpRatio = 64;
+
   void validate() const {
     TAXON_CHECK(image_size() > 0 && patch_size() > 0 && image_size() % patch_size() == 0, "backbone.bad-config",
                 "image_size ", image_size(), " must be a positive multiple of patch_size ", patch_size());
+    TAXON_CHECK(image_size() <= kMaxImageSize && width() <= kMaxWidth && layers() <= kMaxLayers &&
+                    output_dim() <= kMaxOutputDim && mlp_ratio() <= kMaxMlpRatio,
+                "backbone.bad-config", "ViT size out of bounds: image_size ", image_size(), " (max ", kMaxImageSize,
+                "), width ", width(), " (max ", kMaxWidth, "), layers ", layers(), " (max ", kMaxLayers,
+                "), output_dim ", output_dim(), " (max ", kMaxOutputDim, "), mlp_ratio ", mlp_ratio(), " (max ",
+                kMaxMlpRatio, ")");
     TAXON_CHECK(width() > 0 && heads() > 0 && width() % heads() == 0, "backbone.bad-config", "width ", width(),
                 " must be a positive multiple of heads ", heads());
     TAXON_CHECK(layers() >= 0 && output_dim() > 0 && mlp_ratio() > 0, "backbone.bad-config",
@@ -77,8 +91,50 @@ struct VisionTransformerOptions {
                 "layer_scale is an open_clip (CLIP layout) feature, not available in the UNICOM layout");
     TAXON_CHECK(drop_path_rate() >= 0 && drop_path_rate() < 1, "backbone.bad-config", "drop_path_rate ",
                 drop_path_rate(), " must be in [0, 1)");
+    TAXON_CHECK(std::isfinite(ln_eps()) && ln_eps() >= 0 && std::isfinite(bn_eps()) && bn_eps() >= 0,
+                "backbone.bad-config", "ln_eps ", ln_eps(), " and bn_eps ", bn_eps(), " must be finite and >= 0");
   }
 };
+
+// How many values the parameters and buffers of a VisionTransformer with these (validated) options hold, computed
+// without building it: loaders compare it with the tensor data a file actually holds before allocating the model.
+inline int64_t vit_state_numel(const VisionTransformerOptions& o) {
+  o.validate();
+  const auto mul = [&](std::initializer_list<int64_t> factors) {
+    const auto n = checked_product<int64_t>(factors);
+    TAXON_CHECK(n.has_value(), "backbone.bad-config", "ViT parameter count overflows 64 bits");
+    return *n;
+  };
+  int64_t total = 0;
+  const auto add = [&](int64_t n) {
+    const auto sum = checked_add<int64_t>(total, n);
+    TAXON_CHECK(sum.has_value(), "backbone.bad-config", "ViT parameter count overflows 64 bits");
+    total = *sum;
+  };
+  const bool clip = o.layout() == Layout::clip;
+  const int64_t w = o.width(), hidden = mul({w, o.mlp_ratio()}), d = o.output_dim(), grid = o.grid();
+  add(mul({w, 3, o.patch_size(), o.patch_size()}) + (clip ? 0 : w));  // patch embedding (+ bias in UNICOM)
+  add(mul({o.tokens(), w}));                                           // positional embedding
+  if (clip) add(w + 2 * w);                                            // class embedding, ln_pre
+  const int64_t block = 4 * w                                          // two LayerNorms
+                        + mul({3 * w, w}) + (clip ? 3 * w : 0)         // fused in-projection (+ bias in CLIP)
+                        + mul({w, w}) + w                              // out projection
+                        + mul({hidden, w}) + hidden + mul({w, hidden}) + w  // MLP
+                        + (o.layer_scale() ? 2 * w : 0);
+  add(mul({block, o.layers()}));
+  add(2 * w);  // ln_post / norm
+  if (clip) {
+    add(mul({w, d}));  // proj
+  } else {
+    // feature: Linear(grid^2 * w -> w), BatchNorm(w), Linear(w -> d), BatchNorm(d); each BatchNorm holds weight, bias,
+    // running mean and variance, and num_batches_tracked.
+    add(mul({grid, grid, w, w}));
+    add(4 * w + 1);
+    add(mul({w, d}));
+    add(4 * d + 1);
+  }
+  return total;
+}
 
 // JSON form of the options: how our checkpoints record the architecture so they rebuild alone.
 inline void to_json(nlohmann::json& j, const VisionTransformerOptions& o) {
@@ -147,6 +203,24 @@ inline void from_json(const nlohmann::json& j, VisionTransformerOptions& o) {
       .bn_eps(get_double("bn_eps", d.bn_eps()));
   d.validate();
   o = d;
+}
+
+// A ViT config from parsed JSON, bounds-checked; `source` names it in errors.
+inline VisionTransformerOptions vit_options_from_json_value(const nlohmann::json& j, const std::string& source) {
+  try {
+    return j.get<VisionTransformerOptions>();
+  } catch (const Error& e) {  // from_json and validate raise only backbone.bad-config; add the source to it
+    if (e.id() != "backbone.bad-config") throw;
+    const std::string what = e.what();
+    TAXON_FAIL("backbone.bad-config", source, ": ", what.substr(what.find("] ") + 2));
+  }
+}
+
+// The same from JSON text, e.g. the "config" metadata of a taxon checkpoint.
+inline VisionTransformerOptions vit_options_from_json(std::string_view text, const std::string& source) {
+  const auto parsed = io::parse_json(text);
+  TAXON_CHECK(parsed, "backbone.bad-config", source, ": ", parsed.error);
+  return vit_options_from_json_value(parsed.value, source);
 }
 
 namespace vit_detail {

@@ -8,6 +8,7 @@
 //  - taxon's own file is a safetensors file whose "config" metadata holds the options JSON.
 // OpenAI's TorchScript .pt files are read by taxon/backbone/torchscript.hpp (kept apart: the jit headers are heavy).
 #include "taxon/backbone/vit.hpp"
+#include "taxon/core/checked.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/io/safetensors.hpp"
 
@@ -16,10 +17,12 @@
 #include <nlohmann/json.hpp>
 #include <torch/nn/module.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -133,13 +136,17 @@ inline VisionTransformerOptions infer_vit_options(const StateDict& visual, const
       ++layers;
   const auto& pos = need(clip ? "positional_embedding" : "pos_embed", clip ? 2 : 3);
   const int64_t grid_tokens = clip ? pos.size(0) - 1 : pos.size(1);
-  const auto grid = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(grid_tokens))));
-  TAXON_CHECK(grid * grid == grid_tokens, "backbone.state-dict-mismatch", source, ": positional embedding ",
+  const auto grid = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(std::max<int64_t>(grid_tokens, 0)))));
+  TAXON_CHECK(checked_mul(grid, grid) == grid_tokens, "backbone.state-dict-mismatch", source, ": positional embedding ",
               pos.sizes(), " does not hold a square grid of tokens");
+  // Empty tensors may declare any dimensions, so the image size they imply is checked before it is used.
+  const auto image_size = checked_mul(patch, grid);
+  TAXON_CHECK(image_size.has_value(), "backbone.state-dict-mismatch", source, ": patch size ", patch, " x grid ", grid,
+              " overflows");
   const int64_t output_dim = clip ? need("proj", 2).size(1) : need("feature.2.weight", 2).size(0);
   VisionTransformerOptions o;
   o.layout(layout)
-      .image_size(patch * grid)
+      .image_size(*image_size)
       .patch_size(patch)
       .width(width)
       .layers(layers)
@@ -150,11 +157,34 @@ inline VisionTransformerOptions infer_vit_options(const StateDict& visual, const
   return o;
 }
 
+// Refuses to build `options` unless `dict` holds at least one byte of tensor data (shared storage counted once)
+// per value the model would allocate: a small or hostile file cannot make a loader allocate gigabytes before
+// strict loading would report the mismatch. A declared architecture (the file's config) that does not fit is a bad
+// config; an inferred one, a state dict that does not fit any model.
+enum class ArchitectureFrom { config, shapes };
+inline void check_dict_can_fill(const VisionTransformerOptions& options, const StateDict& dict, const std::string& source,
+                                ArchitectureFrom from) {
+  const int64_t need = vit_state_numel(options);
+  std::set<const void*> seen;
+  int64_t have = 0;
+  for (const auto& [name, t] : dict)
+    if (t.defined() && t.has_storage() && seen.insert(t.storage().unsafeGetStorageImpl()).second)
+      have += static_cast<int64_t>(t.storage().nbytes());
+  if (need <= have) return;
+  const std::string problem = ": the architecture (" + nlohmann::json(options).dump() + ") has " + std::to_string(need) +
+                              " parameter and buffer values but the file holds only " + std::to_string(have) +
+                              " bytes of tensor data";
+  if (from == ArchitectureFrom::config) TAXON_FAIL("backbone.bad-config", source, problem);
+  TAXON_FAIL("backbone.state-dict-mismatch", source, problem);
+}
+
 // Builds a ViT from any supported state dict (full CLIP/open_clip model or visual tower, or UNICOM), strictly.
 inline VisionTransformer vit_from_state_dict(const StateDict& dict, const InferOptions& infer = {},
                                              const std::string& source = "state dict") {
   const StateDict visual = visual_state_dict(dict);
-  VisionTransformer model(infer_vit_options(visual, infer, source));
+  const VisionTransformerOptions options = infer_vit_options(visual, infer, source);
+  check_dict_can_fill(options, visual, source, ArchitectureFrom::shapes);
+  VisionTransformer model(options);
   load_state_dict(*model, visual, /*strict=*/true, source);
   return model;
 }
@@ -177,19 +207,20 @@ inline VisionTransformer load_checkpoint(const std::filesystem::path& path, cons
   StateDict dict(file.tensors.begin(), file.tensors.end());
   auto config = file.metadata.find("config");
   if (config == file.metadata.end()) return vit_from_state_dict(dict, infer, source);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(config->second);
-  } catch (const nlohmann::json::exception& e) {
-    TAXON_FAIL("backbone.bad-config", source, ": 'config' metadata is not valid JSON: ", e.what());
-  }
+  const std::string where = source + " 'config' metadata";
+  const auto parsed = io::parse_json(config->second);
+  TAXON_CHECK(parsed, "backbone.bad-config", where, ": ", parsed.error);
+  const nlohmann::json& j = parsed.value;
   // taxon's CLIP checkpoint (text/clip.hpp): the visual tower's config and its "visual." keys.
   const auto format = file.metadata.find("taxon.format");
   const bool clip = format != file.metadata.end() && format->second == "clip";
   TAXON_CHECK(!clip || (j.is_object() && j.contains("visual")), "backbone.bad-config", source,
               ": CLIP checkpoint config lacks 'visual'");
-  VisionTransformer model((clip ? j["visual"] : j).get<VisionTransformerOptions>());
-  load_state_dict(*model, clip ? visual_state_dict(dict) : dict, /*strict=*/true, source);
+  const auto options = vit_options_from_json_value(clip ? j["visual"] : j, where);
+  const StateDict weights = clip ? visual_state_dict(dict) : dict;
+  check_dict_can_fill(options, weights, source, ArchitectureFrom::config);
+  VisionTransformer model(options);
+  load_state_dict(*model, weights, /*strict=*/true, source);
   return model;
 }
 

@@ -38,7 +38,25 @@ inline ImageFormat sniff_format(std::string_view bytes) {
   return ImageFormat::unknown;
 }
 
+// Pillow's decompression-bomb guard (PIL/Image.py): Image.MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3 pixels
+// ("around a quarter gigabyte for a 24-bit image"); Image.open warns (DecompressionBombWarning) above it and raises
+// DecompressionBombError above twice it. taxon refuses what Pillow refuses and decodes everything Pillow decodes,
+// without the warning: every decode function takes the limit (max_pixels), checked on the declared size before
+// the decoder allocates anything.
+inline constexpr std::int64_t kPillowMaxImagePixels = std::int64_t{1024} * 1024 * 1024 / 4 / 3;  // 89,478,485
+inline constexpr std::int64_t kDefaultMaxImagePixels = 2 * kPillowMaxImagePixels;                // 178,956,970
+
 namespace detail {
+
+// Pillow's _decompression_bomb_check on a declared width x height (0 counts as 1, as there).
+inline void check_image_pixels(std::uint64_t width, std::uint64_t height, std::int64_t max_pixels,
+                               const std::string& name, const char* format) {
+  TAXON_CHECK(max_pixels > 0, "data.bad-option", name, ": max_pixels must be positive, got ", max_pixels);
+  const std::uint64_t pixels = std::max<std::uint64_t>(width, 1) * std::max<std::uint64_t>(height, 1);
+  TAXON_CHECK(pixels <= static_cast<std::uint64_t>(max_pixels), "data.image-too-large", name, ": ", format,
+              " declares ", width, "x", height, " = ", pixels, " pixels, more than the limit of ", max_pixels,
+              " (a decompression bomb? raise max_pixels / max_image_pixels to decode it)");
+}
 
 struct JpegError {
   jpeg_error_mgr mgr;
@@ -59,13 +77,10 @@ extern "C" inline void taxon_jpeg_emit_message(j_common_ptr cinfo, int level) {
 
 extern "C" inline void taxon_jpeg_silent(j_common_ptr) {}
 
-// Stage 1: header, scale choice, start. No C++ objects in this frame (longjmp target).
-inline int jpeg_stage_start(jpeg_decompress_struct* cinfo, JpegError* err, const unsigned char* data, unsigned long size,
-                            int min_side) {
+// Stage 2 (after jpeg_stage_header): scale choice and start, where libjpeg allocates. No C++ objects in this
+// frame (longjmp target).
+inline int jpeg_stage_start(jpeg_decompress_struct* cinfo, JpegError* err, int min_side) {
   if (setjmp(err->jump)) return -1;
-  jpeg_mem_src(cinfo, data, size);
-  jpeg_read_header(cinfo, TRUE);
-  cinfo->out_color_space = JCS_RGB;
   if (min_side > 0) {
     const unsigned shorter = cinfo->image_width < cinfo->image_height ? cinfo->image_width : cinfo->image_height;
     for (unsigned denom : {8u, 4u, 2u}) {
@@ -204,13 +219,18 @@ inline int png_stage_read(png_structp png, png_bytepp rows) {
 
 // Decodes JPEG bytes to [H,W,3] uint8. min_side > 0 lets libjpeg decode at 1/2, 1/4 or 1/8 scale as long as the
 // shorter side stays >= min_side (what PIL's draft() does); 0 decodes at full size.
-inline at::Tensor decode_jpeg(std::string_view bytes, const std::string& name, int min_side = 0) {
+// Images whose declared width x height exceeds max_pixels are refused before decoding (see kDefaultMaxImagePixels).
+inline at::Tensor decode_jpeg(std::string_view bytes, const std::string& name, int min_side = 0,
+                              std::int64_t max_pixels = kDefaultMaxImagePixels) {
   TAXON_CHECK(!bytes.empty(), "data.corrupt-image", name, ": empty file (0 bytes)");
   detail::JpegDecompressor d;
   auto& cinfo = d.cinfo;
   auto& err = d.err;
-  if (detail::jpeg_stage_start(&cinfo, &err, reinterpret_cast<const unsigned char*>(bytes.data()),
-                               static_cast<unsigned long>(bytes.size()), min_side) != 0)
+  if (detail::jpeg_stage_header(&cinfo, &err, reinterpret_cast<const unsigned char*>(bytes.data()),
+                                static_cast<unsigned long>(bytes.size())) != 0)
+    TAXON_FAIL("data.corrupt-image", name, ": cannot decode JPEG: ", err.message);
+  detail::check_image_pixels(cinfo.image_width, cinfo.image_height, max_pixels, name, "JPEG");
+  if (detail::jpeg_stage_start(&cinfo, &err, min_side) != 0)
     TAXON_FAIL("data.corrupt-image", name, ": cannot decode JPEG: ", err.message);
   TAXON_CHECK(cinfo.output_components == 3, "data.corrupt-image", name, ": unexpected JPEG output components ",
               cinfo.output_components);
@@ -220,7 +240,8 @@ inline at::Tensor decode_jpeg(std::string_view bytes, const std::string& name, i
   return out;
 }
 
-inline at::Tensor decode_png(std::string_view bytes, const std::string& name) {
+inline at::Tensor decode_png(std::string_view bytes, const std::string& name,
+                             std::int64_t max_pixels = kDefaultMaxImagePixels) {
   TAXON_CHECK(!bytes.empty(), "data.corrupt-image", name, ": empty file (0 bytes)");
   char message[256] = "unknown error";
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, message, detail::taxon_png_error, detail::taxon_png_warning);
@@ -238,8 +259,8 @@ inline at::Tensor decode_png(std::string_view bytes, const std::string& name) {
   const int rc = detail::png_stage_header(png, info, &w, &h);
   TAXON_CHECK(rc != -1, "data.corrupt-image", name, ": cannot decode PNG: ", message);
   TAXON_CHECK(rc == 0, "data.corrupt-image", name, ": unsupported PNG layout");
-  TAXON_CHECK(w > 0 && h > 0 && static_cast<uint64_t>(w) * h <= (1ull << 31), "data.corrupt-image", name,
-              ": implausible PNG size ", w, "x", h);
+  TAXON_CHECK(w > 0 && h > 0, "data.corrupt-image", name, ": implausible PNG size ", w, "x", h);
+  detail::check_image_pixels(w, h, max_pixels, name, "PNG");
   at::Tensor out = detail::decoded_image(h, w);
   std::vector<png_bytep> rows(h);
   for (png_uint_32 y = 0; y < h; ++y) rows[y] = out.data_ptr<uint8_t>() + static_cast<std::size_t>(y) * w * 3;
@@ -248,11 +269,12 @@ inline at::Tensor decode_png(std::string_view bytes, const std::string& name) {
 }
 
 // Decodes by content (not extension). Returns [H,W,3] uint8 RGB.
-inline at::Tensor decode_image(std::string_view bytes, const std::string& name, int min_side = 0) {
+inline at::Tensor decode_image(std::string_view bytes, const std::string& name, int min_side = 0,
+                               std::int64_t max_pixels = kDefaultMaxImagePixels) {
   TAXON_CHECK(!bytes.empty(), "data.corrupt-image", name, ": empty file (0 bytes)");
   switch (sniff_format(bytes)) {
-    case ImageFormat::jpeg: return decode_jpeg(bytes, name, min_side);
-    case ImageFormat::png: return decode_png(bytes, name);
+    case ImageFormat::jpeg: return decode_jpeg(bytes, name, min_side, max_pixels);
+    case ImageFormat::png: return decode_png(bytes, name, max_pixels);
     default: TAXON_FAIL("data.corrupt-image", name, ": not a JPEG or PNG file (", bytes.size(), " bytes)");
   }
 }
@@ -269,10 +291,12 @@ struct DecodedRegion {
 // conversion, rows outside are only entropy-decoded (so a truncated file still fails). An 8-pixel margin around
 // the box (fancy upsampling reaches 2 pixels) keeps every neighbour real: inside the box the pixels are
 // bit-identical to decode_image. PNGs are decoded whole.
+// The size limit applies to the whole image (its entropy data is decoded in full).
 inline DecodedRegion decode_region(std::string_view bytes, const std::string& name,
-                                   const std::function<Box(std::int64_t, std::int64_t)>& want) {
+                                   const std::function<Box(std::int64_t, std::int64_t)>& want,
+                                   std::int64_t max_pixels = kDefaultMaxImagePixels) {
   if (sniff_format(bytes) != ImageFormat::jpeg) {
-    at::Tensor full = decode_image(bytes, name);
+    at::Tensor full = decode_image(bytes, name, 0, max_pixels);
     const Box box = want(full.size(0), full.size(1));
     TAXON_CHECK(box.top >= 0 && box.left >= 0 && box.top + box.height <= full.size(0) && box.left + box.width <= full.size(1),
                 "data.bad-box", name, ": region outside the ", full.size(0), "x", full.size(1), " image");
@@ -284,6 +308,7 @@ inline DecodedRegion decode_region(std::string_view bytes, const std::string& na
   if (detail::jpeg_stage_header(&cinfo, &err, reinterpret_cast<const unsigned char*>(bytes.data()),
                                 static_cast<unsigned long>(bytes.size())) != 0)
     TAXON_FAIL("data.corrupt-image", name, ": cannot decode JPEG: ", err.message);
+  detail::check_image_pixels(cinfo.image_width, cinfo.image_height, max_pixels, name, "JPEG");
   const auto H = static_cast<std::int64_t>(cinfo.image_height), W = static_cast<std::int64_t>(cinfo.image_width);
   const Box box = want(H, W);
   TAXON_CHECK(box.top >= 0 && box.left >= 0 && box.height > 0 && box.width > 0 && box.top + box.height <= H &&
@@ -317,8 +342,9 @@ inline std::string_view read_encoded(const std::filesystem::path& path) {
 }
 }  // namespace detail
 
-inline at::Tensor read_image(const std::filesystem::path& path, int min_side = 0) {
-  return decode_image(detail::read_encoded(path), path.string(), min_side);
+inline at::Tensor read_image(const std::filesystem::path& path, int min_side = 0,
+                             std::int64_t max_pixels = kDefaultMaxImagePixels) {
+  return decode_image(detail::read_encoded(path), path.string(), min_side, max_pixels);
 }
 
 namespace detail {

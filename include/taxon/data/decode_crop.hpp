@@ -38,12 +38,15 @@ struct DecodeResizeCrop {
 
 // resize_center_crop(resize_to, crop) of an encoded JPEG or PNG, decoding only what the crop needs.
 inline at::Tensor decode_resize_center_crop(std::string_view bytes, const std::string& name, int64_t resize_to,
-                                            int64_t crop) {
+                                            int64_t crop, std::int64_t max_pixels = kDefaultMaxImagePixels) {
   ResizeCenterCrop::Plan plan{};
-  const DecodedRegion region = decode_region(bytes, name, [&](int64_t H, int64_t W) {
-    plan = ResizeCenterCrop{resize_to, crop}.plan(H, W, name);
-    return detail::resize_support(H, W, plan.out_h, plan.out_w, plan.window);
-  });
+  const DecodedRegion region = decode_region(
+      bytes, name,
+      [&](int64_t H, int64_t W) {
+        plan = ResizeCenterCrop{resize_to, crop}.plan(H, W, name);
+        return detail::resize_support(H, W, plan.out_h, plan.out_w, plan.window);
+      },
+      max_pixels);
   return detail::resize_core(region.pixels, region.top, region.left, region.height, region.width, plan.out_h,
                              plan.out_w, plan.window);
 }

@@ -1,6 +1,7 @@
 #pragma once
 // MNIST-format idx files (gzip or plain), e.g. Debian's dataset-fashion-mnist. Images are kept as one uint8
 // tensor; get() returns [H,W,3] (grey replicated, the default) or [H,W,1].
+#include "taxon/core/checked.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/core/options.hpp"
 #include "taxon/data/dataset.hpp"
@@ -13,67 +14,94 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
+#include <limits>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace taxon::data {
 
 namespace detail {
-// Whole file, gunzipped when it starts with the gzip magic.
-inline std::string read_maybe_gzip(const std::filesystem::path& path) {
-  const std::string raw = io::read_file(path);
-  if (raw.size() < 2 || static_cast<unsigned char>(raw[0]) != 0x1f || static_cast<unsigned char>(raw[1]) != 0x8b) return raw;
-  std::string out;
-  z_stream zs{};
-  TAXON_CHECK(inflateInit2(&zs, 15 + 32) == Z_OK, "data.corrupt-file", path.string(), ": zlib init failed");
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(raw.data()));
-  zs.avail_in = static_cast<uInt>(raw.size());
-  char buf[1 << 16];
-  int rc = Z_OK;
-  while (rc != Z_STREAM_END) {
-    zs.next_out = reinterpret_cast<Bytef*>(buf);
-    zs.avail_out = sizeof buf;
-    rc = inflate(&zs, Z_NO_FLUSH);
-    if (rc != Z_OK && rc != Z_STREAM_END) {
-      inflateEnd(&zs);
-      TAXON_FAIL("data.corrupt-file", path.string(), ": gzip data is corrupt or truncated (zlib code ", rc, ")");
-    }
-    out.append(buf, sizeof buf - zs.avail_out);
-    if (rc == Z_OK && zs.avail_in == 0 && zs.avail_out != 0) {
-      inflateEnd(&zs);
-      TAXON_FAIL("data.corrupt-file", path.string(), ": gzip data is truncated");
-    }
-  }
-  inflateEnd(&zs);
-  return out;
-}
 
-inline std::uint32_t read_be32(const std::string& s, std::size_t at) {
+inline std::uint32_t read_be32(std::string_view s, std::size_t at) {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data() + at);
   return (std::uint32_t(p[0]) << 24) | (std::uint32_t(p[1]) << 16) | (std::uint32_t(p[2]) << 8) | std::uint32_t(p[3]);
 }
 
+// The whole size (header + payload) an idx file declares, once `prefix` holds its header; nullopt while it does
+// not. A bad magic, a type other than unsigned byte, no dimension or a size overflowing 64 bits is an error.
+inline std::optional<std::uint64_t> idx_declared_size(std::string_view prefix, const std::filesystem::path& path) {
+  if (prefix.size() < 4) return std::nullopt;
+  TAXON_CHECK(prefix[0] == 0 && prefix[1] == 0, "data.corrupt-file", path.string(), ": not an idx file (bad magic)");
+  TAXON_CHECK(static_cast<unsigned char>(prefix[2]) == 0x08, "data.corrupt-file", path.string(),
+              ": idx element type 0x", std::hex, int(static_cast<unsigned char>(prefix[2])), " is not unsigned byte");
+  const std::size_t dims = static_cast<unsigned char>(prefix[3]);
+  TAXON_CHECK(dims >= 1, "data.corrupt-file", path.string(), ": idx header declares no dimension");
+  const std::size_t header = 4 + 4 * dims;
+  if (prefix.size() < header) return std::nullopt;
+  std::vector<std::int64_t> shape;
+  for (std::size_t d = 0; d < dims; ++d) shape.push_back(read_be32(prefix, 4 + 4 * d));
+  const auto count = checked_product<std::int64_t>(shape);
+  TAXON_CHECK(count.has_value(), "data.corrupt-file", path.string(), ": idx dimensions overflow a 64-bit size");
+  const auto total = checked_add<std::uint64_t>(static_cast<std::uint64_t>(*count), header);
+  TAXON_CHECK(total.has_value(), "data.corrupt-file", path.string(), ": idx dimensions overflow a 64-bit size");
+  return total;
+}
+
+// Whole file, gunzipped when it starts with the gzip magic (idx files, the text tower's merges file). With
+// `declared_size` (the size the inflated prefix's header declares, nullopt until known), inflation stops with an
+// error as soon as the output exceeds it, so a small gzip cannot expand into gigabytes that are then thrown away.
+inline std::string read_maybe_gzip(
+    const std::filesystem::path& path,
+    const std::function<std::optional<std::uint64_t>(std::string_view)>& declared_size = nullptr) {
+  const std::string raw = io::read_file(path);
+  if (raw.size() < 2 || static_cast<unsigned char>(raw[0]) != 0x1f || static_cast<unsigned char>(raw[1]) != 0x8b) return raw;
+  TAXON_CHECK(raw.size() <= std::numeric_limits<uInt>::max(), "data.corrupt-file", path.string(),
+              ": gzip file larger than 4 GiB");
+  std::string out;
+  z_stream zs{};
+  TAXON_CHECK(inflateInit2(&zs, 15 + 32) == Z_OK, "data.corrupt-file", path.string(), ": zlib init failed");
+  struct End {
+    z_stream* zs;
+    ~End() { inflateEnd(zs); }
+  } end{&zs};
+  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(raw.data()));
+  zs.avail_in = static_cast<uInt>(raw.size());
+  char buf[1 << 16];
+  int rc = Z_OK;
+  std::optional<std::uint64_t> declared;
+  while (rc != Z_STREAM_END) {
+    zs.next_out = reinterpret_cast<Bytef*>(buf);
+    zs.avail_out = sizeof buf;
+    rc = inflate(&zs, Z_NO_FLUSH);
+    TAXON_CHECK(rc == Z_OK || rc == Z_STREAM_END, "data.corrupt-file", path.string(),
+                ": gzip data is corrupt or truncated (zlib code ", rc, ")");
+    out.append(buf, sizeof buf - zs.avail_out);
+    if (declared_size && !declared) declared = declared_size(out);
+    TAXON_CHECK(!declared || out.size() <= *declared, "data.corrupt-file", path.string(),
+                ": gzip data inflates to more than the ", *declared, " bytes its header declares");
+    TAXON_CHECK(!(rc == Z_OK && zs.avail_in == 0 && zs.avail_out != 0), "data.corrupt-file", path.string(),
+                ": gzip data is truncated");
+  }
+  return out;
+}
+
 // Parses an unsigned-byte idx file: returns the tensor with the file's dimensions.
 inline at::Tensor read_idx_u8(const std::filesystem::path& path) {
-  const std::string data = read_maybe_gzip(path);
-  TAXON_CHECK(data.size() >= 4 && data[0] == 0 && data[1] == 0, "data.corrupt-file", path.string(),
-              ": not an idx file (bad magic)");
-  TAXON_CHECK(static_cast<unsigned char>(data[2]) == 0x08, "data.corrupt-file", path.string(),
-              ": idx element type 0x", std::hex, int(static_cast<unsigned char>(data[2])), " is not unsigned byte");
-  const int dims = static_cast<unsigned char>(data[3]);
-  TAXON_CHECK(dims >= 1 && data.size() >= 4 + 4 * static_cast<size_t>(dims), "data.corrupt-file", path.string(),
-              ": truncated idx header");
-  std::vector<int64_t> shape;
-  std::size_t count = 1;
-  for (int d = 0; d < dims; ++d) {
-    shape.push_back(read_be32(data, 4 + 4 * static_cast<size_t>(d)));
-    count *= static_cast<size_t>(shape.back());
-  }
-  const std::size_t offset = 4 + 4 * static_cast<size_t>(dims);
+  const std::string data = read_maybe_gzip(path, [&](std::string_view prefix) { return idx_declared_size(prefix, path); });
+  const auto declared = idx_declared_size(data, path);
+  TAXON_CHECK(declared.has_value(), "data.corrupt-file", path.string(), ": truncated idx header (", data.size(), " bytes)");
+  const std::size_t dims = static_cast<unsigned char>(data[3]);
+  const std::size_t offset = 4 + 4 * dims;
+  const std::uint64_t count = *declared - offset;
   TAXON_CHECK(data.size() - offset == count, "data.corrupt-file", path.string(), ": idx payload has ", data.size() - offset,
               " bytes, header says ", count);
+  std::vector<int64_t> shape;
+  for (std::size_t d = 0; d < dims; ++d) shape.push_back(read_be32(data, 4 + 4 * d));
   at::Tensor t = at::empty(shape, at::kByte);
-  std::memcpy(t.data_ptr<uint8_t>(), data.data() + offset, count);
+  if (count > 0) std::memcpy(t.data_ptr<uint8_t>(), data.data() + offset, count);  // an empty tensor may have no buffer
   return t;
 }
 }  // namespace detail

@@ -37,9 +37,9 @@ class ImageFileDataset {
     const auto& path = paths_[static_cast<size_t>(i)];
     if (decode_crop_.enabled())
       return Sample{decode_resize_center_crop(detail::read_encoded(path), path.string(), decode_crop_.resize_to,
-                                              decode_crop_.crop),
+                                              decode_crop_.crop, max_image_pixels_),
                     labels(i)};
-    return Sample{read_image(path, decode_min_side_), labels(i)};
+    return Sample{read_image(path, decode_min_side_, max_image_pixels_), labels(i)};
   }
   // get(i) with the request's resize + center crop applied (what a Loader asks for when its transform starts with
   // one): decoded straight to the crop when get(i) would decode the whole file, else get(i) cropped.
@@ -52,7 +52,9 @@ class ImageFileDataset {
     }
     const auto& path = paths_[static_cast<size_t>(i)];
     const ResizeCenterCrop& rc = request.resize_crop;
-    return Sample{decode_resize_center_crop(detail::read_encoded(path), path.string(), rc.resize_to, rc.crop), labels(i)};
+    return Sample{decode_resize_center_crop(detail::read_encoded(path), path.string(), rc.resize_to, rc.crop,
+                                            max_image_pixels_),
+                  labels(i)};
   }
   std::vector<std::int64_t> labels(std::int64_t i) const {
     check_index(i, size(), "image dataset");
@@ -74,6 +76,12 @@ class ImageFileDataset {
   // Let libjpeg decode at 1/2..1/8 scale while the shorter side stays >= this (0: always full size).
   void set_decode_min_side(int side) { decode_min_side_ = side; }
   void set_decode_resize_crop(DecodeResizeCrop rc) { decode_crop_ = rc; }
+  // Images whose declared width x height exceeds this are refused (data.image-too-large) before decoding.
+  void set_max_image_pixels(std::int64_t pixels) {
+    TAXON_CHECK(pixels > 0, "data.bad-option", "max_image_pixels must be positive, got ", pixels);
+    max_image_pixels_ = pixels;
+  }
+  std::int64_t max_image_pixels() const noexcept { return max_image_pixels_; }
 
  protected:
   static constexpr std::size_t kExamples = 5;
@@ -114,6 +122,7 @@ class ImageFileDataset {
   std::vector<std::string> missing_examples_;
   int decode_min_side_ = 0;
   DecodeResizeCrop decode_crop_;
+  std::int64_t max_image_pixels_ = kDefaultMaxImagePixels;
 };
 
 // One metadata CSV, the folder its paths are relative to, and constant columns added to each of its rows
@@ -133,6 +142,8 @@ class CsvImageDatasetOptions {
   TAXON_ARG(bool, strip_labels) = false;
   TAXON_ARG(int, decode_min_side) = 0;
   TAXON_ARG(DecodeResizeCrop, decode_resize_crop);
+  // Decompression-bomb guard: larger images (declared width x height) are refused; Pillow's limit by default.
+  TAXON_ARG(std::int64_t, max_image_pixels) = kDefaultMaxImagePixels;
   // A column of free text kept per row (e.g. captions), read back with text(i); empty: none.
   TAXON_ARG(std::string, text_column);
 
@@ -214,6 +225,7 @@ class CsvImageDataset : public ImageFileDataset {
     finish(std::move(ranks), names);
     decode_min_side_ = options.decode_min_side();
     decode_crop_ = options.decode_resize_crop();
+    set_max_image_pixels(options.max_image_pixels());
   }
 
  private:
@@ -231,6 +243,8 @@ class ImageFolderDatasetOptions {
   TAXON_ARG(std::vector<std::string>, extensions) = std::vector<std::string>{".jpg", ".jpeg", ".png"};
   TAXON_ARG(int, decode_min_side) = 0;
   TAXON_ARG(DecodeResizeCrop, decode_resize_crop);
+  // Decompression-bomb guard: larger images (declared width x height) are refused; Pillow's limit by default.
+  TAXON_ARG(std::int64_t, max_image_pixels) = kDefaultMaxImagePixels;
 };
 
 class ImageFolderDataset : public ImageFileDataset {
@@ -264,6 +278,7 @@ class ImageFolderDataset : public ImageFileDataset {
     finish(options.ranks(), names);
     decode_min_side_ = options.decode_min_side();
     decode_crop_ = options.decode_resize_crop();
+    set_max_image_pixels(options.max_image_pixels());
   }
 };
 

@@ -3,6 +3,7 @@
 // produced today can be read back as names by evaluation and by Python tools tomorrow.
 #include "taxon/core/error.hpp"
 #include "taxon/io/atomic_file.hpp"
+#include "taxon/io/json.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -94,25 +95,26 @@ class Taxonomy {
   static Taxonomy from_json(const nlohmann::json& j) {
     TAXON_CHECK(j.contains("ranks") && j.contains("labels"), "data.bad-taxonomy",
                 "taxonomy JSON needs 'ranks' and 'labels'");
-    std::vector<std::string> ranks = j.at("ranks").get<std::vector<std::string>>();
+    std::vector<std::string> ranks;
     std::vector<LabelMap> maps;
-    for (const auto& r : ranks) {
-      TAXON_CHECK(j.at("labels").contains(r), "data.bad-taxonomy", "taxonomy JSON has no labels for rank '", r, "'");
-      maps.emplace_back(j.at("labels").at(r).get<std::vector<std::string>>());
+    try {  // a list holding something other than strings
+      ranks = j.at("ranks").get<std::vector<std::string>>();
+      for (const auto& r : ranks) {
+        TAXON_CHECK(j.at("labels").contains(r), "data.bad-taxonomy", "taxonomy JSON has no labels for rank '", r, "'");
+        maps.emplace_back(j.at("labels").at(r).get<std::vector<std::string>>());
+      }
+    } catch (const nlohmann::json::exception& e) {
+      TAXON_FAIL("data.bad-taxonomy", "taxonomy JSON 'ranks' and each rank's 'labels' must be lists of strings: ",
+                 e.what());
     }
     return Taxonomy(std::move(ranks), std::move(maps));
   }
   // {"ranks": [...], "labels": {"species": ["Abramis brama", ...], ...}}; list position = id.
   void save_json(const std::filesystem::path& path) const { io::write_text_atomically(path, to_json().dump(2)); }
   static Taxonomy load_json(const std::filesystem::path& path) {
-    const std::string text = io::read_file(path);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(text);
-    } catch (const std::exception& e) {
-      TAXON_FAIL("data.bad-taxonomy", "cannot parse taxonomy JSON ", path.string(), ": ", e.what());
-    }
-    return from_json(j);
+    const auto parsed = io::parse_json(io::read_file(path));
+    TAXON_CHECK(parsed, "data.bad-taxonomy", "taxonomy JSON ", path.string(), ": ", parsed.error);
+    return from_json(parsed.value);
   }
   // Long CSV "rank,id,name" (RFC 4180 quoting), one row per label: readable by pandas.
   void save_csv(const std::filesystem::path& path) const {

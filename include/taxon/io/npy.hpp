@@ -1,6 +1,8 @@
 #pragma once
 // NumPy .npy files: embeddings, centroids and labels written here open with `numpy.load` and vice versa.
-// Reads format 1.0/2.0/3.0 (C order, little-endian); writes 1.0, or 2.0 when the header exceeds 64 KiB.
+// Reads format 1.0/2.0/3.0 (C order, little-endian); writes 1.0 (at most 64 dimensions, so the header stays far
+// below format 1.0's 64 KiB; numpy writes 2.0 only for structured dtypes, which taxon does not use).
+#include "taxon/core/checked.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/io/atomic_file.hpp"
 
@@ -21,6 +23,8 @@ namespace npy_detail {
 
 inline constexpr char kMagic[] = "\x93NUMPY";
 inline constexpr size_t kMagicLen = 6;
+// numpy 2's NPY_MAXDIMS (numpy 1 allowed 32).
+inline constexpr size_t kMaxDims = 64;
 
 // numpy descr (byte order stripped) <-> ATen dtype.
 inline std::optional<at::ScalarType> dtype_from_descr(std::string_view code) {
@@ -178,6 +182,8 @@ inline std::string shape_literal(at::IntArrayRef sizes) {
 // Writes `tensor` (moved to CPU, made C-contiguous) as .npy, atomically.
 inline void save_npy(const std::filesystem::path& path, const at::Tensor& tensor) {
   TAXON_CHECK(tensor.defined(), "io.bad-argument", "save_npy(", path.string(), "): tensor is undefined");
+  TAXON_CHECK(static_cast<size_t>(tensor.dim()) <= npy_detail::kMaxDims, "io.bad-argument", "save_npy(",
+              path.string(), "): ", tensor.dim(), " dimensions, but numpy reads at most ", npy_detail::kMaxDims);
   const std::string descr = npy_detail::descr_for(tensor.scalar_type(), path);
   const at::Tensor data = tensor.detach().to(at::kCPU).contiguous();
   std::string dict = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " +
@@ -189,19 +195,13 @@ inline void save_npy(const std::filesystem::path& path, const at::Tensor& tensor
     const size_t padded = (unpadded + 63) / 64 * 64;
     return dict + std::string(padded - unpadded, ' ') + "\n";
   };
-  std::string header = build(2);
-  const bool v2 = header.size() > 0xFFFF;
-  if (v2) header = build(4);
+  const std::string header = build(2);
   std::string prefix(npy_detail::kMagic, npy_detail::kMagicLen);
-  prefix += static_cast<char>(v2 ? 2 : 1);
+  prefix += static_cast<char>(1);
   prefix += static_cast<char>(0);
-  const uint32_t len = static_cast<uint32_t>(header.size());
+  const auto len = static_cast<uint16_t>(header.size());
   prefix += static_cast<char>(len & 0xFF);
   prefix += static_cast<char>((len >> 8) & 0xFF);
-  if (v2) {
-    prefix += static_cast<char>((len >> 16) & 0xFF);
-    prefix += static_cast<char>((len >> 24) & 0xFF);
-  }
   const size_t nbytes = static_cast<size_t>(data.numel()) * data.element_size();
   write_atomically(path, [&](std::ostream& out) {
     out.write(prefix.data(), static_cast<std::streamsize>(prefix.size()));
@@ -241,12 +241,19 @@ inline at::Tensor load_npy(const std::filesystem::path& path) {
   const bool single_byte = code == "u1" || code == "i1" || code == "b1";
   TAXON_CHECK(order == '<' || order == '|' || order == '=' || (single_byte && order == '>'), "io.bad-npy", name,
               ": big-endian dtype '", h.descr, "' is not supported");
+  // The declared shape is checked against the bytes present before anything is allocated.
+  TAXON_CHECK(h.shape.size() <= npy_detail::kMaxDims, "io.bad-npy", name, ": shape has ", h.shape.size(),
+              " dimensions, more than numpy's limit of ", npy_detail::kMaxDims);
+  const auto numel = checked_product<int64_t>(h.shape);
+  const auto nbytes =
+      numel ? checked_mul<int64_t>(*numel, static_cast<int64_t>(at::elementSize(*dtype))) : std::nullopt;
+  TAXON_CHECK(nbytes.has_value(), "io.bad-npy", name, ": shape ", npy_detail::shape_literal(h.shape), " of ", h.descr,
+              " overflows a 64-bit byte count");
+  TAXON_CHECK(bytes.size() - data_offset >= static_cast<uint64_t>(*nbytes), "io.bad-npy", name,
+              ": truncated data: shape ", npy_detail::shape_literal(h.shape), " of ", h.descr, " needs ", *nbytes,
+              " bytes, file has ", bytes.size() - data_offset);
   auto out = at::empty(h.shape, at::TensorOptions().dtype(*dtype));
-  const size_t nbytes = static_cast<size_t>(out.numel()) * out.element_size();
-  TAXON_CHECK(bytes.size() - data_offset >= nbytes, "io.bad-npy", name, ": truncated data: shape ",
-              npy_detail::shape_literal(h.shape), " of ", h.descr, " needs ", nbytes, " bytes, file has ",
-              bytes.size() - data_offset);
-  if (nbytes) std::memcpy(out.data_ptr(), bytes.data() + data_offset, nbytes);
+  if (*nbytes > 0) std::memcpy(out.data_ptr(), bytes.data() + data_offset, static_cast<size_t>(*nbytes));
   return out;
 }
 

@@ -3,8 +3,10 @@
 // data_offsets}, "__metadata__": {str: str}}, then the raw little-endian tensor bytes. Files written here load
 // with Python's `safetensors.torch.load_file` and vice versa. Reads memory-map the file; tensors alias the
 // mapping (copy-on-write, so writing to them never touches the file) and keep it alive.
+#include "taxon/core/checked.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/io/atomic_file.hpp"
+#include "taxon/io/json.hpp"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -19,17 +21,22 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 namespace taxon::io {
 
 namespace safetensors_detail {
+
+// The reference implementation's MAX_HEADER_SIZE (safetensors/src/tensor.rs).
+inline constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 
 inline std::optional<at::ScalarType> dtype_from_name(const std::string& s) {
   static const std::map<std::string, at::ScalarType> table = {
@@ -172,8 +179,8 @@ inline void save_safetensors(const std::filesystem::path& path,
   });
 }
 
-// Memory-maps and validates a safetensors file: header length, JSON, dtypes, shapes vs. byte ranges, and that
-// the ranges neither overlap nor leave the data section.
+// Memory-maps and validates a safetensors file as the reference implementation does: header length (at most
+// 100 MB), JSON, dtypes, overflow-checked shapes vs. byte ranges, and byte ranges that tile the data section exactly.
 inline SafetensorsFile load_safetensors(const std::filesystem::path& path) {
   namespace sd = safetensors_detail;
   const std::string name = path.string();
@@ -183,15 +190,14 @@ inline SafetensorsFile load_safetensors(const std::filesystem::path& path) {
               " bytes, shorter than the 8-byte header length)");
   uint64_t header_len = 0;
   for (int i = 0; i < 8; ++i) header_len |= static_cast<uint64_t>(base[i]) << (8 * i);
+  TAXON_CHECK(header_len <= safetensors_detail::kMaxHeaderBytes, "io.bad-safetensors", name, ": header length ",
+              header_len, " exceeds safetensors' limit of ", safetensors_detail::kMaxHeaderBytes, " bytes");
   TAXON_CHECK(header_len <= map->size - 8, "io.bad-safetensors", name, ": truncated or not safetensors: header ",
               "length ", header_len, " exceeds the file size ", map->size);
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(reinterpret_cast<const char*>(base + 8),
-                                   reinterpret_cast<const char*>(base + 8 + header_len));
-  } catch (const nlohmann::json::exception& e) {
-    TAXON_FAIL("io.bad-safetensors", name, ": header is not valid JSON: ", e.what());
-  }
+  const auto parsed =
+      parse_json(std::string_view(reinterpret_cast<const char*>(base + 8), static_cast<size_t>(header_len)));
+  TAXON_CHECK(parsed, "io.bad-safetensors", name, " header: ", parsed.error);
+  const nlohmann::json& header = parsed.value;
   TAXON_CHECK(header.is_object(), "io.bad-safetensors", name, ": header JSON is not an object");
   const size_t data_start = 8 + header_len;
   const size_t data_size = map->size - data_start;
@@ -229,13 +235,16 @@ inline SafetensorsFile load_safetensors(const std::filesystem::path& path) {
     const auto& offsets = value["data_offsets"];
     TAXON_CHECK(shape.is_array() && offsets.is_array() && offsets.size() == 2, "io.bad-safetensors", name,
                 ": tensor '", key, "' has malformed shape/data_offsets: ", value.dump());
-    size_t numel = 1;
     for (const auto& d : shape) {
-      TAXON_CHECK(d.is_number_unsigned() || (d.is_number_integer() && d.get<int64_t>() >= 0), "io.bad-safetensors",
-                  name, ": tensor '", key, "' has a bad dimension in shape ", shape.dump());
+      TAXON_CHECK(d.is_number_integer() && (d.is_number_unsigned() || d.get<int64_t>() >= 0) &&
+                      d.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
+                  "io.bad-safetensors", name, ": tensor '", key, "' has a bad dimension in shape ", shape.dump());
       e.shape.push_back(d.get<int64_t>());
-      numel *= static_cast<size_t>(e.shape.back());
     }
+    const auto numel = checked_product<int64_t>(e.shape);
+    const auto nbytes = numel ? checked_mul<int64_t>(*numel, static_cast<int64_t>(at::elementSize(e.dtype))) : std::nullopt;
+    TAXON_CHECK(nbytes.has_value(), "io.bad-safetensors", name, ": tensor '", key, "' shape ", sd::shape_string(e.shape),
+                " ", dtype_str, " overflows a 64-bit byte count");
     TAXON_CHECK(offsets[0].is_number_unsigned() && offsets[1].is_number_unsigned(), "io.bad-safetensors", name,
                 ": tensor '", key, "' data_offsets ", offsets.dump(), " are not non-negative integers");
     e.begin = offsets[0].get<size_t>();
@@ -243,7 +252,7 @@ inline SafetensorsFile load_safetensors(const std::filesystem::path& path) {
     TAXON_CHECK(e.begin <= e.end && e.end <= data_size, "io.bad-safetensors", name, ": tensor '", key,
                 "' data_offsets [", e.begin, ", ", e.end, "] fall outside the ", data_size,
                 "-byte data section (truncated file?)");
-    const size_t expected = numel * at::elementSize(e.dtype);
+    const auto expected = static_cast<size_t>(*nbytes);
     TAXON_CHECK(e.end - e.begin == expected, "io.bad-safetensors", name, ": tensor '", key, "' of shape ",
                 sd::shape_string(e.shape), " ", dtype_str, " needs ", expected, " bytes but data_offsets span ",
                 e.end - e.begin);
@@ -252,13 +261,19 @@ inline SafetensorsFile load_safetensors(const std::filesystem::path& path) {
   std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
-  for (size_t i = 1; i < entries.size(); ++i) {
-    const auto& prev = entries[i - 1];
+  // safetensors' own rule: in offset order, each tensor starts where the previous one ends (the first at 0) and
+  // the last ends at the end of the file, so no two tensors share a byte and none hides behind an empty one.
+  size_t covered = 0;
+  for (size_t i = 0; i < entries.size(); ++i) {
     const auto& cur = entries[i];
-    TAXON_CHECK(cur.begin >= prev.end || prev.begin == prev.end || cur.begin == cur.end, "io.bad-safetensors", name,
-                ": tensors '", prev.name, "' [", prev.begin, ", ", prev.end, "] and '", cur.name, "' [", cur.begin,
-                ", ", cur.end, "] overlap");
+    TAXON_CHECK(cur.begin == covered, "io.bad-safetensors", name, ": tensor '", cur.name, "' data_offsets [", cur.begin,
+                ", ", cur.end, "] ", i == 0 ? std::string("do not start at 0") : "do not start where tensor '" +
+                entries[i - 1].name + "' ends (" + std::to_string(covered) + ")",
+                ": safetensors offsets must be contiguous and must not overlap");
+    covered = cur.end;
   }
+  TAXON_CHECK(covered == data_size, "io.bad-safetensors", name, ": the tensors cover ", covered, " of the ", data_size,
+              " bytes after the header (safetensors requires them to cover the data exactly: truncated or padded file?)");
   auto* data = static_cast<unsigned char*>(map->data) + data_start;
   for (const auto& e : entries) {
     const auto options = at::TensorOptions().dtype(e.dtype);

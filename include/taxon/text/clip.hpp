@@ -13,6 +13,7 @@
 #include "taxon/core/normalize.hpp"
 #include "taxon/core/options.hpp"
 #include "taxon/core/progress.hpp"
+#include "taxon/io/json.hpp"
 #include "taxon/io/safetensors.hpp"
 #include "taxon/text/text_tower.hpp"
 #include "taxon/text/tokenizer.hpp"
@@ -174,16 +175,17 @@ inline ClipModel load_clip_safetensors(const std::filesystem::path& path, const 
     }
     return clip_from_state_dict(dict, options, source);
   }
-  nlohmann::json config;
-  try {
-    config = nlohmann::json::parse(file.metadata.at("config"));
-  } catch (const std::exception& e) {
-    TAXON_FAIL("text.bad-config", source, ": 'config' metadata of a taxon CLIP checkpoint is not valid JSON: ", e.what());
-  }
+  const auto config_text = file.metadata.find("config");
+  TAXON_CHECK(config_text != file.metadata.end(), "text.bad-config", source,
+              ": taxon CLIP checkpoint has no 'config' metadata");
+  const auto parsed = io::parse_json(config_text->second);
+  TAXON_CHECK(parsed, "text.bad-config", source, " 'config' metadata: ", parsed.error);
+  const nlohmann::json& config = parsed.value;
   TAXON_CHECK(config.is_object() && config.contains("visual"), "text.bad-config", source,
               ": taxon CLIP checkpoint config lacks 'visual': ", config.dump());
   ClipModel m;
-  m.visual = backbone::VisionTransformer(config["visual"].get<backbone::VisionTransformerOptions>());
+  m.visual = backbone::VisionTransformer(
+      backbone::vit_options_from_json_value(config["visual"], source + " 'config' metadata 'visual'"));
   backbone::load_state_dict(*m.visual, backbone::visual_state_dict(dict), /*strict=*/true, source);
   if (config.contains("text")) {
     m.text = TextTransformer(config["text"].get<TextTransformerOptions>());

@@ -16,6 +16,8 @@
 // e.g. checksums, belong there). Format 1 (the trainer's state at the top level, no manifest) is still read.
 #include "taxon/core/error.hpp"
 #include "taxon/io/atomic_file.hpp"
+#include "taxon/io/json.hpp"
+#include "taxon/io/pickle.hpp"
 #include "taxon/train/state_json.hpp"
 
 #include <ATen/ATen.h>
@@ -182,9 +184,10 @@ class TrainingCheckpoint {
   explicit TrainingCheckpoint(std::filesystem::path dir) : dir_(std::move(dir)) {
     const auto file = state_file();
     const std::string where = file.string();
-    const auto doc = nlohmann::json::parse(io::read_file(file), nullptr, /*allow_exceptions=*/false);
-    TAXON_CHECK(!doc.is_discarded() && doc.is_object(), "train.bad-checkpoint", where,
-                " is not valid JSON (truncated or overwritten?)");
+    const auto parsed = io::parse_json(io::read_file(file));
+    TAXON_CHECK(parsed, "train.bad-checkpoint", where, ": ", parsed.error);
+    const nlohmann::json& doc = parsed.value;
+    TAXON_CHECK(doc.is_object(), "train.bad-checkpoint", where, " is not a JSON object (truncated or overwritten?)");
     const auto format = doc.contains("format") && doc["format"].is_number_integer() ? doc["format"].get<int>() : 0;
     TAXON_CHECK(format == 1 || format == kFormat, "train.bad-checkpoint", where,
                 " is not a taxon training checkpoint this version reads (format ",
@@ -237,9 +240,8 @@ class TrainingCheckpoint {
   }
 
   static c10::IValue read_pickle(const std::filesystem::path& file, const char* what) {
-    const std::string data = io::read_file(file);
     try {
-      return torch::pickle_load(std::vector<char>(data.begin(), data.end()));
+      return io::load_pickle(file, what);
     } catch (const c10::Error& e) {
       TAXON_FAIL("train.bad-checkpoint", file.string(), " is not a readable pickle of ", what, ": ",
                  e.what_without_backtrace());
