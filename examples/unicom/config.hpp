@@ -131,6 +131,9 @@ inline void add_options(CLI::App& app, Config& c) {
       ->capture_default_str();
 }
 
+// config.json's record of what `auto` settings resolved to; not an option.
+inline constexpr const char* kResolvedKey = "resolved";
+
 // Options from a JSON file (a run's config.json, or any subset of its keys written by hand) on top of `base`. Bad
 // JSON, an unknown key or a value of another type than the option's is cli.bad-config naming the file and key.
 inline Config load_config(const std::filesystem::path& file, const Config& base = {}) {
@@ -141,6 +144,7 @@ inline Config load_config(const std::filesystem::path& file, const Config& base 
               j.type_name());
   nlohmann::json merged = base;
   for (const auto& [key, value] : j.items()) {
+    if (key == kResolvedKey) continue;  // what the run resolved (device, amp): a record, resolved again on resume
     TAXON_CHECK(merged.contains(key), "cli.bad-config", file.string(), ": unknown option '", key, "'");
     const nlohmann::json& current = merged[key];
     bool same_kind = current.is_number_integer()

@@ -383,7 +383,7 @@ int run(unicom::Config c) {
   seed_everything(c.seed);
   const fs::path run_dir = c.run_dir;
   auto config = nlohmann::json(c);
-  config["resolved"] = {{"device", where.device.device.str()},
+  config[unicom::kResolvedKey] = {{"device", where.device.device.str()},
                         {"device_note", where.device.fallback_reason},
                         {"amp", train::to_string(where.precision)}};
   io::write_text_atomically(run_dir / "config.json", config.dump(2));

@@ -461,3 +461,21 @@ TEST_CASE("trainer.json: nesting deeper than 64 levels is a checkpoint error", "
     CHECK(std::string(e.what()).find("nested deeper than 64 levels") != std::string::npos);
   }
 }
+
+// Found by the pt_archive harness: 8 bytes changed in the committed open_clip seed make LibTorch's Unpickler throw a
+// std:: exception (not c10::Error), which escaped load_pretrained as an id-less error.
+TEST_CASE("pt archive: a damaged pickle that makes the Unpickler throw a std:: exception is backbone.bad-weights",
+          "[fuzz-regression][backbone]") {
+  namespace t = test_fuzz_regressions;
+  const std::string seed = taxon::io::read_file(std::filesystem::path(TAXON_SOURCE_DIR) / "tests/fuzz/corpus/pt_archive/open_clip_state_dict.pt");
+  REQUIRE(seed.size() == 8425);
+  std::string bytes = seed;
+  const std::pair<std::size_t, unsigned char> changes[] = {{8, 17},     {3601, 91},  {5447, 253}, {5448, 151},
+                                                           {5449, 251}, {5450, 161}, {6060, 48},  {6061, 53}};
+  for (const auto& [offset, value] : changes) bytes[offset] = static_cast<char>(value);
+  taxon::test::TempDir dir("taxon_fuzz_pt");
+  const auto path = t::write_file(dir.path / "damaged.pt", bytes);
+  REQUIRE_TAXON_ERROR(taxon::backbone::load_pretrained(path), "backbone.bad-weights");
+  // The undamaged seed still loads.
+  CHECK_NOTHROW(taxon::backbone::load_pretrained(t::write_file(dir.path / "seed.pt", seed)));
+}

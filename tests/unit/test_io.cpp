@@ -111,7 +111,7 @@ TEST_CASE("npy matches bytes written by numpy.save", "[io][npy]") {
   REQUIRE(labels.find("{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }") == 10);
 }
 
-TEST_CASE("npy reads format 2.0; writes 1.0 up to numpy's 64 dimensions", "[io][npy]") {
+TEST_CASE("npy reads format 2.0 and writes 1.0 up to numpy's 64 dimensions", "[io][npy]") {
   test_io::TempDir dir;
   std::string header = "{'descr': '<i4', 'shape': (2,), 'fortran_order': False}";
   header += std::string(128 - 12 - header.size() - 1, ' ') + "\n";

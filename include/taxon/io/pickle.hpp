@@ -8,6 +8,7 @@
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/import_read.h>
 
+#include <exception>
 #include <filesystem>
 #include <string>
 
@@ -17,10 +18,17 @@ namespace taxon::io {
 // turns into its format's error id.
 inline c10::IValue load_pickle(const std::filesystem::path& path, std::string_view what = "torch.save archive") {
   require_file(path, what);
-  caffe2::serialize::PyTorchStreamReader reader(path.string());
-  return torch::jit::readArchiveAndTensors("data", /*pickle_prefix=*/"", /*tensor_prefix=*/"",
-                                           /*type_resolver=*/c10::nullopt, /*obj_loader=*/c10::nullopt,
-                                           /*device=*/c10::nullopt, reader);
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path.string());
+    return torch::jit::readArchiveAndTensors("data", /*pickle_prefix=*/"", /*tensor_prefix=*/"",
+                                             /*type_resolver=*/c10::nullopt, /*obj_loader=*/c10::nullopt,
+                                             /*device=*/c10::nullopt, reader);
+  } catch (const c10::Error&) {
+    throw;
+  } catch (const std::exception& e) {  // the Unpickler also throws std:: exceptions on damaged data (found by fuzzing)
+    const std::string message = std::string("damaged pickle: ") + e.what();
+    throw c10::Error(message, "");
+  }
 }
 
 }  // namespace taxon::io
