@@ -27,7 +27,7 @@ inline c10::IValue load_pickle(const std::filesystem::path& path, std::string_vi
     throw;
   } catch (const std::exception& e) {  // the Unpickler also throws std:: exceptions on damaged data (found by fuzzing)
     const std::string message = std::string("damaged pickle: ") + e.what();
-    throw c10::Error(c10::SourceLocation{__func__, __FILE__, static_cast<uint32_t>(__LINE__)}, message);
+    throw c10::Error{c10::SourceLocation{__func__, __FILE__, static_cast<uint32_t>(__LINE__)}, message};
   }
 }
 
