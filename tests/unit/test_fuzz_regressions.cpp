@@ -27,6 +27,7 @@
 #include <string>
 
 #include "support/allocation_guard.hpp"
+#include "support/gzip.hpp"
 #include "support/temp_dir.hpp"
 #include "support/tensor_compare.hpp"
 
@@ -56,19 +57,7 @@ inline std::string idx_header(const std::vector<uint32_t>& dims) {
   return s;
 }
 
-inline std::string gzip(const std::string& in) {
-  z_stream zs{};
-  REQUIRE(deflateInit2(&zs, Z_BEST_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) == Z_OK);
-  std::string out(deflateBound(&zs, in.size()) + 32, '\0');
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
-  zs.avail_in = static_cast<uInt>(in.size());
-  zs.next_out = reinterpret_cast<Bytef*>(out.data());
-  zs.avail_out = static_cast<uInt>(out.size());
-  REQUIRE(deflate(&zs, Z_FINISH) == Z_STREAM_END);
-  out.resize(zs.total_out);
-  deflateEnd(&zs);
-  return out;
-}
+using taxon::test::gzip;
 
 // A .npy file whose header declares `shape_literal` of `descr` followed by `payload`.
 inline std::string npy_bytes(const std::string& descr, const std::string& shape_literal, const std::string& payload) {

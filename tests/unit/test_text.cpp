@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "support/gzip.hpp"
 #include "support/temp_dir.hpp"
 #include "support/tensor_compare.hpp"
 
@@ -47,19 +48,7 @@ inline Tokenizer small_tokenizer(taxon::text::TokenizerOptions o = {}) {
   return Tokenizer::from_merges(kMerges, o, "test merges");
 }
 
-inline std::string gzip(const std::string& text) {
-  z_stream zs{};
-  REQUIRE(deflateInit2(&zs, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) == Z_OK);
-  std::string out(deflateBound(&zs, text.size()) + 32, '\0');
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(text.data()));
-  zs.avail_in = static_cast<uInt>(text.size());
-  zs.next_out = reinterpret_cast<Bytef*>(out.data());
-  zs.avail_out = static_cast<uInt>(out.size());
-  REQUIRE(deflate(&zs, Z_FINISH) == Z_STREAM_END);
-  out.resize(zs.total_out);
-  deflateEnd(&zs);
-  return out;
-}
+using taxon::test::gzip;
 
 inline const fs::path kData = fs::path(TAXON_TEST_DATA_DIR) / "text";
 
