@@ -1,6 +1,7 @@
 // K-means pseudo-labels: blob recovery, determinism, faiss/LibTorch parity (incl. empty-cluster repair),
 // K selection, subsampling and logging, size statistics, feature combination, .npy round trip.
 #include "taxon/cluster/cluster.hpp"
+#include "taxon/io/npy.hpp"
 
 #include <ATen/ATen.h>
 #include <catch2/catch.hpp>
@@ -133,6 +134,47 @@ TEST_CASE("faiss and LibTorch k-means agree from the same init, including empty-
     REQUIRE(at::equal(lf, lt));
     REQUIRE_TENSORS_CLOSE(st, sf, 1e-4, 1e-2);
   }
+}
+
+// Python faiss.Kmeans 1.7.3 on tests/data/kmeans/features.npy (tests/data/kmeans/make_golden.py).
+struct FaissGolden {
+  std::string name;
+  KMeansOptions options;
+  bool normalise;
+};
+
+inline std::vector<FaissGolden> faiss_goldens() {
+  return {{"l2_seeds", KMeansOptions().k(10).niter(20), false},  // the seeds' faiss.Kmeans(d, k, niter=20)
+          {"l2_seed7_subsample", KMeansOptions().k(8).niter(12).seed(7).max_points_per_centroid(40), false},
+          {"spherical_seed3", KMeansOptions().k(12).niter(15).seed(3).spherical(true), true},
+          {"l2_nredo3", KMeansOptions().k(9).niter(8).seed(11).nredo(3), false}};
+}
+
+inline std::filesystem::path kmeans_data(const std::string& file) {
+  return std::filesystem::path(TAXON_TEST_DATA_DIR) / "kmeans" / file;
+}
+
+TEST_CASE("the faiss backend gives Python faiss.Kmeans' centroids and assignments for the same seed", "[cluster]") {
+  const auto x = taxon::io::load_npy(kmeans_data("features.npy"));
+  REQUIRE(KMeansOptions().seed() == 1234);  // faiss.Kmeans' default seed
+  for (const auto& g : faiss_goldens()) {
+    INFO(g.name);
+    const auto input = g.normalise ? x / x.norm(2, {1}, true) : x;
+    const auto centroids = taxon::io::load_npy(kmeans_data("centroids_" + g.name + ".npy"));
+    const auto labels = taxon::io::load_npy(kmeans_data("labels_" + g.name + ".npy"));
+    auto f = KMeans(KMeansOptions(g.options).backend(KMeansBackend::faiss).verbose(false)).fit(input);
+    REQUIRE_TENSORS_CLOSE(f.centroids, centroids, 1e-5, 1e-5);
+    REQUIRE(at::equal(f.labels, labels));
+    // The LibTorch backend draws the same subsample and initial centroids (faiss's rand_perm and seeds).
+    auto t = KMeans(KMeansOptions(g.options).backend(KMeansBackend::torch).verbose(false)).fit(input);
+    REQUIRE_TENSORS_CLOSE(t.centroids, centroids, 1e-4, 1e-4);
+    REQUIRE(at::equal(t.labels, labels));
+  }
+  // The seed is what picks them: another seed, other centroids.
+  const auto g = faiss_goldens().front();
+  auto other = KMeans(KMeansOptions(g.options).seed(1235).backend(KMeansBackend::faiss).verbose(false)).fit(x);
+  REQUIRE(!at::allclose(other.centroids, taxon::io::load_npy(kmeans_data("centroids_" + g.name + ".npy")), 1e-3, 1e-3));
+  REQUIRE_TAXON_ERROR(KMeans(KMeansOptions(g.options).seed(uint64_t{1} << 31)).fit(x), "cluster.bad-option");
 }
 
 TEST_CASE("choosing K: count, fraction of N, and K > N is an error", "[cluster]") {

@@ -1,13 +1,16 @@
 #pragma once
 // K-means into pseudo-classes (UNICOM's offline step) with two backends sharing one recipe:
-//   faiss  - faiss::Clustering (CPU, BLAS), one iteration per call so each iteration is logged;
+//   faiss  - faiss::Clustering (CPU, BLAS) set up as Python's faiss.Kmeans sets it up (faiss/python
+//            extra_wrappers.py, faiss 1.7.3): same parameters, IndexFlatL2 or IndexFlatIP (spherical), faiss's
+//            own subsample and initial centroids, so the same data, k, niter, seed and metric give the same
+//            centroids as `faiss.Kmeans(d, k, niter=..., seed=..., spherical=...).train(x)`;
 //   torch  - LibTorch matmul assignment in blocks, on whatever device the features live (CUDA included).
 // The default, automatic, picks torch for features on (or KMeansOptions::device set to) a GPU and faiss on the
 // CPU: faiss is CPU-only in this build, so GPU embeddings are clustered where they are.
-// Both start from the same seeded initial centroids (k distinct training points), use the same training
-// subsample, and repair empty clusters with faiss's split rule (same RNG), so on the same input they give the
-// same centroids up to float rounding and assignment ties. Subsampling above max_points_per_centroid * K is
-// done here, explicitly and logged, not silently inside faiss.
+// The torch backend draws its subsample and initial centroids with faiss's rand_perm and faiss's seeds
+// (seed for the subsample, seed + 1 + redo * 15486557 for restart `redo`) and repairs empty clusters with
+// faiss's split rule, so on the same input both backends give the same centroids up to float rounding and
+// assignment ties.
 #include "taxon/core/device.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/core/normalize.hpp"
@@ -19,6 +22,7 @@
 #include <ATen/ATen.h>
 #include <faiss/Clustering.h>
 #include <faiss/IndexFlat.h>
+#include <faiss/utils/random.h>
 
 #include <algorithm>
 #include <chrono>
@@ -26,6 +30,7 @@
 #include <cstring>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <random>
 #include <string>
@@ -46,10 +51,12 @@ struct KMeansOptions {
   TAXON_ARG(int, niter) = 20;
   // Independent restarts (different seeded inits); the best final objective is kept.
   TAXON_ARG(int, nredo) = 1;
+  // faiss's ClusteringParameters::seed (faiss.Kmeans' default is 1234): it drives the subsample and the
+  // initial centroids exactly as in faiss; faiss seeds are C ints, so it must fit in [0, 2^31).
   TAXON_ARG(uint64_t, seed) = 1234;
   // Inner-product assignment and unit-norm centroids: k-means on the sphere, for L2-normalised features.
   TAXON_ARG(bool, spherical) = false;
-  // Train on at most max_points_per_centroid * K points (seeded subsample; faiss's default is 256).
+  // Train on at most max_points_per_centroid * K points (faiss's subsample; faiss's default is 256).
   TAXON_ARG(int64_t, max_points_per_centroid) = 256;
   // Warn below min_points_per_centroid * K points (faiss's default is 39).
   TAXON_ARG(int64_t, min_points_per_centroid) = 39;
@@ -218,36 +225,71 @@ struct RunResult {
   int nsplit = 0;
 };
 
-inline RunResult run_faiss(const at::Tensor& x, at::Tensor centroids, const KMeansOptions& o, int redo,
-                           Progress& progress) {
+// faiss's seed is a C int; taxon's option is unsigned 64-bit so that it composes with the rest of the library.
+inline int faiss_seed(const KMeansOptions& o) {
+  TAXON_CHECK(o.seed() <= static_cast<uint64_t>(std::numeric_limits<int>::max()), "cluster.bad-option",
+              "the k-means seed is faiss's (a C int): it must be below 2^31, got ", o.seed());
+  return static_cast<int>(o.seed());
+}
+
+// faiss's max_points_per_centroid (an int; taxon's <= 0 means no cap).
+inline int faiss_max_points(const KMeansOptions& o) {
+  const int64_t m = o.max_points_per_centroid();
+  return m <= 0 || m > std::numeric_limits<int>::max() ? std::numeric_limits<int>::max() : static_cast<int>(m);
+}
+
+// faiss::rand_perm(n, seed): the permutation faiss draws its subsample and its initial centroids from.
+inline std::vector<int64_t> faiss_permutation(int64_t n, int64_t seed) {
+  TAXON_CHECK(n <= std::numeric_limits<int>::max(), "cluster.bad-features", "faiss k-means indexes points with ",
+              "C ints: ", n, " points are too many");
+  std::vector<int> perm(static_cast<size_t>(n));
+  faiss::rand_perm(perm.data(), static_cast<size_t>(n), seed);
+  return {perm.begin(), perm.end()};
+}
+
+// One faiss::Clustering::train as faiss.Kmeans runs it, on all of x (faiss subsamples to
+// max_points_per_centroid * K itself). init: [K, D] starting centroids, or undefined for faiss's own pick
+// (then faiss runs the `nredo` restarts and keeps the best).
+inline RunResult run_faiss(const at::Tensor& x, const at::Tensor& init, int64_t k, const KMeansOptions& o, int nredo,
+                           int first_redo, Progress& progress) {
   auto xs = x.to(at::kCPU, at::kFloat).contiguous();
-  const int64_t n = xs.size(0), d = xs.size(1), k = centroids.size(0);
-  faiss::ClusteringParameters cp;
-  cp.niter = 1;
-  cp.nredo = 1;
+  const int64_t n = xs.size(0), d = xs.size(1);
+  faiss::ClusteringParameters cp;  // faiss's defaults, then what faiss.Kmeans(d, k, **kwargs) would set
+  cp.niter = o.niter();
+  cp.nredo = nredo;
   cp.spherical = o.spherical();
+  cp.seed = faiss_seed(o);
+  cp.max_points_per_centroid = faiss_max_points(o);
+  cp.min_points_per_centroid = 0;  // faiss's warning goes to stderr; taxon logs its own (same threshold)
   cp.verbose = false;
-  cp.min_points_per_centroid = 0;                          // the check and warning are ours
-  cp.max_points_per_centroid = std::numeric_limits<int>::max();  // subsampling is ours, done above
-  faiss::IndexFlat index(d, o.spherical() ? faiss::METRIC_INNER_PRODUCT : faiss::METRIC_L2);
-  RunResult run;
-  auto c = centroids.to(at::kCPU, at::kFloat).contiguous().clone();  // updated in place below
-  for (int it = 0; it < o.niter(); ++it) {
-    faiss::Clustering clus(static_cast<int>(d), static_cast<int>(k), cp);
+  faiss::Clustering clus(static_cast<int>(d), static_cast<int>(k), cp);
+  if (init.defined()) {
+    auto c = init.to(at::kCPU, at::kFloat).contiguous();
     clus.centroids.assign(c.data_ptr<float>(), c.data_ptr<float>() + k * d);
-    index.reset();
-    clus.train(n, xs.data_ptr<float>(), index);
-    const auto& st = clus.iteration_stats.back();
-    std::memcpy(c.data_ptr<float>(), clus.centroids.data(), sizeof(float) * static_cast<size_t>(k * d));
-    run.objective.push_back(st.obj);
-    run.nsplit += st.nsplit;
-    if (o.verbose())
-      log::info("kmeans[faiss] redo ", redo, " iter ", it + 1, "/", o.niter(), ": objective ", st.obj, ", ",
-                st.time, " s (search ", st.time_search, " s), imbalance ", st.imbalance_factor, ", splits ",
-                st.nsplit);
-    progress.advance(1, c10::str("obj ", st.obj));
   }
-  run.centroids = c;
+  std::unique_ptr<faiss::IndexFlat> index;  // faiss.Kmeans: IndexFlatIP when spherical, else IndexFlatL2
+  if (o.spherical()) index = std::make_unique<faiss::IndexFlatIP>(d);
+  else index = std::make_unique<faiss::IndexFlatL2>(d);
+  clus.train(n, xs.data_ptr<float>(), *index);
+
+  RunResult run;
+  run.centroids = at::from_blob(clus.centroids.data(), {k, d}, at::kFloat).clone();
+  // With restarts, faiss keeps the statistics of every run up to the best one; the best is the last niter.
+  const auto& stats = clus.iteration_stats;
+  const size_t kept = std::min(stats.size(), static_cast<size_t>(o.niter()));
+  for (size_t i = 0; i < stats.size(); ++i) {
+    const auto& st = stats[i];
+    const int redo = first_redo + static_cast<int>(i / static_cast<size_t>(o.niter()));
+    if (o.verbose())
+      log::info("kmeans[faiss] redo ", redo, " iter ", i % static_cast<size_t>(o.niter()) + 1, "/", o.niter(),
+                ": objective ", st.obj, ", ", st.time, " s (search ", st.time_search, " s), imbalance ",
+                st.imbalance_factor, ", splits ", st.nsplit);
+    if (i >= stats.size() - kept) {
+      run.objective.push_back(st.obj);
+      run.nsplit += st.nsplit;
+    }
+  }
+  progress.advance(static_cast<int64_t>(o.niter()) * nredo, c10::str("obj ", run.objective.empty() ? 0.0 : run.objective.back()));
   return run;
 }
 
@@ -284,21 +326,26 @@ inline RunResult run_torch(const at::Tensor& x, at::Tensor centroids, const KMea
 
 }  // namespace detail
 
-// The seeded training subsample (all rows when N <= max_points_per_centroid * K), as row indices.
+// faiss's training subsample, as row indices in faiss's order: all rows when N <= max_points_per_centroid * K,
+// else the first max_points_per_centroid * K of rand_perm(N, seed).
 inline at::Tensor training_rows(int64_t n, int64_t k, const KMeansOptions& o) {
   const int64_t cap = o.max_points_per_centroid() > 0 ? o.max_points_per_centroid() * k : n;
   if (n <= cap) return at::arange(n, at::kLong);
-  auto gen = make_generator(o.seed(), {0x5ab5a3b1e});
-  return std::get<0>(at::randperm(n, gen, at::kLong).narrow(0, 0, cap).sort());
+  auto perm = detail::faiss_permutation(n, detail::faiss_seed(o));
+  perm.resize(static_cast<size_t>(cap));
+  return at::tensor(perm, at::kLong);
 }
 
-// The seeded initial centroids for restart `redo`: K distinct training points (unit-normalised if spherical).
+// The initial centroids of restart `redo` (unit-normalised if spherical). random: faiss's pick, the training
+// points at the first K positions of rand_perm(n_train, seed + 1 + redo * 15486557).
 inline at::Tensor initial_centroids(const at::Tensor& train, int64_t k, const KMeansOptions& o, int redo = 0) {
-  auto gen = make_generator(o.seed(), {0x1217, static_cast<uint64_t>(redo)});
   at::Tensor rows;
   if (o.init() == KMeansInit::random) {
-    rows = at::randperm(train.size(0), gen, at::kLong).narrow(0, 0, k);
+    auto perm = detail::faiss_permutation(train.size(0), int64_t{detail::faiss_seed(o)} + 1 + redo * int64_t{15486557});
+    perm.resize(static_cast<size_t>(k));
+    rows = at::tensor(perm, at::kLong);
   } else {
+    auto gen = make_generator(o.seed(), {0x1217, static_cast<uint64_t>(redo)});
     // k-means++: each next centre is a point drawn with probability proportional to its squared distance
     // to the nearest centre chosen so far (sampled on the CPU with the seeded generator).
     auto x = train.to(at::kFloat);
@@ -347,18 +394,18 @@ class KMeans {
     const int64_t n = x.size(0), d = x.size(1);
     const int64_t k = resolve_k(n, o);
 
-    auto rows = training_rows(n, k, o);
-    const int64_t n_train = rows.size(0);
-    auto train = n_train == n ? x : x.index_select(0, rows.to(x.device()));
+    const int64_t cap = o.max_points_per_centroid() > 0 ? o.max_points_per_centroid() * k : n;
+    const int64_t n_train = std::min(n, cap);
     if (n_train < n)
-      log::info("kmeans: subsampling ", n, " points to ", n_train, " for training (max_points_per_centroid ",
-                o.max_points_per_centroid(), " x K=", k, ", seed ", o.seed(), "); all ", n, " are assigned after");
+      log::info("kmeans: subsampling ", n, " points to ", n_train, " for training (faiss's subsample: ",
+                "max_points_per_centroid ", o.max_points_per_centroid(), " x K=", k, ", seed ", o.seed(), "); all ", n,
+                " are assigned after");
     if (n_train < o.min_points_per_centroid() * k)
       log::warn("kmeans: only ", n_train, " points for K=", k, " (fewer than min_points_per_centroid ",
                 o.min_points_per_centroid(), " per cluster); clusters will be small or empty");
     log::info("kmeans[", where.backend == KMeansBackend::faiss ? "faiss" : "torch", "]: N=", n, " D=", d, " K=", k,
-              " niter=", o.niter(), " nredo=", o.nredo(), o.spherical() ? " spherical (inner product)" : " L2",
-              " on ", x.device());
+              " niter=", o.niter(), " nredo=", o.nredo(), " seed=", o.seed(),
+              o.spherical() ? " spherical (inner product)" : " L2", " on ", x.device());
 
     const bool given = o.init_centroids().defined();
     if (given) {
@@ -368,18 +415,30 @@ class KMeans {
       TAXON_CHECK(o.nredo() == 1, "cluster.bad-init", "init_centroids fixes the start: nredo must be 1, got ",
                   o.nredo());
     }
+    detail::faiss_seed(o);  // an out-of-range seed fails before any work
     Progress progress("kmeans", static_cast<int64_t>(o.niter()) * o.nredo(), "iter");
     detail::RunResult best;
-    for (int redo = 0; redo < o.nredo(); ++redo) {
-      at::Tensor init = given ? o.init_centroids().to(x.device(), at::kFloat) : initial_centroids(train, k, o, redo);
-      if (given && o.spherical()) init = l2_normalize_rows(init);
-      auto run = where.backend == KMeansBackend::faiss ? detail::run_faiss(train, init, o, redo, progress)
-                                                       : detail::run_torch(train, init, o, redo, progress);
-      // Inner-product objectives are maximised, squared distances minimised (as faiss's nredo does).
-      const bool better = best.objective.empty() ||
-                          (o.spherical() ? run.objective.back() > best.objective.back()
-                                         : run.objective.back() < best.objective.back());
-      if (better) best = std::move(run);
+    if (where.backend == KMeansBackend::faiss && !given && o.init() == KMeansInit::random) {
+      best = detail::run_faiss(x, at::Tensor(), k, o, o.nredo(), 0, progress);  // exactly faiss.Kmeans
+    } else if (where.backend == KMeansBackend::torch && !given && o.init() == KMeansInit::random && n_train == k) {
+      best.centroids = x.clone();  // faiss's corner case: K points are the centroids, in input order
+      best.objective = {0.0};
+      progress.advance(static_cast<int64_t>(o.niter()) * o.nredo());
+    } else {
+      auto rows = training_rows(n, k, o);
+      auto train = n_train == n ? x : x.index_select(0, rows.to(x.device()));
+      for (int redo = 0; redo < o.nredo(); ++redo) {
+        at::Tensor init = given ? o.init_centroids().to(x.device(), at::kFloat) : initial_centroids(train, k, o, redo);
+        if (given && o.spherical()) init = l2_normalize_rows(init);
+        // faiss takes all of x and draws the same subsample itself.
+        auto run = where.backend == KMeansBackend::faiss ? detail::run_faiss(x, init, k, o, 1, redo, progress)
+                                                         : detail::run_torch(train, init, o, redo, progress);
+        // Inner-product objectives are maximised, squared distances minimised (as faiss's nredo does).
+        const bool better = best.objective.empty() ||
+                            (o.spherical() ? run.objective.back() > best.objective.back()
+                                           : run.objective.back() < best.objective.back());
+        if (better) best = std::move(run);
+      }
     }
     progress.finish();
 
