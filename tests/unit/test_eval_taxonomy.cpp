@@ -1,6 +1,10 @@
 // The seeds' taxonomy table: hand-built metrics with ties and a test-only class, a brute-force reference,
-// nfhm_compat, chunking, the seeded (stratified) split, and the CSV/Markdown layout.
+// nfhm_compat, chunking, the seeded (stratified) split, the CSV/Markdown layout, and the seeds' label cleaning
+// against their table (tests/data/label_cleaning/make_golden.py).
+#include "taxon/data/csv.hpp"
+#include "taxon/data/rank_spec.hpp"
 #include "taxon/eval/taxonomy.hpp"
+#include "taxon/io/npy.hpp"
 
 #include <ATen/ATen.h>
 #include <catch2/catch.hpp>
@@ -269,6 +273,66 @@ TEST_CASE("TaxonomyEvaluator: noisy clusters, determinism, options and errors", 
   REQUIRE_TAXON_ERROR(TaxonomyEvaluator(TaxonomyEvalOptions().groups({"Mammal"})).evaluate(emb, columns),
                       "eval.empty-group");
   REQUIRE(TaxonomyColumns::extract_genus("Danaus plexippus plexippus") == "Danaus");
+}
+
+// The fixture's label columns as taxon-eval reads them: species=scientificName, genus=@genus(scientificName).
+inline TaxonomyColumns cleaning_fixture_columns() {
+  const auto csv = taxon::data::CsvTable::read(std::filesystem::path(TAXON_TEST_DATA_DIR) / "label_cleaning" / "fixture.csv");
+  TaxonomyColumns c;
+  for (const char* spec : {"species=scientificName", "genus=@genus(scientificName)"}) {
+    const auto rank = taxon::data::parse_rank_spec(spec);
+    c.ranks.emplace_back(rank.rank, taxon::data::rank_values(csv, rank));
+  }
+  for (int64_t i = 0; i < csv.num_rows(); ++i) c.taxa.push_back(csv.cell(i, "taxa"));
+  return c;
+}
+
+TEST_CASE("the seeds' label cleaning: padded taxa and blank species give the seeds' table cell for cell", "[eval]") {
+  const auto dir = std::filesystem::path(TAXON_TEST_DATA_DIR) / "label_cleaning";
+  const auto emb = taxon::io::load_npy(dir / "embeddings.npy");
+  const auto columns = cleaning_fixture_columns();
+  // The seeds' code: distance_individual repeats the cosine neighbour (nfhm_compat); split seed 7 as in the script.
+  const auto options = TaxonomyEvalOptions().model("trained_vlm_unicom").seed(7).nfhm_compat(true);
+  const auto table = TaxonomyEvaluator(options).evaluate(emb, columns);
+  REQUIRE(table.to_csv() == taxon::io::read_file(dir / "expected_table.csv"));
+  REQUIRE(table.cleaning.applied);
+  REQUIRE(table.cleaning.rows_in == 80);
+  REQUIRE(table.cleaning.rows_dropped == 4);     // "" and "   " species
+  REQUIRE(table.cleaning.taxa_rewritten == 55);  // spaces, a tab, a no-break space
+  REQUIRE(table.cleaning.describe().find("4 of 80 rows dropped") != std::string::npos);
+
+  // Off: every spelling is its own group and a blank species is a class.
+  const auto raw = TaxonomyEvaluator(TaxonomyEvalOptions(options).clean_labels(false));
+  const auto groups = raw.groups(columns);
+  REQUIRE(std::find(groups.begin(), groups.end(), " Fish") != groups.end());
+  REQUIRE(std::find(groups.begin(), groups.end(), "Bird\u00a0") != groups.end());
+  const auto raw_table = raw.evaluate(emb, columns);
+  REQUIRE(!raw_table.cleaning.applied);
+  REQUIRE(raw_table.to_csv() != table.to_csv());
+  REQUIRE(raw_table.at("All", "species").num_queries == 16);  // ceil(0.2 * 80): blank rows stay
+  REQUIRE(table.at("All", "species").num_queries == 16);      // ceil(0.2 * 76)
+  REQUIRE(table.at("All", "species").num_gallery == 60);
+}
+
+TEST_CASE("Python's whitespace: str.strip() and str.split()[0] on UTF-8 labels", "[eval]") {
+  using taxon::data::genus_of;
+  using taxon::data::python_strip;
+  REQUIRE(python_strip(" \tFish \r\n") == "Fish");
+  REQUIRE(python_strip("\u00a0Bird\u3000\u2009") == "Bird");
+  REQUIRE(python_strip("\x1f\u0085\u1680\u2028\u2029\u202f\u205f\u200a") == "");
+  REQUIRE(python_strip("Papilio\u00a0machaon ") == "Papilio\u00a0machaon");  // inner spaces stay
+  REQUIRE(python_strip("caf\u00e9 \u2013") == "caf\u00e9 \u2013");         // not spaces: é, en dash
+  REQUIRE(python_strip("\u200b") == "\u200b");  // zero-width space is not whitespace in Python
+  REQUIRE(genus_of("\u00a0Danio\u2003rerio") == "Danio");
+  REQUIRE(genus_of("Vanessa atalanta rubria") == "Vanessa");
+  REQUIRE(genus_of(" \u3000 ").empty());
+  TaxonomyColumns c{{" Fish", "Fish", "Fish  "}, {{"species", {"Danio rerio", " \u00a0", "Salmo trutta"}}}};
+  TaxonomyColumns cleaned;
+  LabelCleaning report;
+  REQUIRE(clean_taxonomy_columns(c, cleaned, report) == std::vector<int64_t>{0, 2});
+  REQUIRE(cleaned.taxa == std::vector<std::string>{"Fish", "Fish"});
+  REQUIRE(report.rows_dropped == 1);
+  REQUIRE(report.taxa_rewritten == 2);
 }
 
 }  // namespace test_eval_taxonomy

@@ -145,14 +145,56 @@ class Taxonomy {
   std::vector<LabelMap> maps_;
 };
 
-// Genus from a binomial/trinomial scientific name: the first whitespace-separated token, as the seeds'
-// extract_genus does ("Salmo trutta fario" -> "Salmo"); empty/blank -> "" (missing).
-inline std::string genus_of(std::string_view scientific_name) {
-  const auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\f' || c == '\v'; };
+// Byte length of the whitespace code point starting at s[i] as Python's str.isspace() defines whitespace
+// (ASCII \t\n\v\f\r, \x1c-\x1f and space; U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029, U+202F,
+// U+205F, U+3000 in UTF-8), or 0: the seeds' str.strip() and str.split() use this set.
+inline std::size_t python_space_at(std::string_view s, std::size_t i) {
+  const auto b = [&](std::size_t k) { return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0u; };
+  const unsigned c0 = b(0);
+  if (c0 == ' ' || (c0 >= 0x09 && c0 <= 0x0d) || (c0 >= 0x1c && c0 <= 0x1f)) return 1;
+  if (c0 == 0xc2 && (b(1) == 0x85 || b(1) == 0xa0)) return 2;
+  if (c0 == 0xe1 && b(1) == 0x9a && b(2) == 0x80) return 3;
+  if (c0 == 0xe2 && b(1) == 0x80 && ((b(2) >= 0x80 && b(2) <= 0x8a) || b(2) == 0xa8 || b(2) == 0xa9 || b(2) == 0xaf))
+    return 3;
+  if (c0 == 0xe2 && b(1) == 0x81 && b(2) == 0x9f) return 3;
+  if (c0 == 0xe3 && b(1) == 0x80 && b(2) == 0x80) return 3;
+  return 0;
+}
+
+// Python's str.strip() with no argument, on UTF-8 text.
+inline std::string_view python_strip(std::string_view s) {
   std::size_t b = 0;
-  while (b < scientific_name.size() && is_space(scientific_name[b])) ++b;
+  while (b < s.size()) {
+    const std::size_t n = python_space_at(s, b);
+    if (n == 0) break;
+    b += n;
+  }
+  // The last non-space code point ends the result: scan forward so multi-byte spaces are recognised.
+  std::size_t end = b;
+  for (std::size_t i = b; i < s.size();) {
+    const std::size_t n = python_space_at(s, i);
+    if (n == 0) {
+      ++i;
+      end = i;
+    } else {
+      i += n;
+    }
+  }
+  return s.substr(b, end - b);
+}
+
+// Genus from a binomial/trinomial scientific name: the first whitespace-separated token, as the seeds'
+// extract_genus does (`str.split()[0]`, Python's whitespace: "Salmo trutta fario" -> "Salmo"); blank -> ""
+// (missing).
+inline std::string genus_of(std::string_view scientific_name) {
+  std::size_t b = 0;
+  while (b < scientific_name.size()) {
+    const std::size_t n = python_space_at(scientific_name, b);
+    if (n == 0) break;
+    b += n;
+  }
   std::size_t e = b;
-  while (e < scientific_name.size() && !is_space(scientific_name[e])) ++e;
+  while (e < scientific_name.size() && python_space_at(scientific_name, e) == 0) ++e;
   return std::string(scientific_name.substr(b, e - b));
 }
 

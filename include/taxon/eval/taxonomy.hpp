@@ -9,6 +9,10 @@
 //   distance_avg         class with the lowest mean Euclidean distance over its gallery images.
 // Ties: the first gallery row (gallery order = split order) for individual metrics, the lexicographically
 // smallest label for class-level ones. A query whose label is absent from the gallery always counts wrong.
+// Labels are cleaned first as the seeds' vlm_species_eval does (TaxonomyEvalOptions::clean_labels, on by
+// default): taxa values are stripped of whitespace, and rows whose scientific name (the first rank) is blank are
+// dropped before any split; the genus the seeds derive (str.split()[0]) is the same before and after stripping,
+// and the species label keeps its own padding, as theirs does.
 #include "taxon/core/device.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/core/log.hpp"
@@ -58,6 +62,43 @@ struct TaxonomyColumns {
   }
 };
 
+// What the seeds' label cleaning did to the rows of one evaluation (all zero when it is off).
+struct LabelCleaning {
+  bool applied = false;
+  int64_t rows_in = 0;         // rows given
+  int64_t rows_dropped = 0;    // blank scientific name (first rank): not evaluated
+  int64_t taxa_rewritten = 0;  // kept rows whose taxa value lost leading/trailing whitespace
+  std::string describe() const {
+    if (!applied) return c10::str("label cleaning off: all ", rows_in, " rows evaluated as given");
+    return c10::str("label cleaning (as the seeds' vlm_species_eval): ", rows_dropped, " of ", rows_in,
+                    " rows dropped (blank scientific name), ", taxa_rewritten, " taxa values stripped of whitespace");
+  }
+};
+
+// The seeds' cleaning of `columns` (taxa stripped, rows with a blank first rank dropped). Returns the kept rows
+// (indices into the input, in order) and fills `cleaned` with their labels.
+inline std::vector<int64_t> clean_taxonomy_columns(const TaxonomyColumns& columns, TaxonomyColumns& cleaned,
+                                                   LabelCleaning& report) {
+  const size_t n = columns.taxa.size();
+  report = LabelCleaning{true, static_cast<int64_t>(n), 0, 0};
+  cleaned.taxa.clear();
+  cleaned.ranks.clear();
+  for (const auto& [name, labels] : columns.ranks) cleaned.ranks.emplace_back(name, std::vector<std::string>{});
+  std::vector<int64_t> kept;
+  for (size_t i = 0; i < n; ++i) {
+    if (!columns.ranks.empty() && data::python_strip(columns.ranks.front().second[i]).empty()) {
+      ++report.rows_dropped;
+      continue;
+    }
+    const auto taxa = data::python_strip(columns.taxa[i]);
+    if (taxa.size() != columns.taxa[i].size()) ++report.taxa_rewritten;
+    cleaned.taxa.emplace_back(taxa);
+    for (size_t r = 0; r < columns.ranks.size(); ++r) cleaned.ranks[r].second.push_back(columns.ranks[r].second[i]);
+    kept.push_back(static_cast<int64_t>(i));
+  }
+  return kept;
+}
+
 struct TaxonomyRow {
   std::string model, taxa, column;
   double accuracy_individual = 0, accuracy_avg = 0, distance_individual = 0, distance_avg = 0;  // fractions
@@ -73,6 +114,7 @@ inline std::string format_percent(double fraction) {
 
 struct TaxonomyTable {
   std::vector<TaxonomyRow> rows;
+  LabelCleaning cleaning;  // of the evaluation that made the rows (not part of the seeds' columns)
 
   static const std::vector<std::string>& header() {
     static const std::vector<std::string> h = {"model",       "taxa",         "column",
@@ -151,6 +193,10 @@ struct TaxonomyEvalOptions {
   TAXON_ARG(bool, normalize) = false;
   // Reproduce the seeds' bug: distance_individual reuses the cosine neighbour (equals accuracy_individual).
   TAXON_ARG(bool, nfhm_compat) = false;
+  // The seeds' label cleaning (vlm_species_eval): strip whitespace from taxa values and drop rows whose
+  // scientific name (the first rank) is blank before splitting. Off: every row is evaluated as given ('' is a
+  // class like any other, ' Fish' and 'Fish' are two groups).
+  TAXON_ARG(bool, clean_labels) = true;
   // Group order; empty = order of first appearance in TaxonomyColumns::taxa.
   TAXON_ARG(std::vector<std::string>, groups) = {};
   TAXON_ARG(bool, include_all) = true;
@@ -364,17 +410,27 @@ class TaxonomyEvaluator {
                           options_.stratify_keep_singletons());
   }
 
-  TaxonomyTable evaluate(const at::Tensor& embeddings, const TaxonomyColumns& columns) const {
+  TaxonomyTable evaluate(const at::Tensor& embeddings, const TaxonomyColumns& given) const {
     detail::check_matrix(embeddings, "embeddings");
     const auto n = embeddings.size(0);
-    TAXON_CHECK(static_cast<int64_t>(columns.taxa.size()) == n, "eval.label-mismatch", "taxa column has ",
-                columns.taxa.size(), " rows but embeddings have ", n);
-    TAXON_CHECK(!columns.ranks.empty(), "eval.label-mismatch", "no rank columns given (e.g. species, genus)");
-    for (const auto& [name, labels] : columns.ranks)
+    TAXON_CHECK(static_cast<int64_t>(given.taxa.size()) == n, "eval.label-mismatch", "taxa column has ",
+                given.taxa.size(), " rows but embeddings have ", n);
+    TAXON_CHECK(!given.ranks.empty(), "eval.label-mismatch", "no rank columns given (e.g. species, genus)");
+    for (const auto& [name, labels] : given.ranks)
       TAXON_CHECK(static_cast<int64_t>(labels.size()) == n, "eval.label-mismatch", "rank column '", name,
                   "' has ", labels.size(), " rows but embeddings have ", n);
     auto emb = embeddings.detach().to(at::kCPU);
     TaxonomyTable table;
+    TaxonomyColumns cleaned;
+    if (options_.clean_labels()) {
+      const auto kept = clean_taxonomy_columns(given, cleaned, table.cleaning);
+      if (static_cast<int64_t>(kept.size()) < n)
+        emb = emb.index_select(0, at::tensor(kept, at::kLong));
+    } else {
+      table.cleaning.rows_in = n;
+    }
+    const TaxonomyColumns& columns = options_.clean_labels() ? cleaned : given;
+    log::info("eval ", options_.model(), ": ", table.cleaning.describe());
     for (const auto& group : groups(columns)) {
       const auto sp = split(columns, group);
       auto idx = [](const std::vector<int64_t>& v) {
