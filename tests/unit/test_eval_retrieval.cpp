@@ -100,6 +100,38 @@ TEST_CASE("retrieval metrics: hand-built leave-one-out answers with ties and a l
   }
 }
 
+TEST_CASE("Recall@K under UNICOM's definition counts a query with a singleton label as a miss", "[eval]") {
+  // Same points as above: q4 (label C) has no other C. pml excludes it (5 queries), unicom scores it 0 (6).
+  for (auto backend : {KnnBackend::torch, KnnBackend::faiss}) {
+    const auto base = RetrievalOptions().normalize(false).backend(backend).recall_at({1, 2, 3});
+    auto pml = evaluate_retrieval(hand_points(), hand_labels(), base);
+    auto unicom = evaluate_retrieval(hand_points(), hand_labels(),
+                                     RetrievalOptions(base).recall_definition(RecallDefinition::unicom));
+    REQUIRE(pml.recall_definition == RecallDefinition::pml);
+    REQUIRE(unicom.recall_definition == RecallDefinition::unicom);
+    REQUIRE(unicom.num_lone == 1);
+    REQUIRE(unicom.recall_at(1) == Approx(2.0 / 6));
+    REQUIRE(unicom.recall_at(2) == Approx(4.0 / 6));
+    REQUIRE(unicom.recall_at(3) == Approx(5.0 / 6));
+    REQUIRE(pml.recall_at(1) == Approx(2.0 / 5));
+    // precision@1, R-precision and MAP@R keep pytorch-metric-learning's definition under both.
+    REQUIRE(unicom.precision_at_1 == Approx(pml.precision_at_1));
+    REQUIRE(unicom.map_at_r == Approx(pml.map_at_r));
+    REQUIRE(unicom.r_precision == Approx(pml.r_precision));
+  }
+  // Without lone queries the two agree.
+  auto labels = hand_labels().clone();
+  labels[4].fill_(0);
+  auto a = evaluate_retrieval(hand_points(), labels, RetrievalOptions().normalize(false));
+  auto b = evaluate_retrieval(hand_points(), labels, RetrievalOptions().normalize(false).recall_definition(RecallDefinition::unicom));
+  REQUIRE(a.num_lone == 0);
+  REQUIRE(a.recall_at(1) == b.recall_at(1));
+  REQUIRE(recall_definition_from_string("unicom") == RecallDefinition::unicom);
+  REQUIRE(recall_definition_from_string("pml") == RecallDefinition::pml);
+  REQUIRE(std::string(to_string(RecallDefinition::unicom)) == "unicom");
+  REQUIRE_TAXON_ERROR(recall_definition_from_string("pytorch"), "eval.bad-option");
+}
+
 TEST_CASE("kNN search orders ties by gallery index and excludes the query by index", "[eval]") {
   KnnIndex index(hand_points(), KnnOptions().backend(KnnBackend::torch));
   // q1 = (0,1): scores 1 (i2) then 0 for i0, i3, i5 (tied across the k=3 boundary): lowest indices win.

@@ -580,6 +580,16 @@ TEST_CASE("runs compared side by side: one row per run, deltas against the first
 
 // Not run by default ("[.]"): ctest's report.synthetic_fixture runs it to give the browser test a run directory
 // with every section, escaped names and NaN values.
+TEST_CASE("the retrieval section says which Recall@K definition its numbers use", "[report]") {
+  taxon::report::RunRecord run;
+  run.retrieval = {{"after", {{"rank", "species"}, {"recall_at_1", 0.5}, {"recall_definition", "unicom"}}}};
+  CHECK(taxon::report::retrieval_comparison(run).caption.find("UNICOM's definition") != std::string::npos);
+  run.retrieval["after"]["recall_definition"] = "pml";
+  CHECK(taxon::report::retrieval_comparison(run).caption.find("pytorch-metric-learning's definition") != std::string::npos);
+  run.retrieval["after"].erase("recall_definition");
+  CHECK(taxon::report::retrieval_comparison(run).caption.find("definition not recorded") != std::string::npos);
+}
+
 TEST_CASE("synthetic run directory for the browser test", "[.report-fixture]") {
   const fs::path dir = fs::path(TAXON_BINARY_DIR) / "runs" / "report-synthetic";
   fs::remove_all(dir);

@@ -1,8 +1,10 @@
 #pragma once
 // Retrieval metrics on labelled embeddings with pytorch-metric-learning's definitions (precision@1,
 // R-precision, MAP@R; queries whose label has no other reference are excluded), Recall@K ("any of the top K
-// shares the label"), and UNICOM/DINO-style weighted kNN-vote accuracy. Leave-one-out excludes the query by
-// index. Queries are processed in blocks, so memory is O(block x gallery), never N x N.
+// shares the label") under either definition of RecallDefinition, and UNICOM/DINO-style weighted kNN-vote
+// accuracy. Leave-one-out excludes the query by index. Queries are processed in blocks, so memory is
+// O(block x gallery), never N x N.
+#include "taxon/core/error.hpp"
 #include "taxon/core/normalize.hpp"
 #include "taxon/eval/knn.hpp"
 
@@ -37,6 +39,28 @@ inline EncodedLabels encode_labels(const std::vector<std::string>& labels) {
   return out;
 }
 
+// Which queries Recall@K averages over.
+//   pml     pytorch-metric-learning's: a query whose label has no other reference ("lone") is excluded;
+//   unicom  UNICOM's get_metric (deepglint/unicom unicom/retrieval.py): every query counts, a lone query is a
+//           miss. UNICOM excludes the query itself positionally (its 2nd neighbour); taxon by index, which
+//           differs only for exact duplicates.
+// precision_at_1, R-precision and MAP@R are pytorch-metric-learning's under both (undefined for lone queries).
+enum class RecallDefinition { pml, unicom };
+
+inline const char* to_string(RecallDefinition d) { return d == RecallDefinition::unicom ? "unicom" : "pml"; }
+
+// What each definition means, for logs and reports.
+inline const char* describe(RecallDefinition d) {
+  return d == RecallDefinition::unicom ? "UNICOM's: every query counts, one with no other sample of its label is a miss"
+                                       : "pytorch-metric-learning's: queries with no other sample of their label are excluded";
+}
+
+inline RecallDefinition recall_definition_from_string(const std::string& s) {
+  if (s == "pml") return RecallDefinition::pml;
+  TAXON_CHECK(s == "unicom", "eval.bad-option", "unknown Recall@K definition '", s, "' (pml or unicom)");
+  return RecallDefinition::unicom;
+}
+
 struct RetrievalOptions {
   TAXON_ARG(KnnBackend, backend) = KnnBackend::automatic;
   // Where the neighbour search runs (default: the embeddings' device); see KnnOptions::device.
@@ -45,6 +69,7 @@ struct RetrievalOptions {
   TAXON_ARG(KnnMetric, metric) = KnnMetric::inner_product;
   TAXON_ARG(bool, normalize) = true;
   TAXON_ARG(std::vector<int64_t>, recall_at) = std::vector<int64_t>{1, 5, 10};
+  TAXON_ARG(RecallDefinition, recall_definition) = RecallDefinition::pml;
   // Query rows per block (0: automatic, see KnnOptions::chunk_size).
   TAXON_ARG(int64_t, chunk_size) = 0;
 };
@@ -53,9 +78,10 @@ struct RetrievalMetrics {
   double precision_at_1 = 0;
   double r_precision = 0;
   double map_at_r = 0;
-  std::vector<std::pair<int64_t, double>> recall_at_k;  // (K, Recall@K)
-  int64_t num_queries = 0;  // queries scored
-  int64_t num_lone = 0;     // queries excluded: no reference shares their label
+  std::vector<std::pair<int64_t, double>> recall_at_k;  // (K, Recall@K) under recall_definition
+  RecallDefinition recall_definition = RecallDefinition::pml;
+  int64_t num_queries = 0;  // queries scored by precision@1, R-precision and MAP@R
+  int64_t num_lone = 0;     // queries no reference shares a label with: excluded (pml) or misses (unicom)
   int64_t k_used = 0;       // neighbours retrieved per query (>= every R)
 
   double recall_at(int64_t k) const {
@@ -148,7 +174,10 @@ inline RetrievalMetrics retrieval_core(at::Tensor queries, at::Tensor query_labe
   m.precision_at_1 = p1 / n;
   m.r_precision = rp / n;
   m.map_at_r = map / n;
-  for (size_t i = 0; i < recall.size(); ++i) m.recall_at_k.emplace_back(o.recall_at()[i], recall[i] / n);
+  m.recall_definition = o.recall_definition();
+  // Lone queries never have a same-label neighbour: under UNICOM's definition they only add misses.
+  const double n_recall = o.recall_definition() == RecallDefinition::unicom ? n + static_cast<double>(m.num_lone) : n;
+  for (size_t i = 0; i < recall.size(); ++i) m.recall_at_k.emplace_back(o.recall_at()[i], recall[i] / n_recall);
   return m;
 }
 

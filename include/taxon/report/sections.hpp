@@ -283,18 +283,25 @@ inline Comparison retrieval_comparison(const RunRecord& run) {
   c.title = "Recall@K and MAP@R";
   for (const auto& [key, name] : retrieval_metrics()) c.columns.push_back({name, true});
   if (!run.retrieval.is_object()) return c;
-  std::string rank;
+  std::string rank, definition;
   size_t i = 0;
   for (const auto& [model, m] : run.retrieval.items()) {
     Comparison::Row row{model_display_name(model), model_color(model, i++), {}};
+    if (m.is_object() && m.contains("recall_definition") && m.at("recall_definition").is_string())
+      definition = m.at("recall_definition").get<std::string>();
     for (const auto& [key, name] : retrieval_metrics()) row.values.push_back(json_number(m, key));
     if (model == "before") c.reference_row = static_cast<int64_t>(c.rows.size());
     if (m.is_object() && m.contains("rank") && m.at("rank").is_string()) rank = m.at("rank").get<std::string>();
     c.rows.push_back(std::move(row));
   }
+  // Which queries Recall@K averages over (eval::RecallDefinition); runs made before it was recorded used pml's.
+  const std::string which =
+      definition == "unicom" ? " (UNICOM's definition: a query whose class has no other image counts as a miss)"
+      : definition == "pml"  ? " (pytorch-metric-learning's definition: a query whose class has no other image is excluded)"
+                             : " (definition not recorded in this run: pytorch-metric-learning's, lone queries excluded)";
   c.caption = "Leave-one-out retrieval over the evaluation set" + (rank.empty() ? std::string() : " at rank '" + rank + "'") +
-              ": Recall@K = a query's K nearest neighbours include its class; MAP@R = mean average precision over the R "
-              "nearest neighbours, R = the query's class size - 1.";
+              ": Recall@K = a query's K nearest neighbours include its class" + which +
+              "; MAP@R = mean average precision over the R nearest neighbours, R = the query's class size - 1.";
   return c;
 }
 
