@@ -4,13 +4,18 @@
 //              --rank species=scientificName --rank genus=@genus(scientificName) --out table.csv
 //
 // Row i of the CSV labels row i of the embeddings. The table is the NFHM/BioCosmos one: per group plus All, a
-// seeded 80/20 split, accuracy_individual / accuracy_avg / distance_individual / distance_avg.
+// seeded 80/20 split, accuracy_individual / accuracy_avg / distance_individual / distance_avg. Labels are cleaned
+// first as the seeds' vlm_species_eval does (`--clean-labels false` turns it off): group values are stripped of
+// whitespace and rows whose first rank (the scientific name) is blank are dropped, from the table and from the
+// leave-one-out retrieval alike; `--out` writes the counts to a JSON beside the table. Recall@K follows
+// `--recall-definition pml|unicom`, named wherever a number is printed or written.
 // `--device auto|cpu|cuda|cuda:N` (default auto: the first GPU when there is one) is where the similarity blocks
 // and the neighbour search run; `--device cuda` without a usable GPU fails before anything is read.
 #include <taxon/core/core.hpp>
 #include <taxon/data/csv.hpp>
 #include <taxon/data/rank_spec.hpp>
 #include <taxon/eval/eval.hpp>
+#include <taxon/io/atomic_file.hpp>
 #include <taxon/io/npy.hpp>
 
 #include <CLI/CLI.hpp>
@@ -25,7 +30,8 @@ using namespace taxon;
 int main(int argc, char** argv) {
   std::string embeddings_path, labels_path, group_column, model = "model", out, device_spec = "auto";
   std::vector<std::string> rank_specs;
-  bool nfhm_compat = false, normalize = false;
+  bool nfhm_compat = false, normalize = false, clean_labels = true;
+  std::string recall_definition = "pml";
   uint64_t seed = 0;
   double test_size = 0.2;
   CLI::App app{"taxon-eval: the seeds' taxonomy retrieval table for a set of embeddings"};
@@ -43,6 +49,12 @@ int main(int argc, char** argv) {
   app.add_option("--test-size", test_size, "query fraction of each group")->capture_default_str();
   app.add_flag("--nfhm-compat", nfhm_compat, "reproduce the seeds' distance_individual bug (= accuracy_individual)");
   app.add_flag("--normalize", normalize, "L2-normalise embeddings first (the seeds use raw embeddings)");
+  app.add_option("--clean-labels", clean_labels,
+                 "the seeds' label cleaning: strip whitespace from group values, drop rows whose first rank "
+                 "(scientific name) is blank")->capture_default_str();
+  app.add_option("--recall-definition", recall_definition,
+                 "pml: queries with no other sample of their label are excluded from Recall@K; unicom: they count "
+                 "as misses (UNICOM's get_metric)")->check(CLI::IsMember({"pml", "unicom"}))->capture_default_str();
   app.add_flag("--zero-shot", zero_shot, "also zero-shot top-1/top-5 per rank and group from the text tower of --weights");
   app.add_option("--weights", zs.weights, "CLIP checkpoint with a text tower (OpenAI .pt, open_clip, taxon)");
   app.add_option("--vocab", zs.vocab, "CLIP BPE vocabulary (default: bpe_simple_vocab_16e6.txt.gz next to --weights)");
@@ -76,27 +88,52 @@ int main(int argc, char** argv) {
       const auto rank = data::parse_rank_spec(spec);
       columns.ranks.emplace_back(rank.rank, data::rank_values(csv, rank));
     }
+    // The All row's label column is named `taxa` whatever --group-column is called, as in the seeds' table.
     auto options = eval::TaxonomyEvalOptions().model(model).seed(seed).test_size(test_size)
-                       .nfhm_compat(nfhm_compat).normalize(normalize).device(device.device);
+                       .nfhm_compat(nfhm_compat).normalize(normalize).clean_labels(clean_labels)
+                       .device(device.device);
     if (group_column.empty()) {
       columns.taxa.assign(static_cast<size_t>(csv.num_rows()), "All");
       options.groups({"All"}).include_all(false);
     } else {
       const auto col = csv.column(group_column);
       for (int64_t i = 0; i < csv.num_rows(); ++i) columns.taxa.push_back(csv.cell(i, col));
-      options.taxa_column_name(group_column);
     }
     const auto table = eval::TaxonomyEvaluator(options).evaluate(embeddings, columns);
     std::cout << table.to_csv();
 
-    const auto ids = eval::encode_labels(columns.ranks.front().second).ids;
-    const auto m = eval::evaluate_retrieval(embeddings, ids, eval::RetrievalOptions().device(device.device));
+    // Retrieval over the rows the table kept (the same cleaning).
+    eval::TaxonomyColumns kept_columns;
+    eval::LabelCleaning cleaning;
+    at::Tensor kept_embeddings = embeddings;
+    if (clean_labels) {
+      const auto kept = eval::clean_taxonomy_columns(columns, kept_columns, cleaning);
+      kept_embeddings = embeddings.index_select(0, at::tensor(kept, at::kLong).to(embeddings.device()));
+    }
+    const auto& retrieval_columns = clean_labels ? kept_columns : columns;
+    const auto definition = eval::recall_definition_from_string(recall_definition);
+    const auto ids = eval::encode_labels(retrieval_columns.ranks.front().second).ids;
+    const auto m = eval::evaluate_retrieval(kept_embeddings, ids,
+                                            eval::RetrievalOptions().device(device.device).recall_definition(definition));
     std::printf("\n%s leave-one-out: Recall@1 %.2f%%  Recall@5 %.2f%%  MAP@R %.2f%%  R-precision %.2f%%\n",
-                columns.ranks.front().first.c_str(), 100 * m.recall_at(1), 100 * m.recall_at(5), 100 * m.map_at_r,
-                100 * m.r_precision);
+                retrieval_columns.ranks.front().first.c_str(), 100 * m.recall_at(1), 100 * m.recall_at(5),
+                100 * m.map_at_r, 100 * m.r_precision);
+    std::printf("Recall@K definition: %s (%s; %lld such queries)\n", eval::to_string(definition),
+                eval::describe(definition), static_cast<long long>(m.num_lone));
     if (!out.empty()) {
       table.write_csv(out);
       table.write_markdown(std::filesystem::path(out).replace_extension(".md"));
+      // The seeds' table keeps their seven columns; what was cleaned and how Recall@K was defined go beside it.
+      const nlohmann::json summary = {
+          {"label_cleaning", {{"applied", table.cleaning.applied}, {"rows_in", table.cleaning.rows_in},
+                              {"rows_dropped", table.cleaning.rows_dropped},
+                              {"taxa_rewritten", table.cleaning.taxa_rewritten},
+                              {"description", table.cleaning.describe()}}},
+          {"retrieval", {{"rank", retrieval_columns.ranks.front().first}, {"recall_definition", eval::to_string(definition)},
+                         {"recall_definition_description", eval::describe(definition)},
+                         {"lone_queries", m.num_lone}, {"recall_at_1", m.recall_at(1)}, {"recall_at_5", m.recall_at(5)},
+                         {"precision_at_1", m.precision_at_1}, {"map_at_r", m.map_at_r}, {"r_precision", m.r_precision}}}};
+      io::write_text_atomically(std::filesystem::path(out).replace_extension(".json"), summary.dump(2) + "\n");
     }
     if (zero_shot) {
       const auto zs_table = taxon_eval::run_zero_shot(*clip, embeddings, columns, model, group_column, zs);
