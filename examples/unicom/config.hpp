@@ -31,6 +31,10 @@ struct Config {
   int64_t clusters = 0;
   double cluster_ratio = 0.1;
   int kmeans_iters = 20;
+  // spherical: k-means on L2-normalised features (inner product); l2: L2 k-means on the features as they are,
+  // what the seeds ran (faiss.Kmeans on the un-normalised mean of unit image and text embeddings).
+  std::string kmeans_metric = "spherical";
+  uint64_t kmeans_seed = 1234;  // faiss's ClusteringParameters::seed; 1234 is faiss.Kmeans' default
   std::string labels_from;  // train on a metadata rank instead of clusters
   // Clustering features: image (= model) embeddings; raw pixels in round 0 (bootstrap from random init); caption
   // text embeddings; or their mean / concatenation, each part L2-normalised (the seeds' joint features).
@@ -55,6 +59,8 @@ struct Config {
   uint64_t seed = 0;
   int threads = 0;
   double eval_fraction = 0.2;
+  bool clean_labels = true;              // the seeds' label cleaning in the evaluation table and retrieval
+  std::string recall_definition = "pml";  // pml | unicom: whether Recall@K excludes or misses lone queries
   bool model_explicit = false;  // --model given on the command line: --weights must fit it exactly (not saved)
 
   // Keys missing from a config file keep their defaults (config.json of runs made before an option existed).
@@ -64,7 +70,8 @@ struct Config {
                                  templates, rounds, epochs, batch_size, accumulation, lr,
                                  lr_pfc_weight, weight_decay, clip_grad_norm, scale, m1, m2, m3, filter,
                                  sample_rate, num_feat, schedule, amp, augment, device, run_dir, resume, seed,
-                                 threads, eval_fraction)
+                                 threads, eval_fraction, kmeans_metric, kmeans_seed, clean_labels,
+                                 recall_definition)
 };
 
 inline void add_options(CLI::App& app, Config& c) {
@@ -87,6 +94,12 @@ inline void add_options(CLI::App& app, Config& c) {
   app.add_option("--clusters", c.clusters, "number of pseudo-classes (overrides --cluster-ratio)");
   app.add_option("--cluster-ratio", c.cluster_ratio, "pseudo-classes as a fraction of the training samples")->capture_default_str();
   app.add_option("--kmeans-iters", c.kmeans_iters, "k-means iterations")->capture_default_str();
+  app.add_option("--kmeans-metric", c.kmeans_metric,
+                 "spherical: k-means on L2-normalised features; l2: L2 k-means on the features as they are (the "
+                 "seeds' faiss.Kmeans on the un-normalised mean of unit image and text embeddings, --cluster-on mean)")
+      ->check(CLI::IsMember({"spherical", "l2"}))->capture_default_str();
+  app.add_option("--kmeans-seed", c.kmeans_seed, "faiss's k-means seed (subsample and initial centroids), < 2^31; "
+                 "1234 is faiss.Kmeans' default")->capture_default_str();
   app.add_option("--cluster-on", c.cluster_on,
                  "features to cluster: image (= model) embeddings; pixels (round 0 only, a better start than a "
                  "random-init model); text (caption embeddings); mean or concat of L2-normalised image and text")
@@ -125,6 +138,12 @@ inline void add_options(CLI::App& app, Config& c) {
   app.add_option("--resume", c.resume, "continue the interrupted run in this directory");
   app.add_option("--seed", c.seed, "seed for splits, clustering, sampling and augmentation")->capture_default_str();
   app.add_option("--threads", c.threads, "intra-op threads (0 = TAXON_NUM_THREADS / all cores)")->capture_default_str();
+  app.add_option("--clean-labels", c.clean_labels,
+                 "the seeds' label cleaning in evaluation: strip whitespace from group values, drop rows whose "
+                 "first rank (scientific name) is blank")->capture_default_str();
+  app.add_option("--recall-definition", c.recall_definition,
+                 "pml: queries with no other sample of their label are excluded from Recall@K; unicom: they count "
+                 "as misses (UNICOM's get_metric)")->check(CLI::IsMember({"pml", "unicom"}))->capture_default_str();
   app.add_option("--eval-fraction", c.eval_fraction,
                  "share of a csv/folder dataset held out for evaluation, never trained on (fashion-mnist has its own "
                  "test set and rejects this option)")

@@ -207,24 +207,41 @@ struct Report {
 void evaluate(Report& report, const std::string& name, const at::Tensor& embeddings, const Dataset& d,
               const unicom::Config& c, const Placement& where) {
   const auto cols = eval_columns(d, c.group_rank);
-  auto opts = eval::TaxonomyEvalOptions().model(name).seed(c.seed).test_size(0.2).device(where.device.device);
+  auto opts = eval::TaxonomyEvalOptions().model(name).seed(c.seed).test_size(0.2).clean_labels(c.clean_labels)
+                  .device(where.device.device);
   if (!c.group_rank.empty()) opts.taxa_column_name(c.group_rank);
   else opts.groups({"All"}).include_all(false);  // one group: every row is "All"
   const auto table = eval::TaxonomyEvaluator(opts).evaluate(embeddings, cols);
   report.table.rows.insert(report.table.rows.end(), table.rows.begin(), table.rows.end());
 
-  const auto& [rank, names] = cols.ranks.front();
+  // Leave-one-out retrieval over the rows the table kept (the same label cleaning).
+  eval::TaxonomyColumns kept_cols;
+  eval::LabelCleaning cleaning;
+  at::Tensor kept_embeddings = embeddings;
+  if (c.clean_labels) {
+    const auto kept = eval::clean_taxonomy_columns(cols, kept_cols, cleaning);
+    kept_embeddings = embeddings.index_select(0, at::tensor(kept, at::kLong).to(embeddings.device()));
+  }
+  const auto& [rank, names] = (c.clean_labels ? kept_cols : cols).ranks.front();
   const auto encoded = eval::encode_labels(names);
-  const auto m = eval::evaluate_retrieval(embeddings, encoded.ids, eval::RetrievalOptions().device(where.device.device));
+  const auto definition = eval::recall_definition_from_string(c.recall_definition);
+  const auto m = eval::evaluate_retrieval(
+      kept_embeddings, encoded.ids, eval::RetrievalOptions().device(where.device.device).recall_definition(definition));
   report.json[name] = {{"rank", rank},
                        {"precision_at_1", m.precision_at_1},
                        {"recall_at_1", m.recall_at(1)},
                        {"recall_at_5", m.recall_at(5)},
                        {"map_at_r", m.map_at_r},
                        {"r_precision", m.r_precision},
+                       {"recall_definition", eval::to_string(definition)},
+                       {"lone_queries", m.num_lone},
+                       {"label_cleaning", {{"applied", table.cleaning.applied}, {"rows_in", table.cleaning.rows_in},
+                                           {"rows_dropped", table.cleaning.rows_dropped},
+                                           {"taxa_rewritten", table.cleaning.taxa_rewritten}}},
                        {"accuracy_individual_all", table.at("All", rank).accuracy_individual}};
   log::info(name, ": ", rank, " accuracy_individual ", eval::format_percent(table.at("All", rank).accuracy_individual),
-            ", Recall@1 ", eval::format_percent(m.recall_at(1)), ", MAP@R ", eval::format_percent(m.map_at_r));
+            ", Recall@1 ", eval::format_percent(m.recall_at(1)), " (", eval::to_string(definition), " definition: ",
+            eval::describe(definition), "; ", m.num_lone, " such queries), MAP@R ", eval::format_percent(m.map_at_r));
 }
 
 // Pseudo-classes against every rank the training images know (the report's purity section).
@@ -243,14 +260,16 @@ at::Tensor round_labels(const fs::path& dir, const at::Tensor& train_embeddings,
     if (!io::path_exists(dir / cluster::ClusterQuality::kFileName)) record_cluster_quality(dir, labels, train);
     return labels;
   }
+  const bool spherical = c.kmeans_metric != "l2";
+  if (!spherical) log::info("k-means: L2 on the features as they are (--kmeans-metric l2, the seeds' faiss.Kmeans)");
   auto result = cluster::KMeans(cluster::KMeansOptions()
                                     .k(c.clusters)
                                     .k_fraction(c.clusters > 0 ? 0.0 : c.cluster_ratio)
                                     .niter(c.kmeans_iters)
-                                    .spherical(true)
-                                    .seed(c.seed)
+                                    .spherical(spherical)
+                                    .seed(c.kmeans_seed)
                                     .device(where.device.device))  // faiss on the CPU, LibTorch on a GPU
-                    .fit(l2_normalize_rows(train_embeddings));
+                    .fit(spherical ? l2_normalize_rows(train_embeddings) : train_embeddings);
   cluster::compact_labels(result);
   cluster::save_clustering(dir, result);
   record_cluster_quality(dir, result.labels, train);
@@ -358,6 +377,8 @@ unicom::Config parse(int argc, char** argv) {
               "test set; it applies to csv and folder datasets");
   TAXON_CHECK(c.eval_fraction > 0 && c.eval_fraction < 1, "cli.bad-option", "--eval-fraction must be in (0, 1), got ",
               c.eval_fraction);
+  TAXON_CHECK(c.kmeans_seed < (uint64_t{1} << 31), "cli.bad-option", "--kmeans-seed is faiss's seed (a C int): it must "
+              "be below 2^31, got ", c.kmeans_seed);
   return c;
 }
 
@@ -483,7 +504,8 @@ int run(unicom::Config c) {
     text::save_clip_checkpoint(run_dir / "clip.safetensors", clip);
   }
   io::write_text_atomically(run_dir / "retrieval.json", report.json.dump(2));
-  std::cout << "\n" << table_csv << "\nretrieval (leave-one-out on the eval set):\n";
+  std::cout << "\n" << table_csv << "\nretrieval (leave-one-out on the eval set; Recall@K definition " << c.recall_definition
+            << ": " << eval::describe(eval::recall_definition_from_string(c.recall_definition)) << "):\n";
   for (auto& [name, m] : report.json.items())
     std::printf("  %-11s accuracy_individual %6.2f%%  Recall@1 %6.2f%%  MAP@R %6.2f%%\n", name.c_str(),
                 100 * m["accuracy_individual_all"].get<double>(), 100 * m["recall_at_1"].get<double>(),
