@@ -1,5 +1,6 @@
-// libFuzzer harness: JPEG/PNG decoding (taxon::data::decode_image, the scaled JPEG decode, decode_region and the
-// fused decode_resize_center_crop the Loader uses), i.e. every image file of a dataset.
+// libFuzzer harness: JPEG/PNG decoding (taxon::data::decode_image, the scaled JPEG decode, decode_region, the
+// fused decode_resize_center_crop the Loader uses and the mode-preserving open_image + resize_center_crop), i.e.
+// every image file of a dataset.
 #include "support.hpp"
 #include "taxon/data/decode.hpp"
 #include "taxon/data/decode_crop.hpp"
@@ -16,6 +17,11 @@ TAXON_FUZZ_TARGET(image) {
   taxon::fuzz::expect_only_taxon_errors([&] { (void)decode_image(bytes, "fuzz", 16, kMaxPixels).sum().item<int64_t>(); });
   taxon::fuzz::expect_only_taxon_errors(
       [&] { (void)decode_resize_center_crop(bytes, "fuzz", 24, 20, kMaxPixels).sum().item<int64_t>(); });
+  // The file in its own PIL mode (alpha, palette, CMYK, 16-bit grey), resized there as CLIP's preprocessing does.
+  taxon::fuzz::expect_only_taxon_errors([&] {
+    const DecodedImage opened = open_image(bytes, "fuzz", 0, kMaxPixels);
+    (void)resize_center_crop(opened, ResizeCenterCrop{24, 20}).sum().item<int64_t>();
+  });
   taxon::fuzz::expect_only_taxon_errors([&] {
     const auto region = decode_region(
         bytes, "fuzz",

@@ -9,6 +9,7 @@
 #include "taxon/data/embedding_dataset.hpp"
 #include "taxon/data/idx_dataset.hpp"
 #include "taxon/data/image_dataset.hpp"
+#include "taxon/data/image_mode.hpp"
 #include "taxon/data/loader.hpp"
 #include "taxon/data/presets.hpp"
 #include "taxon/data/random.hpp"

@@ -1,11 +1,12 @@
 #pragma once
-// Image decoding to uint8 HWC RGB tensors: JPEG through libjpeg-turbo (scaled DCT decode when the caller only
-// needs a much smaller image), PNG through libpng, grayscale/palette/alpha converted to RGB as PIL's
-// convert("RGB") does. libjpeg/libpng report errors by longjmp: each setjmp lives in a small stage function
+// Image decoding: JPEG through libjpeg-turbo (scaled DCT decode when the caller only needs a much smaller image),
+// PNG through libpng, to the mode PIL's Image.open gives (open_image, image_mode.hpp) or to RGB as PIL's
+// convert("RGB") then does (decode_image). EXIF orientation is not applied, as Image.open does not. libjpeg/libpng report errors by longjmp: each setjmp lives in a small stage function
 // that holds no C++ objects, so an error unwinds nothing it should not and becomes a taxon::Error naming the file.
 // Small encoders (JPEG, PNG) let tests and benchmarks generate their own files.
 #include "taxon/core/error.hpp"
 #include "taxon/data/box.hpp"
+#include "taxon/data/image_mode.hpp"
 #include "taxon/data/recycle.hpp"
 #include "taxon/io/atomic_file.hpp"
 
@@ -106,13 +107,26 @@ inline int jpeg_stage_read(jpeg_decompress_struct* cinfo, JpegError* err, unsign
 }
 
 // Region decode stages (libjpeg-turbo partial decompression). No C++ objects in these frames (longjmp targets).
+// 4-component files (CMYK, or YCCK that libjpeg converts) decode to CMYK, as in PIL; the rest to RGB (grey
+// replicated).
 inline int jpeg_stage_header(jpeg_decompress_struct* cinfo, JpegError* err, const unsigned char* data, unsigned long size) {
   if (setjmp(err->jump)) return -1;
   jpeg_mem_src(cinfo, data, size);
   jpeg_read_header(cinfo, TRUE);
-  cinfo->out_color_space = JCS_RGB;
+  cinfo->out_color_space = cinfo->num_components == 4 ? JCS_CMYK : JCS_RGB;
   return 0;
 }
+
+// PIL reads every CMYK JPEG with the Adobe convention (raw mode "CMYK;I": libjpeg's values inverted), and so does
+// taxon; RGB output is returned as it is.
+inline PilMode jpeg_output_mode(const jpeg_decompress_struct& cinfo, at::Tensor& pixels) {
+  if (cinfo.out_color_space != JCS_CMYK) return cinfo.jpeg_color_space == JCS_GRAYSCALE ? PilMode::l : PilMode::rgb;
+  std::uint8_t* p = pixels.data_ptr<std::uint8_t>();
+  for (int64_t k = 0, n = pixels.numel(); k < n; ++k) p[k] = static_cast<std::uint8_t>(255 - p[k]);
+  return PilMode::cmyk;
+}
+
+inline int jpeg_expected_components(const jpeg_decompress_struct& cinfo) { return cinfo.out_color_space == JCS_CMYK ? 4 : 3; }
 
 // Starts decompression of columns [*x, *x + *width) (libjpeg widens them to iMCU boundaries) from row `top` on.
 inline int jpeg_stage_begin_region(jpeg_decompress_struct* cinfo, JpegError* err, JDIMENSION* x, JDIMENSION* width,
@@ -161,15 +175,17 @@ struct JpegDecompressor {
 };
 
 // Decoded pixels, in this thread's recycled buffers (see recycle.hpp).
-inline at::Tensor decoded_image(std::int64_t height, std::int64_t width, std::int64_t offset = 0) {
+inline at::Tensor decoded_image(std::int64_t height, std::int64_t width, std::int64_t channels = 3, std::int64_t offset = 0) {
   thread_local RecycledBuffers buffers;
-  return buffers.take({height, width, 3}, offset);
+  return buffers.take({height, width, channels}, offset);
 }
 
 // Output for libjpeg-turbo: its SIMD colour conversion writes 16-byte-aligned rows with non-temporal stores,
 // which evict the pixels right before the resize reads them; an odd start keeps every row of an even-width image
 // cached (measured 568 vs 610 us for a 375x400 region, 398 vs 411 us for a full 375x500 decode).
-inline at::Tensor jpeg_output(std::int64_t height, std::int64_t width) { return decoded_image(height, width, 1); }
+inline at::Tensor jpeg_output(std::int64_t height, std::int64_t width, std::int64_t channels) {
+  return decoded_image(height, width, channels, 1);
+}
 
 struct PngReader {
   const unsigned char* data;
@@ -191,22 +207,42 @@ extern "C" inline void taxon_png_error(png_structp png, png_const_charp msg) {
 }
 extern "C" inline void taxon_png_warning(png_structp, png_const_charp) {}
 
-inline int png_stage_header(png_structp png, png_infop info, png_uint_32* w, png_uint_32* h) {
+// Sets up the rows PIL's PNG plugin would read (its _MODES table): 16-bit grey as mode "I" (kept 16-bit here,
+// big-endian), other 16-bit samples cut to their high byte (PIL's ";16B" raw modes, libpng's strip_16), 1/2/4-bit
+// grey scaled to 0..255, palettes applied, alpha kept for LA/RGBA. A tRNS chunk makes no alpha channel: PIL keeps
+// it as info["transparency"], which convert("RGB") ignores.
+inline int png_stage_header(png_structp png, png_infop info, png_uint_32* w, png_uint_32* h, PilMode* mode) {
   if (setjmp(png_jmpbuf(png))) return -1;
   png_read_info(png, info);
   const int color = png_get_color_type(png, info);
   const int depth = png_get_bit_depth(png, info);
-  if (depth == 16) png_set_strip_16(png);
-  if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
-  if (color == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
-  if (png_get_valid(png, info, PNG_INFO_tRNS)) png_set_tRNS_to_alpha(png);
-  if (color == PNG_COLOR_TYPE_GRAY || color == PNG_COLOR_TYPE_GRAY_ALPHA) png_set_gray_to_rgb(png);
-  png_set_strip_alpha(png);  // PIL's convert("RGB") drops alpha without compositing
+  const bool alpha = (color & PNG_COLOR_MASK_ALPHA) != 0;
+  if (!alpha && png_get_valid(png, info, PNG_INFO_tRNS)) {
+    png_set_tRNS_to_alpha(png);
+    png_set_strip_alpha(png);
+  }
+  int channels = 3, sample_bytes = 1;
+  if (color == PNG_COLOR_TYPE_GRAY && depth == 16) {
+    *mode = PilMode::i;
+    channels = 1;
+    sample_bytes = 2;
+  } else if (color == PNG_COLOR_TYPE_GRAY) {
+    *mode = depth == 1 ? PilMode::bilevel : PilMode::l;
+    if (depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+    png_set_gray_to_rgb(png);
+  } else if (color == PNG_COLOR_TYPE_PALETTE) {
+    *mode = PilMode::p;
+    png_set_palette_to_rgb(png);
+  } else {
+    *mode = color == PNG_COLOR_TYPE_GRAY_ALPHA ? PilMode::la : color == PNG_COLOR_TYPE_RGB_ALPHA ? PilMode::rgba : PilMode::rgb;
+    channels = color == PNG_COLOR_TYPE_GRAY_ALPHA ? 2 : color == PNG_COLOR_TYPE_RGB_ALPHA ? 4 : 3;
+    if (depth == 16) png_set_strip_16(png);
+  }
   png_set_interlace_handling(png);
   png_read_update_info(png, info);
   *w = png_get_image_width(png, info);
   *h = png_get_image_height(png, info);
-  return png_get_rowbytes(png, info) == static_cast<png_size_t>(*w) * 3 ? 0 : -2;
+  return png_get_rowbytes(png, info) == static_cast<png_size_t>(*w) * channels * sample_bytes ? 0 : -2;
 }
 
 inline int png_stage_read(png_structp png, png_bytepp rows) {
@@ -217,10 +253,11 @@ inline int png_stage_read(png_structp png, png_bytepp rows) {
 
 }  // namespace detail
 
-// Decodes JPEG bytes to [H,W,3] uint8. min_side > 0 lets libjpeg decode at 1/2, 1/4 or 1/8 scale as long as the
-// shorter side stays >= min_side (what PIL's draft() does); 0 decodes at full size.
+// Decodes JPEG bytes to the mode PIL opens them in: RGB, L (held as RGB) or CMYK (4-component CMYK/YCCK files).
+// min_side > 0 lets libjpeg decode at 1/2, 1/4 or 1/8 scale as long as the shorter side stays >= min_side (what
+// PIL's draft() does); 0 decodes at full size.
 // Images whose declared width x height exceeds max_pixels are refused before decoding (see kDefaultMaxImagePixels).
-inline at::Tensor decode_jpeg(std::string_view bytes, const std::string& name, int min_side = 0,
+inline DecodedImage open_jpeg(std::string_view bytes, const std::string& name, int min_side = 0,
                               std::int64_t max_pixels = kDefaultMaxImagePixels) {
   TAXON_CHECK(!bytes.empty(), "data.corrupt-image", name, ": empty file (0 bytes)");
   detail::JpegDecompressor d;
@@ -232,15 +269,19 @@ inline at::Tensor decode_jpeg(std::string_view bytes, const std::string& name, i
   detail::check_image_pixels(cinfo.image_width, cinfo.image_height, max_pixels, name, "JPEG");
   if (detail::jpeg_stage_start(&cinfo, &err, min_side) != 0)
     TAXON_FAIL("data.corrupt-image", name, ": cannot decode JPEG: ", err.message);
-  TAXON_CHECK(cinfo.output_components == 3, "data.corrupt-image", name, ": unexpected JPEG output components ",
+  const int components = detail::jpeg_expected_components(cinfo);
+  TAXON_CHECK(cinfo.output_components == components, "data.corrupt-image", name, ": unexpected JPEG output components ",
               cinfo.output_components);
-  at::Tensor out = detail::jpeg_output(cinfo.output_height, cinfo.output_width);
-  if (detail::jpeg_stage_read(&cinfo, &err, out.data_ptr<uint8_t>(), static_cast<std::size_t>(cinfo.output_width) * 3) != 0)
+  at::Tensor out = detail::jpeg_output(cinfo.output_height, cinfo.output_width, components);
+  if (detail::jpeg_stage_read(&cinfo, &err, out.data_ptr<uint8_t>(),
+                              static_cast<std::size_t>(cinfo.output_width) * static_cast<std::size_t>(components)) != 0)
     TAXON_FAIL("data.corrupt-image", name, ": cannot decode JPEG: ", err.message);
-  return out;
+  const PilMode mode = detail::jpeg_output_mode(cinfo, out);
+  return {out, mode};
 }
 
-inline at::Tensor decode_png(std::string_view bytes, const std::string& name,
+// Decodes PNG bytes to the mode PIL opens them in (png_stage_header lists them).
+inline DecodedImage open_png(std::string_view bytes, const std::string& name,
                              std::int64_t max_pixels = kDefaultMaxImagePixels) {
   TAXON_CHECK(!bytes.empty(), "data.corrupt-image", name, ": empty file (0 bytes)");
   char message[256] = "unknown error";
@@ -256,51 +297,84 @@ inline at::Tensor decode_png(std::string_view bytes, const std::string& name,
   detail::PngReader reader{reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), 0};
   png_set_read_fn(png, &reader, detail::taxon_png_read);
   png_uint_32 w = 0, h = 0;
-  const int rc = detail::png_stage_header(png, info, &w, &h);
+  PilMode mode = PilMode::rgb;
+  const int rc = detail::png_stage_header(png, info, &w, &h, &mode);
   TAXON_CHECK(rc != -1, "data.corrupt-image", name, ": cannot decode PNG: ", message);
   TAXON_CHECK(rc == 0, "data.corrupt-image", name, ": unsupported PNG layout");
   TAXON_CHECK(w > 0 && h > 0, "data.corrupt-image", name, ": implausible PNG size ", w, "x", h);
   detail::check_image_pixels(w, h, max_pixels, name, "PNG");
-  at::Tensor out = detail::decoded_image(h, w);
+  if (mode == PilMode::i) {  // 16-bit big-endian grey read whole, then widened to PIL's int32 "I"
+    std::vector<std::uint8_t> raw(static_cast<std::size_t>(h) * w * 2);
+    std::vector<png_bytep> rows(h);
+    for (png_uint_32 y = 0; y < h; ++y) rows[y] = raw.data() + static_cast<std::size_t>(y) * w * 2;
+    TAXON_CHECK(detail::png_stage_read(png, rows.data()) == 0, "data.corrupt-image", name, ": cannot decode PNG: ", message);
+    at::Tensor out = at::empty({static_cast<int64_t>(h), static_cast<int64_t>(w), 1}, at::kInt);
+    std::int32_t* o = out.data_ptr<std::int32_t>();
+    for (std::size_t k = 0; k < static_cast<std::size_t>(h) * w; ++k) o[k] = (raw[2 * k] << 8) | raw[2 * k + 1];
+    return {out, mode};
+  }
+  const std::int64_t channels = mode == PilMode::la ? 2 : mode == PilMode::rgba ? 4 : 3;
+  at::Tensor out = detail::decoded_image(h, w, channels);
   std::vector<png_bytep> rows(h);
-  for (png_uint_32 y = 0; y < h; ++y) rows[y] = out.data_ptr<uint8_t>() + static_cast<std::size_t>(y) * w * 3;
+  for (png_uint_32 y = 0; y < h; ++y)
+    rows[y] = out.data_ptr<uint8_t>() + static_cast<std::size_t>(y) * w * static_cast<std::size_t>(channels);
   TAXON_CHECK(detail::png_stage_read(png, rows.data()) == 0, "data.corrupt-image", name, ": cannot decode PNG: ", message);
-  return out;
+  return {out, mode};
 }
 
-// Decodes by content (not extension). Returns [H,W,3] uint8 RGB.
-inline at::Tensor decode_image(std::string_view bytes, const std::string& name, int min_side = 0,
+// Decodes by content (not extension) to the mode PIL's Image.open gives.
+inline DecodedImage open_image(std::string_view bytes, const std::string& name, int min_side = 0,
                                std::int64_t max_pixels = kDefaultMaxImagePixels) {
   TAXON_CHECK(!bytes.empty(), "data.corrupt-image", name, ": empty file (0 bytes)");
   switch (sniff_format(bytes)) {
-    case ImageFormat::jpeg: return decode_jpeg(bytes, name, min_side, max_pixels);
-    case ImageFormat::png: return decode_png(bytes, name, max_pixels);
+    case ImageFormat::jpeg: return open_jpeg(bytes, name, min_side, max_pixels);
+    case ImageFormat::png: return open_png(bytes, name, max_pixels);
     default: TAXON_FAIL("data.corrupt-image", name, ": not a JPEG or PNG file (", bytes.size(), " bytes)");
   }
 }
 
+// open_jpeg, then PIL's convert("RGB"): [H,W,3] uint8.
+inline at::Tensor decode_jpeg(std::string_view bytes, const std::string& name, int min_side = 0,
+                              std::int64_t max_pixels = kDefaultMaxImagePixels) {
+  return open_jpeg(bytes, name, min_side, max_pixels).to_rgb();
+}
+
+// open_png, then PIL's convert("RGB"): [H,W,3] uint8.
+inline at::Tensor decode_png(std::string_view bytes, const std::string& name,
+                             std::int64_t max_pixels = kDefaultMaxImagePixels) {
+  return open_png(bytes, name, max_pixels).to_rgb();
+}
+
+// Image.open(f).convert("RGB") by content (not extension): [H,W,3] uint8 RGB.
+inline at::Tensor decode_image(std::string_view bytes, const std::string& name, int min_side = 0,
+                               std::int64_t max_pixels = kDefaultMaxImagePixels) {
+  return open_image(bytes, name, min_side, max_pixels).to_rgb();
+}
+
 // A decoded block of a larger image: rows [top, top + pixels.size(0)) and columns [left, left + pixels.size(1))
-// of the height x width original.
+// of the height x width original, in the mode PIL opens the file in (PilMode's layout).
 struct DecodedRegion {
-  at::Tensor pixels;  // [h, w, 3] uint8 RGB
+  at::Tensor pixels;
   std::int64_t top = 0, left = 0, height = 0, width = 0;
+  PilMode mode = PilMode::rgb;
 };
 
 // Decodes at least the box `want(height, width)` returns, for callers that read only part of an image (a resize
 // + center crop reads ~3/4 of a landscape photo's columns). JPEG columns outside it skip the IDCT and colour
 // conversion, rows outside are only entropy-decoded (so a truncated file still fails). An 8-pixel margin around
 // the box (fancy upsampling reaches 2 pixels) keeps every neighbour real: inside the box the pixels are
-// bit-identical to decode_image. PNGs are decoded whole.
+// bit-identical to open_image. PNGs are decoded whole.
 // The size limit applies to the whole image (its entropy data is decoded in full).
 inline DecodedRegion decode_region(std::string_view bytes, const std::string& name,
                                    const std::function<Box(std::int64_t, std::int64_t)>& want,
                                    std::int64_t max_pixels = kDefaultMaxImagePixels) {
   if (sniff_format(bytes) != ImageFormat::jpeg) {
-    at::Tensor full = decode_image(bytes, name, 0, max_pixels);
-    const Box box = want(full.size(0), full.size(1));
-    TAXON_CHECK(box.top >= 0 && box.left >= 0 && box.top + box.height <= full.size(0) && box.left + box.width <= full.size(1),
-                "data.bad-box", name, ": region outside the ", full.size(0), "x", full.size(1), " image");
-    return {full, 0, 0, full.size(0), full.size(1)};
+    DecodedImage full = open_image(bytes, name, 0, max_pixels);
+    const std::int64_t H = full.pixels.size(0), W = full.pixels.size(1);
+    const Box box = want(H, W);
+    TAXON_CHECK(box.top >= 0 && box.left >= 0 && box.top + box.height <= H && box.left + box.width <= W,
+                "data.bad-box", name, ": region outside the ", H, "x", W, " image");
+    return {full.pixels, 0, 0, H, W, full.mode};
   }
   detail::JpegDecompressor d;
   auto& cinfo = d.cinfo;
@@ -322,15 +396,17 @@ inline DecodedRegion decode_region(std::string_view bytes, const std::string& na
   auto width = static_cast<JDIMENSION>(std::min(W, box.left + box.width + kMargin)) - x;
   const int begun = detail::jpeg_stage_begin_region(&cinfo, &err, &x, &width, top);
   if (begun != 0) TAXON_FAIL("data.corrupt-image", name, ": cannot decode JPEG: ", begun == -2 ? "file is truncated" : err.message);
-  TAXON_CHECK(cinfo.output_components == 3, "data.corrupt-image", name, ": unexpected JPEG output components ",
+  const int components = detail::jpeg_expected_components(cinfo);
+  TAXON_CHECK(cinfo.output_components == components, "data.corrupt-image", name, ": unexpected JPEG output components ",
               cinfo.output_components);
   // After cropping, libjpeg writes output_width pixels per row, starting at column x.
-  at::Tensor out = detail::jpeg_output(bottom - top, cinfo.output_width);
-  std::vector<unsigned char> scratch(static_cast<std::size_t>(cinfo.output_width) * 3);
-  if (detail::jpeg_stage_read_region(&cinfo, &err, out.data_ptr<uint8_t>(), static_cast<std::size_t>(cinfo.output_width) * 3,
-                                     bottom, scratch.data()) != 0)
+  at::Tensor out = detail::jpeg_output(bottom - top, cinfo.output_width, components);
+  const std::size_t stride = static_cast<std::size_t>(cinfo.output_width) * static_cast<std::size_t>(components);
+  std::vector<unsigned char> scratch(stride);
+  if (detail::jpeg_stage_read_region(&cinfo, &err, out.data_ptr<uint8_t>(), stride, bottom, scratch.data()) != 0)
     TAXON_FAIL("data.corrupt-image", name, ": cannot decode JPEG: ", err.message);
-  return {out, static_cast<std::int64_t>(top), static_cast<std::int64_t>(x), H, W};
+  const PilMode mode = detail::jpeg_output_mode(cinfo, out);
+  return {out, static_cast<std::int64_t>(top), static_cast<std::int64_t>(x), H, W, mode};
 }
 
 namespace detail {
@@ -342,6 +418,7 @@ inline std::string_view read_encoded(const std::filesystem::path& path) {
 }
 }  // namespace detail
 
+// Image.open(path).convert("RGB"): [H,W,3] uint8.
 inline at::Tensor read_image(const std::filesystem::path& path, int min_side = 0,
                              std::int64_t max_pixels = kDefaultMaxImagePixels) {
   return decode_image(detail::read_encoded(path), path.string(), min_side, max_pixels);
@@ -355,7 +432,7 @@ inline int jpeg_stage_encode(jpeg_compress_struct* cinfo, JpegError* err, const 
   cinfo->image_width = static_cast<JDIMENSION>(w);
   cinfo->image_height = static_cast<JDIMENSION>(h);
   cinfo->input_components = channels;
-  cinfo->in_color_space = channels == 3 ? JCS_RGB : JCS_GRAYSCALE;
+  cinfo->in_color_space = channels == 4 ? JCS_CMYK : channels == 3 ? JCS_RGB : JCS_GRAYSCALE;
   jpeg_set_defaults(cinfo);
   jpeg_set_quality(cinfo, quality, TRUE);
   jpeg_start_compress(cinfo, TRUE);
@@ -384,17 +461,20 @@ inline int png_stage_encode(png_structp png, png_infop info, png_bytepp rows, in
   return 0;
 }
 
-inline at::Tensor contiguous_hwc_u8(const at::Tensor& image, const char* what) {
-  TAXON_CHECK(image.dim() == 3 && image.scalar_type() == at::kByte && (image.size(2) == 3 || image.size(2) == 1),
-              "data.bad-image", what, ": expects a [H,W,3] or [H,W,1] uint8 tensor, got ", image.sizes(), " ",
-              image.scalar_type());
+inline at::Tensor contiguous_hwc_u8(const at::Tensor& image, const char* what, bool jpeg = false) {
+  TAXON_CHECK(image.dim() == 3 && image.scalar_type() == at::kByte && (image.size(2) == 3 || image.size(2) == 1 ||
+                                                                      (jpeg && image.size(2) == 4)),
+              "data.bad-image", what, ": expects a [H,W,3] or [H,W,1]", jpeg ? " (or CMYK [H,W,4])" : "",
+              " uint8 tensor, got ", image.sizes(), " ", image.scalar_type());
   return image.contiguous();
 }
 }  // namespace detail
 
-// Encodes [H,W,3] (RGB) or [H,W,1] (gray) uint8 as baseline JPEG with 4:2:0 subsampling (libjpeg defaults).
+// Encodes [H,W,3] (RGB) or [H,W,1] (gray) uint8 as baseline JPEG with 4:2:0 subsampling (libjpeg defaults), or
+// [H,W,4] CMYK as PIL holds it as an Adobe CMYK JPEG (stored inverted, as Photoshop and PIL write them).
 inline std::string encode_jpeg(const at::Tensor& image, int quality = 90) {
-  const at::Tensor img = detail::contiguous_hwc_u8(image, "encode_jpeg");
+  at::Tensor img = detail::contiguous_hwc_u8(image, "encode_jpeg", true);
+  if (img.size(2) == 4) img = 255 - img;
   jpeg_compress_struct cinfo{};
   detail::JpegError err{};
   cinfo.err = jpeg_std_error(&err.mgr);

@@ -13,13 +13,16 @@
 
 namespace taxon::data {
 
-// What get(i, request) returns: exactly get(i) with `resize_crop` applied, bit for bit. How to get there is the
-// dataset's choice (decode straight to the crop, or decode as usual and call apply()), so decoding that depends on
-// the file (its colour mode, its format) stays in the dataset. Fields added later are requests of the same kind.
+// What get(i, request) returns: what CLIP's preprocessing on PIL gives for the sample, i.e. `resize_crop` applied
+// to the image in its own mode before get(i)'s conversion to RGB. For RGB and grey images (every in-memory dataset,
+// most files) that is get(i) with `resize_crop` applied, bit for bit; image files in another PIL mode (alpha,
+// palette, CMYK, 16-bit grey: image_mode.hpp) are resized in that mode first, as PIL does. How to get there is the
+// dataset's choice (decode straight to the crop, or decode as usual and resize), so decoding that depends on the
+// file (its colour mode, its format) stays in the dataset. Fields added later are requests of the same kind.
 struct DecodeRequest {
   ResizeCenterCrop resize_crop;  // shorter side to resize_crop.resize_to, then the resize_crop.crop square in its centre
 
-  // The reference result on an image decoded as get(i) decodes it.
+  // The reference result on an RGB (or grey-as-RGB) image, e.g. one decoded as get(i) decodes it.
   at::Tensor apply(const at::Tensor& image) const { return resize_crop.apply(image); }
 };
 

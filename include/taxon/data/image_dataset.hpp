@@ -42,7 +42,8 @@ class ImageFileDataset {
     return Sample{read_image(path, decode_min_side_, max_image_pixels_), labels(i)};
   }
   // get(i) with the request's resize + center crop applied (what a Loader asks for when its transform starts with
-  // one): decoded straight to the crop when get(i) would decode the whole file, else get(i) cropped.
+  // one), resized in the file's own mode as PIL does: decoded straight to the crop when get(i) would decode the
+  // whole file, else get(i) cropped.
   Sample get(std::int64_t i, const DecodeRequest& request) const {
     check_index(i, size(), "image dataset");
     if (decode_crop_.enabled() || decode_min_side_ > 0) {  // get(i) is already cropped or scaled: crop that

@@ -45,17 +45,23 @@ struct ResampleCoeffs {
   std::vector<int32_t> weights;   // [outputs, ksize] fixed point
 };
 
-// Pillow's precompute_coeffs + normalize_coeffs_8bpc for outputs [begin, begin+n) of an in_size -> out_size resize.
-inline ResampleCoeffs bicubic_coeffs(int64_t in_size, int64_t out_size, int64_t begin, int64_t n) {
+// Pillow's precompute_coeffs for outputs [begin, begin+n) of an in_size -> out_size resize: the normalised
+// weights in double, as its 32-bit ("I", "F") resize uses them.
+struct ResampleCoeffsDouble {
+  int ksize = 0;
+  std::vector<int> first, count;
+  std::vector<double> weights;  // [outputs, ksize]
+};
+
+inline ResampleCoeffsDouble bicubic_coeffs_double(int64_t in_size, int64_t out_size, int64_t begin, int64_t n) {
   const double scale = static_cast<double>(in_size) / static_cast<double>(out_size);
   const double filterscale = scale < 1.0 ? 1.0 : scale;
   const double support = 2.0 * filterscale;
-  ResampleCoeffs c;
+  ResampleCoeffsDouble c;
   c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
   c.first.resize(static_cast<size_t>(n));
   c.count.resize(static_cast<size_t>(n));
-  c.weights.assign(static_cast<size_t>(n * c.ksize), 0);
-  std::vector<double> w(static_cast<size_t>(c.ksize));
+  c.weights.assign(static_cast<size_t>(n * c.ksize), 0.0);
   const double ss = 1.0 / filterscale;
   for (int64_t i = 0; i < n; ++i) {
     const double center = (static_cast<double>(begin + i) + 0.5) * scale;
@@ -64,19 +70,34 @@ inline ResampleCoeffs bicubic_coeffs(int64_t in_size, int64_t out_size, int64_t 
     int xmax = static_cast<int>(center + support + 0.5);
     if (xmax > in_size) xmax = static_cast<int>(in_size);
     xmax -= xmin;
+    double* k = c.weights.data() + i * c.ksize;
     double total = 0.0;
     for (int x = 0; x < xmax; ++x) {
-      w[static_cast<size_t>(x)] = pil_bicubic((x + xmin - center + 0.5) * ss);
-      total += w[static_cast<size_t>(x)];
+      k[x] = pil_bicubic((x + xmin - center + 0.5) * ss);
+      total += k[x];
     }
-    int32_t* k = c.weights.data() + i * c.ksize;
-    for (int x = 0; x < xmax; ++x) {
-      const double v = total != 0.0 ? w[static_cast<size_t>(x)] / total : w[static_cast<size_t>(x)];
-      k[x] = v < 0 ? static_cast<int32_t>(-0.5 + v * (1 << kPrecisionBits)) : static_cast<int32_t>(0.5 + v * (1 << kPrecisionBits));
-    }
+    if (total != 0.0)
+      for (int x = 0; x < xmax; ++x) k[x] /= total;
     c.first[static_cast<size_t>(i)] = xmin;
     c.count[static_cast<size_t>(i)] = xmax;
   }
+  return c;
+}
+
+// Pillow's precompute_coeffs + normalize_coeffs_8bpc for outputs [begin, begin+n) of an in_size -> out_size resize.
+inline ResampleCoeffs bicubic_coeffs(int64_t in_size, int64_t out_size, int64_t begin, int64_t n) {
+  const ResampleCoeffsDouble d = bicubic_coeffs_double(in_size, out_size, begin, n);
+  ResampleCoeffs c;
+  c.ksize = d.ksize;
+  c.first = d.first;
+  c.count = d.count;
+  c.weights.assign(d.weights.size(), 0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int x = 0; x < c.count[static_cast<size_t>(i)]; ++x) {
+      const double v = d.weights[static_cast<size_t>(i * c.ksize + x)];
+      c.weights[static_cast<size_t>(i * c.ksize + x)] =
+          v < 0 ? static_cast<int32_t>(-0.5 + v * (1 << kPrecisionBits)) : static_cast<int32_t>(0.5 + v * (1 << kPrecisionBits));
+    }
   return c;
 }
 
@@ -376,9 +397,10 @@ inline void resample_horizontal(int64_t channels, const uint8_t* src, int64_t sr
                                 const CoeffEntry& c, int64_t outputs, uint8_t* dst, const uint8_t* readable_end) {
   switch (channels) {
     case 1: resample_rows_horizontal<1>(src, src_stride, rows, c, outputs, dst, readable_end); break;
+    case 2: resample_rows_horizontal<2>(src, src_stride, rows, c, outputs, dst, readable_end); break;
     case 3: resample_rows_horizontal<3>(src, src_stride, rows, c, outputs, dst, readable_end); break;
     case 4: resample_rows_horizontal<4>(src, src_stride, rows, c, outputs, dst, readable_end); break;
-    default: TAXON_FAIL("data.bad-image", "resize supports 1, 3 or 4 channels, got ", channels);
+    default: TAXON_FAIL("data.bad-image", "resize supports 1 to 4 channels, got ", channels);
   }
 }
 
@@ -479,6 +501,104 @@ inline at::Tensor resize_core(const at::Tensor& img, int64_t vy, int64_t vx, int
     for (int64_t r = 0; r < window.height; ++r)
       std::copy_n(rows + (window.top - vy - rows_origin + r) * rows_stride, window.width * C,
                   out.data_ptr<uint8_t>() + r * window.width * C);
+  }
+  return out;
+}
+
+// Pillow's bicubic resize of a 32-bit integer ("I") image, e.g. a 16-bit grey PNG: the same taps with double
+// weights, each pass rounded half away from zero to int32 (Resample.c's 32bpc path). Same arguments as resize_core;
+// img is [H,W,1] int32.
+inline at::Tensor resize_core_i32(const at::Tensor& img, int64_t vy, int64_t vx, int64_t in_h, int64_t in_w,
+                                  int64_t out_h, int64_t out_w, Box window) {
+  const int64_t H = img.size(0), W = img.size(1);
+  const int32_t* data = img.data_ptr<int32_t>();
+  const auto round_up = [](double v) { return static_cast<int32_t>(v >= 0.0 ? v + 0.5 : v - 0.5); };
+  // Rows of img the vertical pass reads (all of the window's when there is none) and their horizontal pass.
+  int64_t row_first = window.top - vy, row_last = window.top + window.height - vy;
+  ResampleCoeffsDouble vertical;
+  if (out_h != in_h) {
+    vertical = bicubic_coeffs_double(in_h, out_h, window.top, window.height);
+    row_first = H, row_last = 0;
+    for (size_t i = 0; i < vertical.first.size(); ++i) {
+      row_first = std::min<int64_t>(row_first, vertical.first[i] - vy);
+      row_last = std::max<int64_t>(row_last, vertical.first[i] + vertical.count[i] - vy);
+    }
+  }
+  const ResampleCoeffsDouble horizontal =
+      out_w != in_w ? bicubic_coeffs_double(in_w, out_w, window.left, window.width) : ResampleCoeffsDouble{};
+  for (size_t i = 0; i < horizontal.first.size(); ++i)
+    TAXON_CHECK(horizontal.first[i] - vx >= 0 && horizontal.first[i] + horizontal.count[i] - vx <= W, "data.bad-box",
+                "resize reads columns outside the ", H, "x", W, " buffer");
+  TAXON_CHECK(row_first >= 0 && row_last <= H && (out_w != in_w || (window.left - vx >= 0 && window.left + window.width - vx <= W)),
+              "data.bad-box", "resize reads rows [", row_first, ", ", row_last, ") outside the ", H, "x", W, " buffer");
+  const int64_t n_rows = row_last - row_first;
+  std::vector<int32_t> rows(static_cast<size_t>(n_rows * window.width));
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const int32_t* in = data + (row_first + r) * W;
+    int32_t* out = rows.data() + r * window.width;
+    for (int64_t x = 0; x < window.width; ++x) {
+      if (out_w == in_w) {
+        out[x] = in[window.left + x - vx];
+        continue;
+      }
+      const double* k = horizontal.weights.data() + x * horizontal.ksize;
+      const int32_t* p = in + horizontal.first[static_cast<size_t>(x)] - vx;
+      double sum = 0.0;
+      for (int t = 0; t < horizontal.count[static_cast<size_t>(x)]; ++t) sum += p[t] * k[t];
+      out[x] = round_up(sum);
+    }
+  }
+  at::Tensor result = at::empty({window.height, window.width, 1}, at::kInt);
+  int32_t* o = result.data_ptr<int32_t>();
+  for (int64_t y = 0; y < window.height; ++y)
+    for (int64_t x = 0; x < window.width; ++x) {
+      if (out_h == in_h) {
+        o[y * window.width + x] = rows[static_cast<size_t>((window.top + y - vy - row_first) * window.width + x)];
+        continue;
+      }
+      const double* k = vertical.weights.data() + y * vertical.ksize;
+      const int64_t first = vertical.first[static_cast<size_t>(y)] - vy - row_first;
+      double sum = 0.0;
+      for (int t = 0; t < vertical.count[static_cast<size_t>(y)]; ++t)
+        sum += rows[static_cast<size_t>((first + t) * window.width + x)] * k[t];
+      o[y * window.width + x] = round_up(sum);
+    }
+  return result;
+}
+
+// Source positions of Pillow's nearest-neighbour resize (ImagingScaleAffine): the position starts at half a step and
+// adds in/out per output in double, truncated; -1 where it falls outside (Pillow leaves those outputs 0).
+inline std::vector<int64_t> nearest_positions(int64_t in_size, int64_t out_size) {
+  std::vector<int64_t> at(static_cast<size_t>(out_size));
+  const double step = static_cast<double>(in_size) / static_cast<double>(out_size);
+  double pos = step * 0.5;
+  for (int64_t i = 0; i < out_size; ++i, pos += step) {
+    const int64_t v = pos < 0.0 ? -1 : static_cast<int64_t>(pos);
+    at[static_cast<size_t>(i)] = v < in_size ? v : -1;
+  }
+  return at;
+}
+
+// Pillow's Image.resize(NEAREST) of a [H,W,C] uint8 image (modes "1" and "P" whatever the filter); arguments as
+// resize_core.
+inline at::Tensor resize_core_nearest(const at::Tensor& img, int64_t vy, int64_t vx, int64_t in_h, int64_t in_w,
+                                      int64_t out_h, int64_t out_w, Box window) {
+  const int64_t H = img.size(0), W = img.size(1), C = img.size(2);
+  const std::vector<int64_t> ys = nearest_positions(in_h, out_h), xs = nearest_positions(in_w, out_w);
+  at::Tensor out = at::zeros({window.height, window.width, C}, at::kByte);
+  const uint8_t* in = img.data_ptr<uint8_t>();
+  uint8_t* o = out.data_ptr<uint8_t>();
+  for (int64_t y = 0; y < window.height; ++y) {
+    const int64_t sy = ys[static_cast<size_t>(window.top + y)];
+    if (sy < 0) continue;
+    TAXON_CHECK(sy - vy >= 0 && sy - vy < H, "data.bad-box", "resize reads row ", sy - vy, " of a ", H, "-row buffer");
+    for (int64_t x = 0; x < window.width; ++x) {
+      const int64_t sx = xs[static_cast<size_t>(window.left + x)];
+      if (sx < 0) continue;
+      TAXON_CHECK(sx - vx >= 0 && sx - vx < W, "data.bad-box", "resize reads column ", sx - vx, " of a ", W,
+                  "-column buffer");
+      std::copy_n(in + ((sy - vy) * W + (sx - vx)) * C, C, o + (y * window.width + x) * C);
+    }
   }
   return out;
 }
