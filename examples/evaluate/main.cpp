@@ -16,6 +16,7 @@
 #include <taxon/data/rank_spec.hpp>
 #include <taxon/eval/eval.hpp>
 #include <taxon/io/atomic_file.hpp>
+#include <taxon/io/json.hpp>
 #include <taxon/io/npy.hpp>
 
 #include <CLI/CLI.hpp>
@@ -133,7 +134,7 @@ int main(int argc, char** argv) {
                          {"recall_definition_description", eval::describe(definition)},
                          {"lone_queries", m.num_lone}, {"recall_at_1", m.recall_at(1)}, {"recall_at_5", m.recall_at(5)},
                          {"precision_at_1", m.precision_at_1}, {"map_at_r", m.map_at_r}, {"r_precision", m.r_precision}}}};
-      io::write_text_atomically(std::filesystem::path(out).replace_extension(".json"), summary.dump(2) + "\n");
+      io::write_text_atomically(std::filesystem::path(out).replace_extension(".json"), io::dump_json(summary, 2) + "\n");
     }
     if (zero_shot) {
       const auto zs_table = taxon_eval::run_zero_shot(*clip, embeddings, columns, model, group_column, zs);

@@ -61,6 +61,10 @@ struct Config {
   double eval_fraction = 0.2;
   bool clean_labels = true;              // the seeds' label cleaning in the evaluation table and retrieval
   std::string recall_definition = "pml";  // pml | unicom: whether Recall@K excludes or misses lone queries
+  std::string dedup = "off";     // off | path | content: drop repeated CSV/folder rows (same file, or same bytes)
+  int keep_checkpoints = 2;      // per round; >= 2 keeps one to fall back to when the newest is damaged
+  std::string checkpoint_every;  // "" (epoch ends only), "N steps" or "M minutes"
+  bool restart = false;          // --restart: discard what the run directory holds and start over (not saved)
   bool model_explicit = false;  // --model given on the command line: --weights must fit it exactly (not saved)
 
   // Keys missing from a config file keep their defaults (config.json of runs made before an option existed).
@@ -71,7 +75,7 @@ struct Config {
                                  lr_pfc_weight, weight_decay, clip_grad_norm, scale, m1, m2, m3, filter,
                                  sample_rate, num_feat, schedule, amp, augment, device, run_dir, resume, seed,
                                  threads, eval_fraction, kmeans_metric, kmeans_seed, clean_labels,
-                                 recall_definition)
+                                 recall_definition, dedup, keep_checkpoints, checkpoint_every)
 };
 
 inline void add_options(CLI::App& app, Config& c) {
@@ -144,10 +148,49 @@ inline void add_options(CLI::App& app, Config& c) {
   app.add_option("--recall-definition", c.recall_definition,
                  "pml: queries with no other sample of their label are excluded from Recall@K; unicom: they count "
                  "as misses (UNICOM's get_metric)")->check(CLI::IsMember({"pml", "unicom"}))->capture_default_str();
+  app.add_option("--dedup", c.dedup,
+                 "drop repeated images before splitting: off (warn only), path (same file) or content (same bytes; "
+                 "reads every file once). Duplicates across the train/eval split make retrieval find itself.")
+      ->check(CLI::IsMember({"off", "path", "content"}))->capture_default_str();
+  app.add_option("--keep-checkpoints", c.keep_checkpoints,
+                 "checkpoints kept per round; a damaged newest one falls back to the previous (>= 1)")
+      ->capture_default_str();
+  app.add_option("--checkpoint-every", c.checkpoint_every,
+                 "also checkpoint mid-epoch: 'N steps' (optimizer steps) or 'M minutes'; a crash then loses at most "
+                 "that much (resume skips the trained batches without decoding them)");
+  app.add_flag("--restart", c.restart,
+               "start over: discard the run directory's checkpoints, rounds, baselines and metrics first");
   app.add_option("--eval-fraction", c.eval_fraction,
                  "share of a csv/folder dataset held out for evaluation, never trained on (fashion-mnist has its own "
                  "test set and rejects this option)")
       ->capture_default_str();
+}
+
+// --checkpoint-every: "N steps" (or a bare N) and "M minutes" (also "min", "m"); "" is neither (epoch ends only).
+struct CheckpointInterval {
+  int64_t steps = 0;
+  double minutes = 0;
+};
+inline CheckpointInterval parse_checkpoint_every(const std::string& text) {
+  CheckpointInterval every;
+  if (text.empty()) return every;
+  size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  std::string unit = text.substr(used);
+  unit.erase(0, unit.find_first_not_of(' '));
+  const bool steps = unit.empty() || unit == "steps" || unit == "step";
+  const bool minutes = unit == "minutes" || unit == "minute" || unit == "min" || unit == "m";
+  TAXON_CHECK(used > 0 && value > 0 && (steps || minutes) && (!steps || value == static_cast<double>(static_cast<int64_t>(value))),
+              "cli.bad-option", "--checkpoint-every '", text,
+              "' must be a positive number of optimizer steps ('500 steps') or minutes ('30 minutes')");
+  if (steps) every.steps = static_cast<int64_t>(value);
+  else every.minutes = value;
+  return every;
 }
 
 // config.json's record of what `auto` settings resolved to; not an option.

@@ -21,7 +21,9 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <optional>
+#include <set>
 
 #include "config.hpp"
 #include "text_side.hpp"
@@ -35,6 +37,15 @@ namespace {
 
 volatile std::sig_atomic_t interrupted = 0;
 extern "C" void on_sigint(int) { interrupted = 1; }
+
+// Ctrl-C between or inside the stages that do not checkpoint (embedding, clustering, evaluation): their work is
+// redone on --resume, so the run just stops; main() turns this into exit 130.
+struct Interrupted {
+  std::string stage;
+};
+void stop_if_interrupted(const std::string& stage) {
+  if (interrupted) throw Interrupted{stage};
+}
 
 // Where the run computes, resolved once from --device and --amp before anything is loaded.
 struct Placement {
@@ -51,7 +62,94 @@ struct Datasets {
   bool small_images = false;  // raw-pixel baseline only makes sense for small images
   std::string group_rank;     // dataset's default for --group-rank
   std::vector<std::string> train_texts;  // --caption-column of each training image (CSV datasets)
+  int64_t missing_images = 0;            // rows/files left out because their image file does not exist
+  // Positions in the sets as loaded of the images still used: unreadable ones found while embedding are dropped
+  // from train/eval (and recorded in skipped_images.json) so embeddings, labels, clusters and tables line up.
+  std::vector<int64_t> train_rows, eval_rows;
 };
+
+enum class Split { train, eval };
+constexpr const char* kSkippedFile = "skipped_images.json";
+
+// Leaves `skipped` (positions in the current set, with the loader's message) out of that set from now on, records
+// them by their position in the set as loaded in run_dir/skipped_images.json and says so in the log.
+void drop_skipped(Datasets& data, Split split, const std::vector<std::pair<int64_t, std::string>>& skipped,
+                  const fs::path& run_dir) {
+  if (skipped.empty()) return;
+  auto& set = split == Split::train ? data.train : data.eval;
+  auto& rows = split == Split::train ? data.train_rows : data.eval_rows;
+  const char* name = split == Split::train ? "train" : "eval";
+  std::set<int64_t> gone;
+  for (const auto& [index, message] : skipped) gone.insert(index);
+  std::vector<int64_t> kept, kept_rows;
+  std::vector<std::string> kept_texts;
+  for (int64_t i = 0; i < set->size(); ++i) {
+    if (gone.count(i)) continue;
+    kept.push_back(i);
+    kept_rows.push_back(rows[static_cast<size_t>(i)]);
+    if (split == Split::train && !data.train_texts.empty()) kept_texts.push_back(data.train_texts[static_cast<size_t>(i)]);
+  }
+  nlohmann::json record = nlohmann::json::object();
+  const fs::path file = run_dir / kSkippedFile;
+  if (io::path_exists(file)) {
+    const auto parsed = io::parse_json(io::read_file(file));
+    if (parsed && parsed.value.is_object()) record = parsed.value;
+  }
+  if (!record.contains(name) || !record[name].is_array()) record[name] = nlohmann::json::array();
+  std::string examples;
+  for (const auto& [index, message] : skipped) {
+    record[name].push_back({{"row", rows[static_cast<size_t>(index)]}, {"error", message}});
+    if (examples.size() < 400) examples += "\n  " + message;
+  }
+  io::write_text_atomically(file, io::dump_json(record, 2));
+  log::warn(name, " set: ", skipped.size(), " of ", set->size(), " images are unreadable and left out of embedding, ",
+            "labels, clustering and evaluation from now on (all listed in ", file.string(), "):", examples);
+  set = std::make_shared<const Dataset>(std::make_shared<const data::Subset<Dataset>>(set, kept));
+  rows = std::move(kept_rows);
+  if (split == Split::train && !data.train_texts.empty()) data.train_texts = std::move(kept_texts);
+}
+
+// A resumed run leaves out at once the images an earlier attempt found unreadable, so saved labels still line up.
+void apply_recorded_skips(Datasets& data, const fs::path& run_dir) {
+  const fs::path file = run_dir / kSkippedFile;
+  if (!io::path_exists(file)) return;
+  const auto parsed = io::parse_json(io::read_file(file));
+  TAXON_CHECK(parsed && parsed.value.is_object(), "cli.bad-resume", file.string(),
+              " is damaged (", parsed ? "not a JSON object" : parsed.error, "); delete it to find the unreadable "
+              "images again, or start over with --restart");
+  for (const auto split : {Split::train, Split::eval}) {
+    const char* name = split == Split::train ? "train" : "eval";
+    if (!parsed.value.contains(name)) continue;
+    const auto& rows = split == Split::train ? data.train_rows : data.eval_rows;
+    std::map<int64_t, std::string> skipped;  // by position in the set as loaded
+    for (const auto& entry : parsed.value[name]) {
+      const bool ok = entry.is_object() && entry.contains("row") && entry["row"].is_number_integer() &&
+                      entry["row"].get<int64_t>() >= 0 && entry["row"].get<int64_t>() < static_cast<int64_t>(rows.size());
+      TAXON_CHECK(ok, "cli.bad-resume", file.string(), ": entry ", io::dump_json(entry), " of '", name,
+                  "' is not a row of this run's ", name, " set; delete the file or start over with --restart");
+      skipped.emplace(entry["row"].get<int64_t>(),
+                      entry.contains("error") && entry["error"].is_string() ? entry["error"].get<std::string>() : "");
+    }
+    // Nothing dropped yet in this process: positions as loaded are the current positions.
+    std::vector<std::pair<int64_t, std::string>> list(skipped.begin(), skipped.end());
+    if (list.empty()) continue;
+    auto& set = split == Split::train ? data.train : data.eval;
+    auto& current_rows = split == Split::train ? data.train_rows : data.eval_rows;
+    std::set<int64_t> gone;
+    for (const auto& [index, message] : list) gone.insert(index);
+    std::vector<int64_t> kept;
+    std::vector<std::string> kept_texts;
+    for (int64_t i = 0; i < set->size(); ++i)
+      if (!gone.count(i)) {
+        kept.push_back(i);
+        if (split == Split::train && !data.train_texts.empty()) kept_texts.push_back(data.train_texts[static_cast<size_t>(i)]);
+      }
+    set = std::make_shared<const Dataset>(std::make_shared<const data::Subset<Dataset>>(set, kept));
+    current_rows = kept;
+    if (split == Split::train && !data.train_texts.empty()) data.train_texts = std::move(kept_texts);
+    log::info(name, " set: leaving out the ", list.size(), " unreadable images recorded in ", file.string());
+  }
+}
 
 // The rows `limited` keeps (all of them without a limit), in its order.
 std::vector<int64_t> limited_rows(int64_t size, int64_t limit, uint64_t seed) {
@@ -67,6 +165,42 @@ template <data::Dataset D>
 std::shared_ptr<const Dataset> limited(std::shared_ptr<const D> d, int64_t limit, uint64_t seed) {
   if (limit <= 0 || limit >= d->size()) return std::make_shared<const Dataset>(d);
   return std::make_shared<const Dataset>(std::make_shared<const data::Subset<D>>(d, limited_rows(d->size(), limit, seed)));
+}
+
+// Rows of `all` to use: every row, or with --dedup the first of each group of rows naming the same file (path) or
+// holding the same bytes (content: size + CRC-32). Repeats are always counted and reported: a repeat that lands on
+// both sides of the train/eval split lets retrieval find the image itself.
+std::vector<int64_t> unique_rows(const data::ImageFileDataset& all, const unicom::Config& c) {
+  std::map<std::string, int64_t> first_path;
+  std::map<std::pair<std::uint64_t, std::uint32_t>, int64_t> first_content;
+  std::vector<int64_t> rows;
+  int64_t same_path = 0, same_content = 0;
+  std::string example;
+  for (int64_t i = 0; i < all.size(); ++i) {
+    const auto& path = all.path(i);
+    const auto key = path.lexically_normal().string();
+    if (!first_path.emplace(key, i).second) {
+      ++same_path;
+      if (example.empty()) example = path.string();
+      if (c.dedup != "off") continue;
+    } else if (c.dedup == "content") {
+      if (!first_content.emplace(std::make_pair(io::file_size(path), io::file_crc32(path)), i).second) {
+        ++same_content;
+        if (example.empty()) example = path.string();
+        continue;
+      }
+    }
+    rows.push_back(i);
+  }
+  if (same_path > 0 || same_content > 0) {
+    if (c.dedup == "off")
+      log::warn(same_path, " of ", all.size(), " rows repeat an image path (e.g. ", example,
+                "); repeats split across train and eval inflate retrieval scores. --dedup path (or content) drops them");
+    else
+      log::warn("--dedup ", c.dedup, ": dropped ", same_path + same_content, " repeated rows of ", all.size(), " (",
+                same_path, " same path, ", same_content, " same content; e.g. ", example, ")");
+  }
+  return rows;
 }
 
 Datasets load_datasets(const unicom::Config& c, const Placement& where) {
@@ -110,8 +244,12 @@ Datasets load_datasets(const unicom::Config& c, const Placement& where) {
     TAXON_CHECK(!c.images.empty(), "cli.missing-option", "--dataset folder needs --images DIR");
     all = std::make_shared<const data::ImageFolderDataset>(c.images);
   }
+  out.missing_images = all->missing_count();
+  const auto rows = unique_rows(*all, c);
   // Held-out images for evaluation; the encoder never trains on them.
-  auto split = data::train_test_split(all->size(), c.eval_fraction, c.seed);
+  auto split = data::train_test_split(static_cast<int64_t>(rows.size()), c.eval_fraction, c.seed);
+  for (auto* part : {&split.train, &split.test})
+    for (auto& k : *part) k = rows[static_cast<size_t>(k)];
   out.train = limited(std::make_shared<const data::Subset<data::ImageFileDataset>>(all, split.train), c.train_limit, c.seed);
   if (!c.caption_column.empty())
     for (auto k : limited_rows(static_cast<int64_t>(split.train.size()), c.train_limit, c.seed))
@@ -128,6 +266,29 @@ Datasets load_datasets(const unicom::Config& c, const Placement& where) {
     out.train_transform = c.augment ? data::clip_train(size, 0.0, {0.5, 1.0}) : data::clip_eval(size);
   }
   return out;
+}
+
+// Empty sets and single-class label ranks fail here, saying what was empty and why, not later in embed or k-means.
+void check_not_empty(const Datasets& data, const unicom::Config& c) {
+  const std::string source = c.dataset == "csv" ? "the CSV " + c.csv : c.dataset == "folder" ? "the folder " + c.images
+                                                                                               : std::string("fashion-mnist");
+  const int64_t total = data.train->size() + data.eval->size();
+  TAXON_CHECK(total > 0 || data.missing_images == 0, "cli.empty-dataset", source, ": all ", data.missing_images,
+              " rows name a missing image file (see the warning above; check --images and --path-column)");
+  TAXON_CHECK(total > 0, "cli.empty-dataset", source,
+              c.dataset == "csv" ? " has a header but no data rows" : " holds no images", "; nothing to train on");
+  TAXON_CHECK(data.train->size() > 0, "cli.empty-dataset", "the training set is empty: ", source, " has ", total,
+              " images and --eval-fraction ", c.eval_fraction, " holds them all out for evaluation");
+  TAXON_CHECK(data.eval->size() > 0, "cli.empty-dataset", "the evaluation set is empty: ", source, " has ", total,
+              " images, too few for --eval-fraction ", c.eval_fraction, " to hold one out");
+  if (!c.labels_from.empty()) {
+    const auto labels = data::rank_labels(*data.train, c.labels_from);
+    std::set<int64_t> classes(labels.begin(), labels.end());
+    classes.erase(-1);
+    TAXON_CHECK(classes.size() >= 2, "cli.empty-dataset", "--labels-from ", c.labels_from, ": the ",
+                data.train->size(), " training images have ", classes.size(),
+                " class(es) in that rank; margin-softmax training needs at least 2 to tell apart");
+  }
 }
 
 // Without --model the weights' own architecture is used (config metadata, or inferred from shapes); with an
@@ -159,23 +320,40 @@ data::Loader<Dataset> make_loader(std::shared_ptr<const Dataset> d, data::Transf
                                    .pin_memory(where.cuda()));
 }
 
-at::Tensor embed_all(backbone::VisionTransformer& model, std::shared_ptr<const Dataset> d, const Datasets& data,
-                     const unicom::Config& c, const Placement& where, const std::string& label) {
+// Embeddings of the train or eval set; unreadable images are dropped from that set (drop_skipped), so the rows
+// line up with it afterwards.
+at::Tensor embed_all(backbone::VisionTransformer& model, Datasets& data, Split split, const unicom::Config& c,
+                     const Placement& where, const std::string& label) {
+  auto d = split == Split::train ? data.train : data.eval;
   const int64_t d_size = d->size();
   auto loader = make_loader(std::move(d), data.eval_transform, c, where, /*training=*/false);
-  auto batches = loader.epoch(0);
-  return taxon::embed(model, batches,
-                      EmbedOptions().label(label).expected_images(d_size).device_transform(data.device_transform));
+  at::Tensor embeddings;
+  try {
+    auto batches = loader.epoch(0);
+    embeddings = taxon::embed(model, batches, EmbedOptions().label(label).expected_images(d_size)
+                                                  .device_transform(data.device_transform)
+                                                  .stop_requested([] { return interrupted != 0; }));
+  } catch (const taxon::Error& e) {
+    if (e.id() == "backbone.interrupted") throw Interrupted{label};
+    throw;
+  }
+  drop_skipped(data, split, loader.skipped_samples(), c.run_dir);
+  return embeddings;
 }
 
 // Flattened preprocessed images: the raw-pixel baseline, and round-0 clustering features from random init.
 // uint8 batches (CUDA runs) are normalised here on the CPU, to the same values the float path gives.
-at::Tensor pixels(std::shared_ptr<const Dataset> d, const Datasets& data, const unicom::Config& c,
-                  const Placement& where) {
-  auto loader = make_loader(std::move(d), data.eval_transform, c, where, /*training=*/false);
+at::Tensor pixels(Datasets& data, Split split, const unicom::Config& c, const Placement& where) {
+  auto loader = make_loader(split == Split::train ? data.train : data.eval, data.eval_transform, c, where,
+                            /*training=*/false);
   std::vector<at::Tensor> rows;
-  for (auto& batch : loader.epoch(0))
+  for (auto& batch : loader.epoch(0)) {
+    stop_if_interrupted("pixel features");
+    if (batch.images.numel() == 0) continue;  // every image of the batch was unreadable
     rows.push_back((data.device_transform ? data.device_transform(batch.images) : batch.images).flatten(1));
+  }
+  TAXON_CHECK(!rows.empty(), "cli.empty-dataset", "pixel features: every image was skipped as missing or unreadable");
+  drop_skipped(data, split, loader.skipped_samples(), c.run_dir);
   return at::cat(rows);
 }
 
@@ -213,6 +391,7 @@ void evaluate(Report& report, const std::string& name, const at::Tensor& embeddi
   else opts.groups({"All"}).include_all(false);  // one group: every row is "All"
   const auto table = eval::TaxonomyEvaluator(opts).evaluate(embeddings, cols);
   report.table.rows.insert(report.table.rows.end(), table.rows.begin(), table.rows.end());
+  stop_if_interrupted("evaluation (" + name + ")");
 
   // Leave-one-out retrieval over the rows the table kept (the same label cleaning).
   eval::TaxonomyColumns kept_cols;
@@ -309,18 +488,27 @@ bool train_round(backbone::VisionTransformer& model, const fs::path& dir, int ro
                      .label_name(c.labels_from.empty() ? "cluster" : c.labels_from)
                      .seed(c.seed);
   train::Trainer<backbone::VisionTransformer, UnicomHead> trainer(model, head, options, make_schedule(c));
-  if (trainer.resume(dir / "checkpoints")) log::info("resumed ", dir.string(), " at step ", trainer.global_step());
+  try {
+    if (trainer.resume(dir / "checkpoints")) log::info("resumed ", dir.string(), " at step ", trainer.global_step());
+  } catch (const taxon::Error& e) {
+    if (e.id() == "train.bad-checkpoint")
+      log::error("cannot resume ", dir.string(), "; to start the run over instead, add --restart");
+    throw;
+  }
 
   auto train_set = std::make_shared<const Dataset>(std::make_shared<const data::Relabeled<Dataset>>(data.train, labels));
   auto loader = make_loader(train_set, data.train_transform, c, where, /*training=*/true);
   auto source = [&](int64_t epoch, int64_t skip) { return loader.epoch(epoch, skip); };  // resume skips without decoding
 
+  const auto every = unicom::parse_checkpoint_every(c.checkpoint_every);
   const auto summary = trainer.fit(source, train::ProgressBar("train " + dir.filename().string()),
                                    train::MetricsLog(fs::path(c.run_dir) / "metrics.jsonl", 10, {{"round", round}}),
-                                   train::Checkpointing(dir / "checkpoints", 0, 1, 1), train::StopFlag(&interrupted),
+                                   train::Checkpointing(dir / "checkpoints", every.steps, 1, c.keep_checkpoints,
+                                                        every.minutes),
+                                   train::StopFlag(&interrupted),
                                    taxon::report::ReportEachEpoch(recorder));
   if (summary.stopped_early) {
-    trainer.save_checkpoint(dir / "checkpoints", 1);
+    trainer.save_checkpoint(dir / "checkpoints", c.keep_checkpoints);
     return false;
   }
   trainer.save_outputs(dir);  // model.safetensors (with its config), backbone.pt, centroids.npy
@@ -372,6 +560,15 @@ unicom::Config parse(int argc, char** argv) {
   c.model_explicit = app.count("--model") > 0;
   TAXON_CHECK(c.rounds >= 1 && c.epochs >= 1 && c.batch_size >= 1, "cli.bad-option",
               "--rounds, --epochs and --batch-size must be >= 1");
+  TAXON_CHECK(c.train_limit >= 0, "cli.bad-option", "--train-limit must be >= 0 (0 = all), got ", c.train_limit);
+  TAXON_CHECK(c.eval_limit >= 0, "cli.bad-option", "--eval-limit must be >= 0 (0 = all), got ", c.eval_limit);
+  TAXON_CHECK(c.threads >= 0, "cli.bad-option", "--threads must be >= 0 (0 = TAXON_NUM_THREADS / all cores), got ",
+              c.threads);
+  TAXON_CHECK(c.workers >= 0, "cli.bad-option", "--workers must be >= 0, got ", c.workers);
+  TAXON_CHECK(c.keep_checkpoints >= 1, "cli.bad-option", "--keep-checkpoints must be >= 1, got ", c.keep_checkpoints);
+  unicom::parse_checkpoint_every(c.checkpoint_every);  // checked before any work
+  TAXON_CHECK(!(c.restart && !c.resume.empty()), "cli.bad-option",
+              "--restart and --resume contradict each other: --restart discards what --resume would continue");
   TAXON_CHECK(!(c.dataset == "fashion-mnist" && app.count("--eval-fraction") > 0), "cli.bad-option",
               "--eval-fraction has no effect with --dataset fashion-mnist, which evaluates on its own 10,000-image "
               "test set; it applies to csv and folder datasets");
@@ -398,30 +595,68 @@ Placement resolve_placement(const unicom::Config& c) {
   return where;
 }
 
+// The rows of `features` (one per entry of `rows`) for `wanted`, a subset of `rows` in the same order; an undefined
+// tensor stays undefined.
+at::Tensor rows_of(const at::Tensor& features, const std::vector<int64_t>& rows, const std::vector<int64_t>& wanted) {
+  if (!features.defined() || rows == wanted) return features;
+  std::map<int64_t, int64_t> position;
+  for (size_t i = 0; i < rows.size(); ++i) position[rows[i]] = static_cast<int64_t>(i);
+  std::vector<int64_t> select;
+  for (auto r : wanted) select.push_back(position.at(r));
+  return features.index_select(0, at::tensor(select, at::kLong));
+}
+
+// --restart: what a run directory holds of an earlier run (rounds with their checkpoints, cached baselines, metrics)
+// goes, so the run starts over; config.json, the report and timings are rewritten anyway.
+void discard_run_state(const fs::path& run_dir) {
+  if (!io::path_exists(run_dir)) return;
+  int removed = 0;
+  for (const auto& name : io::subdirectory_names(run_dir))
+    if (name.rfind("round-", 0) == 0) removed += io::remove_path(run_dir / name);
+  for (const char* file : {"eval-before.json", "metrics.jsonl", kSkippedFile}) removed += io::remove_path(run_dir / file);
+  log::info("--restart: discarded ", removed, " entries of the earlier run in ", run_dir.string());
+}
+
 int run(unicom::Config c) {
   const Placement where = resolve_placement(c);
   configure_threads(c.threads);
   seed_everything(c.seed);
   const fs::path run_dir = c.run_dir;
+  if (c.restart) discard_run_state(run_dir);
+  if (io::path_exists(run_dir)) {  // temporaries of an attempt killed mid-write (kill -9, power loss)
+    int stale = io::remove_stale_temporaries(run_dir);
+    for (const auto& name : io::subdirectory_names(run_dir))
+      if (name.rfind("round-", 0) == 0) {
+        stale += io::remove_stale_temporaries(run_dir / name);
+        if (io::path_exists(run_dir / name / "checkpoints")) stale += io::remove_stale_temporaries(run_dir / name / "checkpoints");
+      }
+    if (stale > 0) log::info("removed ", stale, " temporary files of an earlier attempt that was killed mid-write");
+  }
   auto config = nlohmann::json(c);
   config[unicom::kResolvedKey] = {{"device", where.device.device.str()},
                         {"device_note", where.device.fallback_reason},
                         {"amp", train::to_string(where.precision)}};
-  io::write_text_atomically(run_dir / "config.json", config.dump(2));
+  io::write_text_atomically(run_dir / "config.json", io::dump_json(config, 2));
   std::signal(SIGINT, on_sigint);
   taxon::report::RunRecorder recorder(run_dir, "load data and model");  // timings.json + report.html at each stage
 
-  const auto data = load_datasets(c, where);
+  auto data = load_datasets(c, where);
+  check_not_empty(data, c);
+  for (int64_t i = 0; i < data.train->size(); ++i) data.train_rows.push_back(i);
+  for (int64_t i = 0; i < data.eval->size(); ++i) data.eval_rows.push_back(i);
+  apply_recorded_skips(data, run_dir);
   if (c.group_rank.empty()) c.group_rank = data.group_rank;
   log::info("train: ", data.train->size(), " images, eval: ", data.eval->size(), " images");
   auto model = load_backbone(c);
   if (where.cuda()) model->to(where.device.device);
   auto text_side = unicom::load_text_side(c);
-  at::Tensor caption_features;  // the text tower is not trained: caption embeddings serve every round
+  at::Tensor caption_features;
+  std::vector<int64_t> caption_rows;  // data.train_rows when the captions were embedded  // the text tower is not trained: caption embeddings serve every round
   if (unicom::needs_text(c)) {
     TAXON_CHECK(c.dataset == "csv" && !c.caption_column.empty(), "cli.missing-option", "--cluster-on ", c.cluster_on,
                 " needs --dataset csv with --caption-column COLUMN");
     caption_features = text_side.embed(data.train_texts, "embed captions");
+    caption_rows = data.train_rows;
     log::info("clustering on ", c.cluster_on, " of image and caption features (", caption_features.size(1), "-d text)");
   }
   const bool zero_shot = c.zero_shot && text_side.ready();
@@ -431,17 +666,21 @@ int run(unicom::Config c) {
   auto baselines = read_baselines(eval_cache);
   if (!baselines) {  // once per run
     recorder.begin("baseline evaluation");
-    if (data.small_images) evaluate(report, "raw-pixels", pixels(data.eval, data, c, where), *data.eval, c, where);
-    const auto before = embed_all(model, data.eval, data, c, where, "embed eval");
+    if (data.small_images) {
+      const auto raw = pixels(data, Split::eval, c, where);
+      evaluate(report, "raw-pixels", raw, *data.eval, c, where);
+    }
+    const auto before = embed_all(model, data, Split::eval, c, where, "embed eval");
+    stop_if_interrupted("baseline evaluation");
     evaluate(report, "before", before, *data.eval, c, where);
     const std::string zs =
         zero_shot ? unicom::zero_shot(text_side, "before", before, eval_columns(*data.eval, c.group_rank), c).to_csv() : "";
     baselines = Baselines{report.json, report.table.to_csv(), zs};
-    io::write_text_atomically(eval_cache, nlohmann::json{{"metrics", baselines->metrics},
+    io::write_text_atomically(eval_cache, io::dump_json(nlohmann::json{{"metrics", baselines->metrics},
                                                          {"table", baselines->table_csv},
-                                                         {"zero_shot", baselines->zero_shot_csv}}.dump(2));
+                                                         {"zero_shot", baselines->zero_shot_csv}}, 2));
     report.table.write_csv(run_dir / "eval_table.csv");  // the baselines alone until the final evaluation
-    io::write_text_atomically(run_dir / "retrieval.json", report.json.dump(2));
+    io::write_text_atomically(run_dir / "retrieval.json", io::dump_json(report.json, 2));
   }
 
   for (int round = 0; round < c.rounds; ++round) {
@@ -454,16 +693,20 @@ int run(unicom::Config c) {
     io::ensure_directory(dir);
     recorder.begin("round " + std::to_string(round) + ": " + (c.labels_from.empty() ? "clustering" : "labels"));
     at::Tensor labels;
-    if (c.labels_from.empty() && !io::path_exists(dir / "labels.npy"))
-      labels = round_labels(dir,
-                            round == 0 && c.cluster_on == "pixels"
-                                ? pixels(data.train, data, c, where)
-                                : unicom::cluster_features(c, c.cluster_on == "text" ? at::Tensor()
-                                                              : embed_all(model, data.train, data, c, where, "embed train"),
-                                                           caption_features),
-                            *data.train, c, where);
-    else
+    if (c.labels_from.empty() && !io::path_exists(dir / "labels.npy")) {
+      // Features first: embedding may drop unreadable images from data.train, which the labels must then match.
+      at::Tensor features;
+      if (round == 0 && c.cluster_on == "pixels") {
+        features = pixels(data, Split::train, c, where);
+      } else {
+        const at::Tensor image =
+            c.cluster_on == "text" ? at::Tensor() : embed_all(model, data, Split::train, c, where, "embed train");
+        features = unicom::cluster_features(c, image, rows_of(caption_features, caption_rows, data.train_rows));
+      }
+      labels = round_labels(dir, features, *data.train, c, where);
+    } else
       labels = round_labels(dir, at::Tensor(), *data.train, c, where);
+    stop_if_interrupted("round " + std::to_string(round) + " clustering");
     recorder.begin("round " + std::to_string(round) + ": training");
     if (!train_round(model, dir, round, labels, data, c, where, recorder)) {
       recorder.end("interrupted");
@@ -479,7 +722,8 @@ int run(unicom::Config c) {
   io::copy_file_atomically(last / "centroids.npy", run_dir / "centroids.npy");
   report.json = baselines->metrics;
   report.table = eval::TaxonomyTable{};
-  const auto embeddings = embed_all(model, data.eval, data, c, where, "embed eval");
+  const auto embeddings = embed_all(model, data, Split::eval, c, where, "embed eval");
+  stop_if_interrupted("final evaluation");
   io::save_npy(run_dir / "embeddings.npy", embeddings);
   std::vector<int64_t> eval_labels;
   for (int64_t i = 0; i < data.eval->size(); ++i) eval_labels.push_back(data.eval->labels(i).front());
@@ -503,7 +747,7 @@ int run(unicom::Config c) {
     clip.logit_scale = text_side.logit_scale;
     text::save_clip_checkpoint(run_dir / "clip.safetensors", clip);
   }
-  io::write_text_atomically(run_dir / "retrieval.json", report.json.dump(2));
+  io::write_text_atomically(run_dir / "retrieval.json", io::dump_json(report.json, 2));
   std::cout << "\n" << table_csv << "\nretrieval (leave-one-out on the eval set; Recall@K definition " << c.recall_definition
             << ": " << eval::describe(eval::recall_definition_from_string(c.recall_definition)) << "):\n";
   for (auto& [name, m] : report.json.items())
@@ -521,6 +765,10 @@ int run(unicom::Config c) {
 int main(int argc, char** argv) {
   try {
     return run(parse(argc, argv));
+  } catch (const Interrupted& stop) {
+    std::cerr << "taxon-unicom: interrupted during " << stop.stage
+              << "; nothing is lost (this stage is redone): continue with --resume RUN_DIR\n";
+    return 130;
   } catch (const taxon::Error& e) {
     std::cerr << "taxon-unicom: " << e.what() << "\n";
     return 2;

@@ -1,12 +1,18 @@
 // File formats: .npy and safetensors round trips, interoperability with bytes written by Python, loader errors.
+#include "taxon/io/atomic_file.hpp"
+#include "taxon/io/json.hpp"
 #include "taxon/io/npy.hpp"
 #include "taxon/io/safetensors.hpp"
 
 #include <ATen/ATen.h>
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <stdexcept>
 #include <string>
 
 #include "support/temp_dir.hpp"
@@ -334,4 +340,87 @@ TEST_CASE("safetensors loader errors carry ids and name the file", "[io][safeten
   REQUIRE_TAXON_ERROR(taxon::io::save_safetensors(dir / "cplx.safetensors", {{"a", at::ones({1}, at::kComplexFloat)}}),
                       "io.unsupported-dtype");
   REQUIRE_FALSE(std::filesystem::exists(dir / "dup.safetensors"));
+}
+
+namespace test_io {
+// Restores an unlimited (simulated) disk however a test leaves.
+struct SimulatedDisk {
+  explicit SimulatedDisk(std::uint64_t bytes) { taxon::io::simulate_disk_full_after(bytes); }
+  ~SimulatedDisk() { taxon::io::simulate_disk_full_after(std::nullopt); }
+};
+inline int temporaries_in(const fs::path& dir) {
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(dir)) n += e.path().filename().string().find(".tmp.") != std::string::npos;
+  return n;
+}
+}  // namespace test_io
+
+TEST_CASE("a full disk is io.disk-full and leaves the previous file, no temporary and no torn line", "[io][faults]") {
+  test_io::TempDir dir;
+  const auto file = dir.path / "out.bin";
+  taxon::io::write_text_atomically(file, "previous");
+  {
+    test_io::SimulatedDisk disk(1000);
+    // Through the buffered stream, and a large block written straight through.
+    REQUIRE_TAXON_ERROR(taxon::io::write_text_atomically(file, std::string(5000, 'a')), "io.disk-full");
+    REQUIRE_TAXON_ERROR(taxon::io::write_atomically(file,
+                                                    [](std::ostream& out) {
+                                                      for (int i = 0; i < 3000; ++i) out.put('b');
+                                                    }),
+                        "io.disk-full");
+  }
+  CHECK(test_io::read_bytes(file) == "previous");
+  CHECK(test_io::temporaries_in(dir.path) == 0);
+  {
+    // A writer that throws its own exception once the stream failed (LibTorch's archive writer does) is still a
+    // full disk, not an unexpected error.
+    test_io::SimulatedDisk disk(10);
+    REQUIRE_TAXON_ERROR(taxon::io::write_atomically(file,
+                                                    [](std::ostream& out) {
+                                                      out.write(std::string(100000, 'c').data(), 100000);
+                                                      if (!out) throw std::runtime_error("writer failed");
+                                                    }),
+                        "io.disk-full");
+  }
+  CHECK(test_io::read_bytes(file) == "previous");
+  // metrics.jsonl-style appends: a line that does not fit is cut off entirely.
+  const auto log = dir.path / "metrics.jsonl";
+  taxon::io::append_text(log, "{\"step\": 1}\n");
+  {
+    test_io::SimulatedDisk disk(5);
+    REQUIRE_TAXON_ERROR(taxon::io::append_text(log, "{\"step\": 2, \"loss\": 0.5}\n"), "io.disk-full");
+  }
+  CHECK(test_io::read_bytes(log) == "{\"step\": 1}\n");
+  taxon::io::append_text(log, "{\"step\": 2}\n");
+  CHECK(test_io::read_bytes(log) == "{\"step\": 1}\n{\"step\": 2}\n");
+  // Unlimited again: writes go through.
+  taxon::io::write_text_atomically(file, std::string(5000, 'a'));
+  CHECK(std::filesystem::file_size(file) == 5000);
+}
+
+TEST_CASE("file_crc32 is zlib's CRC-32 and temporaries of dead processes are removed", "[io][faults]") {
+  test_io::TempDir dir;
+  test_io::write_bytes(dir.path / "a.txt", "123456789");
+  CHECK(taxon::io::file_crc32(dir.path / "a.txt") == 0xCBF43926u);  // the standard CRC-32 check value
+  REQUIRE_TAXON_ERROR(taxon::io::file_crc32(dir.path / "absent"), "io.missing-file");
+  // A temporary of a process that no longer runs goes; one of this process (being written) and others stay.
+  std::filesystem::create_directories(dir.path / ".step-000000010.tmp.999999999.7" / "x");
+  std::filesystem::create_directories(dir.path / (".step-000000011.tmp." + std::to_string(::getpid()) + ".1"));
+  std::filesystem::create_directories(dir.path / "step-000000009");
+  test_io::write_bytes(dir.path / "model.safetensors.tmp.999999999.5", "torn");
+  test_io::write_bytes(dir.path / "notes.tmp.txt", "a user's file");
+  CHECK(taxon::io::remove_stale_temporaries(dir.path) == 2);
+  CHECK_FALSE(std::filesystem::exists(dir.path / "model.safetensors.tmp.999999999.5"));
+  CHECK(std::filesystem::exists(dir.path / "notes.tmp.txt"));
+  CHECK_FALSE(std::filesystem::exists(dir.path / ".step-000000010.tmp.999999999.7"));
+  CHECK(std::filesystem::exists(dir.path / (".step-000000011.tmp." + std::to_string(::getpid()) + ".1")));
+  CHECK(std::filesystem::exists(dir.path / "step-000000009"));
+}
+
+TEST_CASE("dump_json replaces bytes that are not UTF-8 instead of throwing", "[io][faults]") {
+  const nlohmann::json j = {{"csv", std::string("caf\xe9.csv")}, {"ok", "caf\xc3\xa9"}};
+  const std::string text = taxon::io::dump_json(j);
+  CHECK(text.find("caf\xef\xbf\xbd.csv") != std::string::npos);  // U+FFFD
+  CHECK(text.find("caf\xc3\xa9") != std::string::npos);
+  CHECK(taxon::io::parse_json(text));
 }

@@ -1024,4 +1024,170 @@ TEST_CASE("callback hooks are checked against their declaration at compile time"
   STATIC_REQUIRE(check<const StopAfter, AnyTrainer>().ok());
 }
 
+
+// ---- faults: full disk, damaged checkpoints, step-0 restarts, time-interval checkpoints --------------------------
+
+struct SimulatedDisk {  // restores an unlimited disk however a test leaves
+  explicit SimulatedDisk(std::uint64_t bytes) { taxon::io::simulate_disk_full_after(bytes); }
+  ~SimulatedDisk() { taxon::io::simulate_disk_full_after(std::nullopt); }
+};
+struct CapturedLog {  // log lines of a scope, to check what a fallback says
+  std::ostringstream text;
+  std::ostream* previous = taxon::log::sink();
+  CapturedLog() { taxon::log::set_sink(text); }
+  ~CapturedLog() { taxon::log::sink() = previous; }
+};
+
+TEST_CASE("a full disk during a checkpoint is io.disk-full and the previous checkpoint stays intact",
+          "[train][checkpoint][faults]") {
+  auto dir = temp_dir("disk_full");
+  Blobs data(64, 4, 31);
+  const EpochSource source{data.x, data.y, 16, 3};  // 4 steps per epoch
+  TinyMlp b(8, 16, 8);
+  CosineHead h(4, 8);
+  Trainer t(b, h, TrainerOptions().epochs(2).lr(1e-2), Schedule::constant());
+  t.fit(source, StopAfter{4});
+  const auto good = t.save_checkpoint(dir, 2);
+  t.fit(source);
+  // The disk fills up inside optimizer.pt (LibTorch's archive writer, which used to terminate the process).
+  const auto budget = fs::file_size(good / "backbone.pt") + fs::file_size(good / "head.pt") + 200;
+  {
+    SimulatedDisk disk(budget);
+    REQUIRE_TAXON_ERROR(t.save_checkpoint(dir, 2), "io.disk-full");
+  }
+  CHECK(taxon::train::TrainingCheckpoint::latest(dir) == good);
+  CHECK_FALSE(fs::exists(dir / "step-000000008"));
+  int leftovers = 0;
+  for (const auto& e : fs::directory_iterator(dir)) leftovers += e.path().filename().string().find(".tmp.") != std::string::npos;
+  CHECK(leftovers == 0);
+  // The final outputs too: a full disk leaves no torn model.safetensors / backbone.pt behind.
+  {
+    SimulatedDisk disk(1000);
+    REQUIRE_TAXON_ERROR(t.save_outputs(dir / "final"), "io.disk-full");
+  }
+  CHECK_FALSE(fs::exists(dir / "final" / "model.safetensors"));
+  TinyMlp b2(8, 16, 8);
+  CosineHead h2(4, 8);
+  Trainer resumed(b2, h2, TrainerOptions().epochs(2).lr(1e-2), Schedule::constant());
+  REQUIRE(resumed.resume(dir));
+  CHECK(resumed.global_step() == 4);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("a flipped bit in any checkpoint file is detected and the previous checkpoint is used",
+          "[train][checkpoint][faults]") {
+  auto dir = temp_dir("bitflip");
+  Blobs data(64, 4, 32);
+  const EpochSource source{data.x, data.y, 16, 5};  // 4 steps per epoch
+  const auto options = TrainerOptions().epochs(2).lr(1e-2);
+  {
+    TinyMlp b(8, 16, 8);
+    CosineHead h(4, 8);
+    Trainer t(b, h, options, Schedule::constant());
+    t.fit(source, taxon::train::Checkpointing(dir, 0, 1, 2));  // step-4 and step-8
+  }
+  const auto newest = dir / "step-000000008";
+  auto doc = nlohmann::json::parse(read_text(newest / "trainer.json"));
+  for (const auto& part : taxon::train::TrainingCheckpoint::kParts)
+    CHECK(doc.at("files").at(part.part).at("crc32").get<std::uint32_t>() == taxon::io::file_crc32(newest / part.file));
+  auto resumed_step = [&] {
+    TinyMlp b(8, 16, 8);
+    CosineHead h(4, 8);
+    Trainer t(b, h, options, Schedule::constant());
+    REQUIRE(t.resume(dir));
+    return t.global_step();
+  };
+  for (const auto& part : taxon::train::TrainingCheckpoint::kParts) {
+    INFO("flipped a bit in " << part.file);
+    const std::string original = taxon::io::read_file(newest / part.file);
+    std::string flipped = original;
+    flipped[flipped.size() / 2] ^= 0x10;
+    std::ofstream(newest / part.file, std::ios::binary) << flipped;
+    CapturedLog log;
+    CHECK(resumed_step() == 4);
+    CHECK(log.text.str().find(part.file) != std::string::npos);  // says which file is damaged
+    CHECK(log.text.str().find("step-000000004") != std::string::npos);  // and which checkpoint it uses instead
+    std::ofstream(newest / part.file, std::ios::binary) << original;
+  }
+  CHECK(resumed_step() == 8);
+  // No `latest` pointer but checkpoints present: the newest intact one, and it says so.
+  fs::remove(dir / "latest");
+  {
+    CapturedLog log;
+    CHECK(resumed_step() == 8);
+    CHECK(log.text.str().find("no 'latest'") != std::string::npos);
+  }
+  // Nothing intact: an error listing every checkpoint and its damage.
+  std::ofstream(newest / "head.pt", std::ios::binary) << "x";
+  std::ofstream(dir / "step-000000004" / "rng.pt", std::ios::binary) << "y";
+  TinyMlp b(8, 16, 8);
+  CosineHead h(4, 8);
+  Trainer t(b, h, options, Schedule::constant());
+  const auto e = taxon_error_of([&] { t.resume(dir); });
+  CHECK(e.id() == "train.bad-checkpoint");
+  CHECK(std::string(e.what()).find("head.pt") != std::string::npos);
+  CHECK(std::string(e.what()).find("rng.pt") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("a run restarted at step 0 does not repeat its metrics, and a stale checkpoint temporary goes",
+          "[train][callbacks][faults]") {
+  auto dir = temp_dir("restart0");
+  Blobs data(64, 4, 33);
+  const EpochSource source{data.x, data.y, 16, 6};  // 4 steps
+  // A first attempt killed before its first checkpoint: metrics of steps 1-3 and a half-written checkpoint.
+  {
+    TinyMlp b(8, 16, 8);
+    CosineHead h(4, 8);
+    Trainer t(b, h, TrainerOptions().epochs(1).lr(1e-2), Schedule::constant());
+    t.fit(source, taxon::train::MetricsLog(dir / "metrics.jsonl", 1, {{"round", 0}}), StopAfter{3});
+  }
+  fs::create_directories(dir / "ckpt" / ".step-000000004.tmp.999999999.1");
+  TinyMlp b(8, 16, 8);
+  CosineHead h(4, 8);
+  Trainer t(b, h, TrainerOptions().epochs(1).lr(1e-2), Schedule::constant());
+  CHECK_FALSE(t.resume(dir / "ckpt"));
+  t.fit(source, taxon::train::MetricsLog(dir / "metrics.jsonl", 1, {{"round", 0}}),
+        taxon::train::Checkpointing(dir / "ckpt", 0, 1, 2));
+  std::ifstream in(dir / "metrics.jsonl");
+  std::string line;
+  std::vector<int64_t> steps;
+  while (std::getline(in, line)) steps.push_back(nlohmann::json::parse(line).at("step").get<int64_t>());
+  CHECK(steps == (std::vector<int64_t>{1, 2, 3, 4}));
+  CHECK_FALSE(fs::exists(dir / "ckpt" / ".step-000000004.tmp.999999999.1"));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("Checkpointing by time saves mid-epoch and the run resumes from there bit-exact", "[train][checkpoint][faults]") {
+  auto dir = temp_dir("every_minutes");
+  Blobs data(96, 4, 34);
+  const EpochSource source{data.x, data.y, 16, 7};  // 6 steps per epoch
+  const auto options = TrainerOptions().epochs(1).lr(1e-2).seed(3);
+  taxon::seed_everything(5);
+  TinyMlp b1(8, 16, 8);
+  CosineHead h1(4, 8);
+  Trainer full(b1, h1, options, Schedule::constant());
+  full.fit(source);
+  {
+    taxon::seed_everything(5);
+    TinyMlp b(8, 16, 8);
+    CosineHead h(4, 8);
+    Trainer t(b, h, options, Schedule::constant());
+    // 1e-9 minutes: every step boundary is past the interval; epoch-end checkpoints off.
+    t.fit(source, taxon::train::Checkpointing(dir, 0, 0, 0, 1e-9), StopAfter{4});
+  }
+  CHECK(fs::exists(dir / "step-000000001"));
+  CHECK(taxon::train::TrainingCheckpoint::latest(dir) == dir / "step-000000004");
+  REQUIRE_TAXON_ERROR(taxon::train::Checkpointing(dir, 0, 1, 2, -1.0), "train.bad-option");
+  TinyMlp b2(8, 16, 8);
+  CosineHead h2(4, 8);
+  Trainer resumed(b2, h2, options, Schedule::constant());
+  REQUIRE(resumed.resume(dir));
+  CHECK(resumed.batch_in_epoch() == 4);
+  resumed.fit(source);
+  auto p = all_params(b1, h1), q = all_params(b2, h2);
+  for (size_t i = 0; i < p.size(); ++i) CHECK(at::equal(p[i], q[i]));
+  fs::remove_all(dir);
+}
+
 }  // namespace test_train

@@ -14,6 +14,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <concepts>
+#include <functional>
 #include <optional>
 #include <ranges>
 #include <string>
@@ -39,6 +40,8 @@ struct EmbedOptions {
   TAXON_ARG(int64_t, expected_images) = 0;
   TAXON_ARG(bool, show_progress) = true;
   TAXON_ARG(std::string, label) = "embed";
+  // Asked before every batch (e.g. a Ctrl-C flag); true ends the embedding with backbone.interrupted.
+  TAXON_ARG(std::function<bool()>, stop_requested);
 };
 
 // Anything a range-for can walk whose elements have `.images`: containers, views, and single-pass loaders whose
@@ -81,7 +84,10 @@ at::Tensor embed(B& model, BatchRange&& batches, EmbedOptions opts = {}) {
   {
     c10::InferenceMode guard;
     for (auto&& batch : batches) {
+      TAXON_CHECK(!opts.stop_requested() || !opts.stop_requested()(), "backbone.interrupted", opts.label(),
+                  ": stopped on request after ", index, " batches");
       const at::Tensor images = batch.images;
+      if (images.defined() && images.numel() == 0) continue;  // every sample of the batch was skipped (unreadable)
       TAXON_CHECK(images.defined() && images.dim() == 4, "backbone.bad-input", "embed: batch ", index,
                   " images must be [B, C, H, W], got ", images.defined() ? c10::str(images.sizes()) : "undefined");
       at::Tensor input = batch_to_device(images, device);
@@ -101,7 +107,9 @@ at::Tensor embed(B& model, BatchRange&& batches, EmbedOptions opts = {}) {
     }
   }
   if (progress) progress->finish();
-  TAXON_CHECK(!outputs.empty(), "backbone.empty-input", "embed: the batch range was empty");
+  TAXON_CHECK(!outputs.empty(), "backbone.empty-input", opts.label(),
+              ": no images to embed (the batch range was empty: an empty dataset, or every image was skipped as "
+              "missing or unreadable)");
   // Inference tensors cannot be used in autograd later; clone into a normal tensor.
   return at::cat(outputs, 0).clone();
 }

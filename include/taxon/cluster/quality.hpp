@@ -2,6 +2,7 @@
 // How pure a clustering's pseudo-classes are against every rank the data happens to know (training never uses
 // these labels, but they say whether the clusters mean something): NMI, AMI and purity per rank, saved as
 // <round dir>/cluster_quality.json. This header owns that file's format.
+#include "taxon/io/json.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/eval/cluster_agreement.hpp"
 #include "taxon/io/atomic_file.hpp"
@@ -122,7 +123,7 @@ inline ClusterQuality measure_cluster_quality(const at::Tensor& pseudo_labels,
 }
 
 inline void save_cluster_quality(const std::filesystem::path& dir, const ClusterQuality& q) {
-  io::write_text_atomically(dir / ClusterQuality::kFileName, q.to_json().dump(2) + "\n");
+  io::write_text_atomically(dir / ClusterQuality::kFileName, io::dump_json(q.to_json(), 2) + "\n");
 }
 
 inline ClusterQuality load_cluster_quality(const std::filesystem::path& dir) {

@@ -189,6 +189,12 @@ class Loader {
     std::lock_guard<std::mutex> lock(state_->skip_mutex);
     return state_->skip_examples;
   }
+  // Dataset indices of the samples skipped so far (each once, sorted) and each one's message, so a caller can leave
+  // them out of everything that must line up with the batches (labels, evaluation columns).
+  std::vector<std::pair<std::int64_t, std::string>> skipped_samples() const {
+    std::lock_guard<std::mutex> lock(state_->skip_mutex);
+    return {state_->skipped_samples.begin(), state_->skipped_samples.end()};
+  }
 
   class Epoch;
   // The batches of one epoch; workers start here and stop when the range is destroyed. `skip` leaves out the
@@ -204,6 +210,7 @@ class Loader {
     std::atomic<std::int64_t> skipped{0};
     mutable std::mutex skip_mutex;
     std::vector<std::string> skip_examples;
+    std::map<std::int64_t, std::string> skipped_samples;
 
     // The transform's leading resize_center_crop as a request to the dataset, and the steps after it; no request
     // when the dataset does not accept one, the transform does not start with the crop, or fused_decode is off.
@@ -274,6 +281,7 @@ class Loader {
           skipped.fetch_add(1);
           std::lock_guard<std::mutex> lock(skip_mutex);
           if (skip_examples.size() < 5) skip_examples.push_back(e.what());
+          skipped_samples.emplace(idx, e.what());
           log::warn("skipping sample ", idx, ": ", e.what());
         }
       }

@@ -110,7 +110,7 @@ class Taxonomy {
     return Taxonomy(std::move(ranks), std::move(maps));
   }
   // {"ranks": [...], "labels": {"species": ["Abramis brama", ...], ...}}; list position = id.
-  void save_json(const std::filesystem::path& path) const { io::write_text_atomically(path, to_json().dump(2)); }
+  void save_json(const std::filesystem::path& path) const { io::write_text_atomically(path, io::dump_json(to_json(), 2)); }
   static Taxonomy load_json(const std::filesystem::path& path) {
     const auto parsed = io::parse_json(io::read_file(path));
     TAXON_CHECK(parsed, "data.bad-taxonomy", "taxonomy JSON ", path.string(), ": ", parsed.error);

@@ -6,17 +6,24 @@
 #include "taxon/core/error.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <zlib.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <random>
+#include <streambuf>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -62,6 +69,14 @@ inline std::vector<std::string> subdirectory_names(const fs::path& dir) {
   return names;
 }
 
+// Removes `path` (a file, or a directory with everything in it) if it exists; returns whether it did.
+inline bool remove_path(const fs::path& path) {
+  std::error_code ec;
+  const auto removed = fs::remove_all(path, ec);
+  TAXON_CHECK(!ec, "io.cannot-write", "cannot remove ", path.string(), ": ", ec.message());
+  return removed > 0;
+}
+
 // `path` must be an existing file; `what` says what it is for ("weights", "image folder", ...).
 inline void require_file(const fs::path& path, std::string_view what = "file") {
   std::error_code ec;
@@ -92,28 +107,142 @@ inline void fsync_path(const fs::path& path) {
   }
 }
 
-// Calls write(stream) on a temporary file, then atomically replaces `target`. On any exception the
-// temporary is removed and `target` is untouched.
+// ---- simulated full disk (a test seam) ------------------------------------------------------------------------
+// Bytes the writers below may still write before they fail as a full disk does (ENOSPC); negative: no limit. Starts
+// from the environment variable TAXON_IO_FAIL_AFTER_BYTES (scripts/fault-inject, the full-disk tests); tests in
+// the same process set it with simulate_disk_full_after(). Process-wide on purpose: a disk is shared by all threads.
+inline std::atomic<std::int64_t>& simulated_disk_space() {
+  static std::atomic<std::int64_t> bytes{[] {
+    const char* env = std::getenv("TAXON_IO_FAIL_AFTER_BYTES");
+    if (env == nullptr || *env == '\0') return std::int64_t{-1};
+    char* end = nullptr;
+    const long long n = std::strtoll(env, &end, 10);
+    return end != nullptr && *end == '\0' && n >= 0 ? static_cast<std::int64_t>(n) : std::int64_t{-1};
+  }()};
+  return bytes;
+}
+// nullopt: writes are limited only by the real disk again.
+inline void simulate_disk_full_after(std::optional<std::uint64_t> bytes) {
+  simulated_disk_space().store(bytes ? static_cast<std::int64_t>(*bytes) : -1);
+}
+// How many of `n` bytes the simulated disk still takes (all of them when no limit is set).
+inline std::size_t take_simulated_disk_space(std::size_t n) {
+  auto& space = simulated_disk_space();
+  std::int64_t left = space.load();
+  while (left >= 0) {
+    const auto granted = std::min<std::int64_t>(left, static_cast<std::int64_t>(n));
+    if (space.compare_exchange_weak(left, left - granted)) return static_cast<std::size_t>(granted);
+  }
+  return n;
+}
+
+// Writes all of [data, data+n) to `fd`; false with errno set on failure (ENOSPC also when the simulated disk is full).
+inline bool write_all(int fd, const char* data, std::size_t n) {
+  const std::size_t allowed = take_simulated_disk_space(n);
+  std::size_t done = 0;
+  while (done < allowed) {
+    const ssize_t w = ::write(fd, data + done, allowed - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    done += static_cast<std::size_t>(w);
+  }
+  if (allowed < n) {
+    errno = ENOSPC;
+    return false;
+  }
+  return true;
+}
+
+inline bool is_disk_full(int err) { return err == ENOSPC || err == EDQUOT; }
+
+// A write buffer over a file descriptor that remembers the first failure's errno (the stream then reports bad()).
+class FileWriteBuffer : public std::streambuf {
+ public:
+  explicit FileWriteBuffer(int fd) : fd_(fd), buffer_(std::size_t{1} << 16) {
+    setp(buffer_.data(), buffer_.data() + buffer_.size());
+  }
+  int error() const { return error_; }
+
+ protected:
+  int_type overflow(int_type ch) override {
+    if (!drain()) return traits_type::eof();
+    if (!traits_type::eq_int_type(ch, traits_type::eof())) {
+      *pptr() = traits_type::to_char_type(ch);
+      pbump(1);
+    }
+    return traits_type::not_eof(ch);
+  }
+  std::streamsize xsputn(const char* s, std::streamsize n) override {
+    if (n >= static_cast<std::streamsize>(buffer_.size())) {  // large blocks go straight through
+      if (!drain()) return 0;
+      if (!write_all(fd_, s, static_cast<std::size_t>(n))) return fail();
+      return n;
+    }
+    return std::streambuf::xsputn(s, n);
+  }
+  int sync() override { return drain() ? 0 : -1; }
+
+ private:
+  bool drain() {
+    if (error_ != 0) return false;
+    const auto n = static_cast<std::size_t>(pptr() - pbase());
+    if (n > 0 && !write_all(fd_, pbase(), n)) {
+      fail();
+      return false;
+    }
+    setp(buffer_.data(), buffer_.data() + buffer_.size());
+    return true;
+  }
+  std::streamsize fail() {
+    error_ = errno != 0 ? errno : EIO;
+    return 0;
+  }
+  int fd_;
+  std::vector<char> buffer_;
+  int error_ = 0;
+};
+
+// The error for a failed write of `file` (errno `err`): io.disk-full when the disk (or quota) is full.
+[[noreturn]] inline void fail_write(const fs::path& file, int err, std::string_view doing) {
+  TAXON_CHECK(!is_disk_full(err), "io.disk-full", "the disk is full: ", doing, " ", file.string(), " failed (",
+              std::strerror(err), "); the previous version of the file is untouched. Free some space and resume.");
+  TAXON_FAIL("io.cannot-write", doing, " ", file.string(), " failed: ", std::strerror(err));
+}
+
+// Calls write(stream) on a temporary file, then atomically replaces `target` (after fsync'ing the file and, once
+// renamed, its directory). On any failure the temporary is removed and `target` is untouched; a full disk is
+// io.disk-full, also when it makes `write` itself throw (e.g. LibTorch's archive writer).
 inline void write_atomically(const fs::path& target, const std::function<void(std::ostream&)>& write) {
   if (target.has_parent_path()) ensure_directory(target.parent_path());
   const fs::path tmp = temporary_sibling(target);
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail_write(tmp, errno, "creating");
+  bool closed = false;
+  FileWriteBuffer buffer(fd);
   try {
     {
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      TAXON_CHECK(out.good(), "io.cannot-write", "cannot open ", tmp.string(), " for writing: ",
-                  std::strerror(errno));
+      std::ostream out(&buffer);
       write(out);
       out.flush();
-      TAXON_CHECK(out.good(), "io.cannot-write", "write to ", tmp.string(), " failed (disk full?)");
+      if (!out.good()) fail_write(tmp, buffer.error() != 0 ? buffer.error() : EIO, "writing");
     }
-    fsync_path(tmp);
+    if (::fsync(fd) != 0) fail_write(tmp, errno, "fsync of");
+    closed = true;
+    if (::close(fd) != 0) fail_write(tmp, errno, "closing");
     std::error_code ec;
     fs::rename(tmp, target, ec);
     TAXON_CHECK(!ec, "io.cannot-write", "cannot rename ", tmp.string(), " to ", target.string(), ": ", ec.message());
     if (target.has_parent_path()) fsync_path(target.parent_path());
-  } catch (...) {
+  } catch (const Error&) {
+    if (!closed) ::close(fd);
     std::error_code ignored;
     fs::remove(tmp, ignored);
+    throw;
+  } catch (...) {
+    if (!closed) ::close(fd);
+    std::error_code ignored;
+    fs::remove(tmp, ignored);
+    if (buffer.error() != 0) fail_write(tmp, buffer.error(), "writing");  // the writer threw because the disk failed
     throw;
   }
 }
@@ -161,17 +290,68 @@ inline fs::path write_directory_atomically(const fs::path& root, const std::stri
   return target;
 }
 
+// Removes the temporaries that write_atomically ("<name>.tmp.<pid>.<random>") and write_directory_atomically
+// (".<name>.tmp.<pid>.<random>") left in `dir` when a process died mid-write; those of a process still running
+// (this one included) are left alone. Returns how many went.
+inline int remove_stale_temporaries(const fs::path& dir) {
+  int removed = 0;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    const auto mark = name.rfind(".tmp.");
+    if (mark == std::string::npos || mark == 0) continue;
+    const char* pid_text = name.c_str() + mark + 5;
+    char* pid_end = nullptr;
+    const long pid = std::strtol(pid_text, &pid_end, 10);
+    if (pid <= 0 || pid_end == pid_text || *pid_end != '.' ||
+        name.find_first_not_of("0123456789", static_cast<size_t>(pid_end - name.c_str()) + 1) != std::string::npos)
+      continue;  // not one of ours
+    if (pid == ::getpid() || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // still running
+    std::error_code ignored;
+    removed += fs::remove_all(it->path(), ignored) > 0 ? 1 : 0;
+  }
+  return removed;
+}
+
 // Appends `text` to `file` (created if absent) with a single O_APPEND write, so lines written this way by
-// concurrent writers never interleave or tear.
+// concurrent writers never interleave. A failed or short write (a full disk) is cut off again, so the file never
+// ends in a torn line, and raises io.disk-full / io.cannot-write.
 inline void append_text(const fs::path& file, std::string_view text) {
   if (file.has_parent_path()) ensure_directory(file.parent_path());
   const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  TAXON_CHECK(fd >= 0, "io.cannot-write", "cannot open ", file.string(), " for appending: ", std::strerror(errno));
-  const ssize_t n = ::write(fd, text.data(), text.size());
+  if (fd < 0) fail_write(file, errno, "opening for appending");
+  struct stat st {};
+  const bool sized = ::fstat(fd, &st) == 0;
+  const bool written = write_all(fd, text.data(), text.size());
   const int err = errno;
+  if (!written && sized) (void)::ftruncate(fd, st.st_size);  // drop the part of the line that got through
   ::close(fd);
-  TAXON_CHECK(n == static_cast<ssize_t>(text.size()), "io.cannot-write", "short write to ", file.string(), ": ",
-              n < 0 ? std::strerror(err) : "disk full?");
+  if (!written) fail_write(file, err != 0 ? err : EIO, "appending to");
+}
+
+// CRC-32 (zlib's, as Python's zlib.crc32) of a whole file, read in blocks.
+inline std::uint32_t file_crc32(const fs::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    TAXON_CHECK(err != ENOENT && err != ENOTDIR, "io.missing-file", "file not found: ", path.string());
+    TAXON_FAIL("io.cannot-read", "cannot open ", path.string(), ": ", std::strerror(err));
+  }
+  std::vector<unsigned char> block(std::size_t{1} << 20);
+  uLong crc = crc32(0L, Z_NULL, 0);
+  for (;;) {
+    const ssize_t n = ::read(fd, block.data(), block.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      TAXON_FAIL("io.cannot-read", "read of ", path.string(), " failed: ", std::strerror(err));
+    }
+    if (n == 0) break;
+    crc = crc32(crc, block.data(), static_cast<uInt>(n));
+  }
+  ::close(fd);
+  return static_cast<std::uint32_t>(crc);
 }
 
 // Reads a whole file into `out`, reusing its capacity (loaders read one file per sample into a per-thread buffer).

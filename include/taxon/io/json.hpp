@@ -36,4 +36,11 @@ inline ParsedJson parse_json(std::string_view text, int max_depth = kMaxJsonDept
   }
 }
 
+// `value` as JSON text for a file taxon writes. Strings that are not valid UTF-8 (a Latin-1 file name or CSV
+// value) get U+FFFD in place of each invalid byte instead of nlohmann's type_error.316, so no JSON exception
+// escapes an output; the data itself (paths read, labels compared) keeps its bytes.
+inline std::string dump_json(const nlohmann::json& value, int indent = -1) {
+  return value.dump(indent, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace);
+}
+
 }  // namespace taxon::io

@@ -6,6 +6,7 @@
 // Comparisons are generic: rows (models of one run, or runs of a sweep) x metric columns, rendered as a table with
 // deltas against a reference row and a grouped bar chart. compare_runs() builds one across runs (e.g. one
 // adaptation per cluster ratio from the same start), so a sweep report is a Page with that section first.
+#include "taxon/io/json.hpp"
 #include "taxon/report/chart.hpp"
 #include "taxon/report/html.hpp"
 #include "taxon/report/run.hpp"
@@ -390,9 +391,9 @@ inline Section config_section(const RunRecord& run) {
     std::string v;
     if (value.is_string()) v = value.get<std::string>();
     else if (value.is_array()) {
-      for (const auto& e : value) v += (v.empty() ? "" : ", ") + (e.is_string() ? e.get<std::string>() : e.dump());
+      for (const auto& e : value) v += (v.empty() ? "" : ", ") + (e.is_string() ? e.get<std::string>() : io::dump_json(e));
       if (value.empty()) v = "(none)";
-    } else v = value.dump();
+    } else v = io::dump_json(value);
     if (value.is_string() && v.empty()) v = "(empty)";
     t.rows.push_back({Cell::text(key), {"<code>" + escape(v) + "</code>", false, {}, {}}});
   }

@@ -2,6 +2,7 @@
 // Wall time per stage of a run (load data, baseline evaluation, round N clustering/training, final evaluation),
 // kept in <run dir>/timings.json. This header owns that file's format. A resumed run appends to the same file
 // with the next session number, so a stage interrupted and continued shows both parts.
+#include "taxon/io/json.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/io/atomic_file.hpp"
 
@@ -63,7 +64,7 @@ struct StageTimings {
   }
 
   void save(const std::filesystem::path& run_dir) const {
-    io::write_text_atomically(run_dir / kFileName, to_json().dump(2) + "\n");
+    io::write_text_atomically(run_dir / kFileName, io::dump_json(to_json(), 2) + "\n");
   }
   static StageTimings load(const std::filesystem::path& run_dir) {
     const auto path = run_dir / kFileName;

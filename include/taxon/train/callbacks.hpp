@@ -19,6 +19,7 @@
 // without a member callable with its arguments (misspelt name, other parameters, a non-const member on a const
 // callback), and a member named like a hook that is not declared, are each one static_assert naming the hook.
 // C++ cannot list a class's members: the declaration is what turns a misspelt hook name into an error.
+#include "taxon/io/json.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/core/log.hpp"
 #include "taxon/core/progress.hpp"
@@ -315,8 +316,9 @@ class ProgressBar {
 };
 
 // Metrics log: one JSON object per line ("event": "step" | "eval" | "epoch"), each written with a single
-// O_APPEND write so lines never interleave or tear. On a resumed run, lines from steps after the checkpoint
-// are dropped first (rewritten atomically) so the log reads like one uninterrupted run.
+// O_APPEND write so lines never interleave or tear. When a run starts (resumed, or again from step 0), lines of its
+// context from steps after its starting step are dropped first (rewritten atomically) so the log reads like one
+// uninterrupted run.
 class MetricsLog {
  public:
   static constexpr HookSet hooks{Hook::on_train_begin, Hook::on_step_end, Hook::on_evaluated};
@@ -332,7 +334,8 @@ class MetricsLog {
   template <typename T>
   void on_train_begin(T& trainer) {
     if (path_.has_parent_path()) io::ensure_directory(path_.parent_path());
-    if (trainer.global_step() > 0 && io::path_exists(path_)) truncate_after(trainer.global_step());
+    // Also at step 0: a run killed before its first checkpoint restarts from 0 and must not list its steps twice.
+    if (io::path_exists(path_)) truncate_after(trainer.global_step());
   }
   template <typename T>
   void on_step_end(T&, const StepReport& r) {
@@ -354,7 +357,7 @@ class MetricsLog {
 
   void append(nlohmann::json j) {
     for (const auto& [k, v] : context_.items()) j[k] = v;
-    io::append_text(path_, j.dump() + "\n");
+    io::append_text(path_, io::dump_json(j) + "\n");
   }
 
  private:
@@ -407,30 +410,48 @@ class Evaluate {
   int64_t every_;
 };
 
-// Checkpointing: saves a checkpoint every `every_steps` optimizer steps (0: off) and at the end of every
-// `every_epochs` epochs (0: off), keeping the newest `keep_last` (0: all).
+// Checkpointing: saves a checkpoint every `every_steps` optimizer steps (0: off), at the first step boundary after
+// every `every_minutes` of training since the last one (0: off; mid-epoch checkpoints of long epochs), and at the end
+// of every `every_epochs` epochs (0: off), keeping the newest `keep_last` (0: all).
 class Checkpointing {
  public:
-  static constexpr HookSet hooks{Hook::on_step_end, Hook::on_epoch_end};
-  explicit Checkpointing(std::filesystem::path dir, int64_t every_steps = 0, int64_t every_epochs = 1, int keep_last = 2)
-      : dir_(std::move(dir)), every_steps_(every_steps), every_epochs_(every_epochs), keep_(keep_last) {
-    TAXON_CHECK(every_steps >= 0 && every_epochs >= 0, "train.bad-option",
-                "Checkpointing intervals must be >= 0, got every_steps ", every_steps, " every_epochs ", every_epochs);
+  static constexpr HookSet hooks{Hook::on_train_begin, Hook::on_step_end, Hook::on_epoch_end};
+  explicit Checkpointing(std::filesystem::path dir, int64_t every_steps = 0, int64_t every_epochs = 1, int keep_last = 2,
+                         double every_minutes = 0)
+      : dir_(std::move(dir)), every_steps_(every_steps), every_epochs_(every_epochs), keep_(keep_last),
+        every_(std::chrono::duration<double>(every_minutes * 60.0)) {
+    TAXON_CHECK(every_steps >= 0 && every_epochs >= 0 && every_minutes >= 0 && std::isfinite(every_minutes),
+                "train.bad-option", "Checkpointing intervals must be >= 0, got every_steps ", every_steps,
+                " every_epochs ", every_epochs, " every_minutes ", every_minutes);
+    TAXON_CHECK(keep_last >= 0, "train.bad-option", "Checkpointing keep_last must be >= 0 (0: all), got ", keep_last);
+  }
+  template <typename T>
+  void on_train_begin(T&) {
+    last_ = std::chrono::steady_clock::now();
   }
   template <typename T>
   void on_step_end(T& trainer, const StepReport& r) {
-    if (every_steps_ > 0 && r.step % every_steps_ == 0) trainer.save_checkpoint(dir_, keep_);
+    const bool by_steps = every_steps_ > 0 && r.step % every_steps_ == 0;
+    const bool by_time = every_.count() > 0 && std::chrono::steady_clock::now() - last_ >= every_;
+    if (by_steps || by_time) save(trainer);
   }
   template <typename T>
   void on_epoch_end(T& trainer, int64_t epoch) {
-    if (every_epochs_ > 0 && (epoch + 1) % every_epochs_ == 0) trainer.save_checkpoint(dir_, keep_);
+    if (every_epochs_ > 0 && (epoch + 1) % every_epochs_ == 0) save(trainer);
   }
   const std::filesystem::path& dir() const { return dir_; }
 
  private:
+  template <typename T>
+  void save(T& trainer) {
+    trainer.save_checkpoint(dir_, keep_);
+    last_ = std::chrono::steady_clock::now();
+  }
   std::filesystem::path dir_;
   int64_t every_steps_, every_epochs_;
   int keep_;
+  std::chrono::duration<double> every_;
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
 };
 
 // Early stop: watches one metric from the evaluations and stops after `patience` evaluations without improving

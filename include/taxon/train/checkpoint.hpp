@@ -7,14 +7,17 @@
 //       head.pt        the same for the head (e.g. PartialFC's class centres)
 //       optimizer.pt   torch::serialize archive of the optimizer (AdamW moments and step counts)
 //       rng.pt         pickled {"cpu": state[, "head": state][, "backbone": state]} generator states
-//       trainer.json   {"format": 2, "files": {part: {"name": file, "bytes": size}}, "trainer": {...}}
+//       trainer.json   {"format": 2, "files": {part: {"name": file, "bytes": size, "crc32": n}}, "trainer": {...}}
 //   <root>/latest      the name of the newest complete step directory
 //
 // A step directory is filled under a hidden temporary name and renamed into place when complete, and `latest` is
 // replaced atomically after that: a crash at any point leaves `latest` naming a complete checkpoint. The "files"
-// manifest lets a load report a missing or truncated part by name before parsing anything (more per-file facts,
-// e.g. checksums, belong there). Format 1 (the trainer's state at the top level, no manifest) is still read.
+// manifest lets a load report a missing, truncated or altered part (size, CRC-32 as Python's zlib.crc32) by name
+// before parsing anything; "crc32" is absent from checkpoints of older versions, which are read without it. Opening
+// a root falls back from a damaged newest checkpoint to the previous intact one and says so (keep_last >= 2 keeps
+// one to fall back to). Format 1 (the trainer's state at the top level, no manifest) is still read.
 #include "taxon/core/error.hpp"
+#include "taxon/core/log.hpp"
 #include "taxon/io/atomic_file.hpp"
 #include "taxon/io/json.hpp"
 #include "taxon/io/pickle.hpp"
@@ -45,6 +48,16 @@ namespace taxon::train {
 using TensorDict = c10::Dict<std::string, at::Tensor>;
 // Generator states by owner: "cpu" (LibTorch's default generator), "head" and "backbone" (their own generators).
 using GeneratorStates = TensorDict;
+
+// Writes a torch::serialize archive to `out`. LibTorch's stream writer throws from its destructor when the stream
+// fails mid-archive (std::terminate on a full disk); through a callback that takes every byte, the failure stays in
+// `out`'s state, for io::write_atomically to report as io.disk-full.
+inline void save_archive(torch::serialize::OutputArchive& archive, std::ostream& out) {
+  archive.save_to([&out](const void* data, size_t n) -> size_t {
+    if (out.good()) out.write(static_cast<const char*>(data), static_cast<std::streamsize>(n));
+    return n;
+  });
+}
 
 // The objects whose state a checkpoint holds besides the generators and the trainer's JSON state.
 struct CheckpointParts {
@@ -79,45 +92,77 @@ class TrainingCheckpoint {
                                     const GeneratorStates& generators, const nlohmann::json& state,
                                     int keep_last = 0) {
     const std::string name = directory_name(step);
+    if (io::path_exists(root)) io::remove_stale_temporaries(root);  // of a process killed mid-save
     const auto dir = io::write_directory_atomically(root, name, [&](const std::filesystem::path& d) {
       write_pickle(d / file_of("backbone"), module_state(parts.backbone));
       write_pickle(d / file_of("head"), module_state(parts.head));
       io::write_atomically(d / file_of("optimizer"), [&](std::ostream& out) {
         torch::serialize::OutputArchive archive;
         parts.optimizer.save(archive);
-        archive.save_to(out);
+        save_archive(archive, out);
       });
       write_pickle(d / file_of("rng"), generators);
       nlohmann::json files = nlohmann::json::object();
-      for (const auto& p : kParts) files[p.part] = {{"name", p.file}, {"bytes", io::file_size(d / p.file)}};
+      for (const auto& p : kParts)
+        files[p.part] = {{"name", p.file}, {"bytes", io::file_size(d / p.file)}, {"crc32", io::file_crc32(d / p.file)}};
       const nlohmann::json doc = {{"format", kFormat}, {"files", std::move(files)}, {"trainer", state}};
-      io::write_text_atomically(d / kStateFile, doc.dump(2));
+      io::write_text_atomically(d / kStateFile, io::dump_json(doc, 2));
     });
     io::write_text_atomically(root / kLatestFile, name + "\n");
     prune(root, keep_last);
     return dir;
   }
 
-  // The checkpoint at `path`: a step directory, or a root whose `latest` names one; nullopt when `path` holds none
-  // yet (a fresh run). trainer.json and the manifest are read and checked here; nothing is restored yet.
+  // The checkpoint at `path`: a step directory, or a root whose newest intact checkpoint is used; nullopt when
+  // `path` holds none yet (a fresh run). trainer.json and the manifest (sizes, checksums) are checked here; nothing
+  // is restored yet. In a root, `latest` is tried first, then every other step directory from the newest down: a
+  // damaged one is reported (log warning) and skipped; a missing `latest` with checkpoints present is said too.
+  // When none is intact it is train.bad-checkpoint listing each one and why.
   static std::optional<TrainingCheckpoint> open(const std::filesystem::path& path) {
-    std::filesystem::path dir = path;
-    if (!io::path_exists(path / kStateFile)) {
-      const auto named = latest(path);
-      if (!named) return std::nullopt;
-      dir = *named;
+    if (io::path_exists(path / kStateFile)) return TrainingCheckpoint(path);
+    if (!io::path_exists(path)) return std::nullopt;
+    std::vector<std::string> names;
+    for (auto& n : io::subdirectory_names(path))
+      if (n.rfind("step-", 0) == 0) names.push_back(std::move(n));
+    std::sort(names.rbegin(), names.rend());  // newest first
+    const auto pointer = path / kLatestFile;
+    std::optional<std::string> named;
+    if (io::path_exists(pointer)) {
+      named = latest_name(pointer);
+      if (std::find(names.begin(), names.end(), *named) == names.end()) {
+        TAXON_CHECK(!names.empty(), "train.bad-checkpoint", pointer.string(), " names '", *named, "' but ",
+                    (path / *named).string(), " does not exist and no other checkpoint is there");
+        log::warn(pointer.string(), " names '", *named, "', which does not exist; looking for another checkpoint");
+      } else {
+        std::rotate(names.begin(), std::find(names.begin(), names.end(), *named),
+                    std::find(names.begin(), names.end(), *named) + 1);
+      }
+    } else if (!names.empty()) {
+      log::warn(path.string(), " has ", names.size(), " checkpoint(s) but no '", kLatestFile,
+                "' pointer (deleted, or a crash before the first one completed); using the newest intact one");
     }
-    return TrainingCheckpoint(dir);
+    if (names.empty()) return std::nullopt;
+    std::string problems;
+    for (const auto& name : names) {
+      try {
+        TrainingCheckpoint checkpoint(path / name);
+        if (!problems.empty() || !named || *named != name)
+          log::warn("resuming from ", (path / name).string(), problems.empty() ? "" : " instead of a damaged newer one");
+        return checkpoint;
+      } catch (const Error& e) {
+        log::warn("checkpoint ", (path / name).string(), " is damaged, skipping it: ", e.what());
+        problems += "\n  " + name + ": " + e.what();
+      }
+    }
+    TAXON_FAIL("train.bad-checkpoint", "no intact checkpoint in ", path.string(), ":", problems,
+               "\nRemove the damaged ones (or start over) to continue.");
   }
 
   // The step directory root/latest names; nullopt when there is no `latest` (no checkpoint saved yet).
   static std::optional<std::filesystem::path> latest(const std::filesystem::path& root) {
     const auto pointer = root / kLatestFile;
     if (!io::path_exists(pointer)) return std::nullopt;
-    std::string name = io::read_file(pointer);
-    while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
-    TAXON_CHECK(!name.empty() && name.find('/') == std::string::npos && name != "." && name != "..",
-                "train.bad-checkpoint", pointer.string(), " does not hold a checkpoint directory name: '", name, "'");
+    const std::string name = latest_name(pointer);
     const auto dir = root / name;
     TAXON_CHECK(io::path_exists(dir / kStateFile), "train.bad-checkpoint", pointer.string(), " names '", name, "' but ",
                 (dir / kStateFile).string(), " does not exist");
@@ -215,7 +260,20 @@ class TrainingCheckpoint {
       TAXON_CHECK(!ec, "train.bad-checkpoint", path.string(), " is missing from the checkpoint (", ec.message(), ")");
       TAXON_CHECK(size == bytes, "train.bad-checkpoint", path.string(), " is ", size, " bytes but ", where,
                   " records ", bytes, " (truncated or replaced after saving?)");
+      if (!entry.contains("crc32")) continue;  // written before checksums were recorded
+      const auto crc = state_field<std::uint32_t>(entry, "crc32", entry_where);
+      const auto actual = io::file_crc32(path);
+      TAXON_CHECK(actual == crc, "train.bad-checkpoint", path.string(), " has CRC-32 ", actual, " but ", where,
+                  " records ", crc, " (the file was altered or damaged on disk after saving)");
     }
+  }
+
+  static std::string latest_name(const std::filesystem::path& pointer) {
+    std::string name = io::read_file(pointer);
+    while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+    TAXON_CHECK(!name.empty() && name.find('/') == std::string::npos && name != "." && name != "..",
+                "train.bad-checkpoint", pointer.string(), " does not hold a checkpoint directory name: '", name, "'");
+    return name;
   }
 
   static const char* file_of(std::string_view part) {

@@ -331,7 +331,7 @@ class Trainer {
     io::write_atomically(dir / "backbone.pt", [&](std::ostream& out) {
       torch::serialize::OutputArchive archive;
       backbone_->save(archive);
-      archive.save_to(out);
+      save_archive(archive, out);
     });
     io::save_npy(dir / "centroids.npy", head_->centroids().detach().to(at::kCPU, at::kFloat).contiguous());
   }
