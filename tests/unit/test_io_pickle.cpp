@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 #include <torch/serialize.h>
+#include <zlib.h>
 
 #include <filesystem>
 #include <fstream>
@@ -68,6 +69,58 @@ inline std::string error_of(const std::function<void()>& body) {
   }
   return "";
 }
+
+// A zip as PyTorch's writer lays it out (stored records under one folder), from (name, bytes) pairs; `alias`
+// makes the central directory entry of record i point at record alias[i]'s data instead (overlapping records).
+inline std::string make_zip(const std::vector<std::pair<std::string, std::string>>& records,
+                            const std::map<size_t, size_t>& alias = {}) {
+  auto u16 = [](std::string& o, uint32_t v) { o += char(v & 255); o += char((v >> 8) & 255); };
+  auto u32 = [&](std::string& o, uint32_t v) { u16(o, v & 0xffff); u16(o, v >> 16); };
+  std::string out, directory;
+  std::vector<uint32_t> offsets;
+  for (const auto& [name, data] : records) {
+    offsets.push_back(static_cast<uint32_t>(out.size()));
+    const auto crc = static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(data.data()), static_cast<uInt>(data.size())));
+    u32(out, 0x04034b50); u16(out, 20); u16(out, 0); u16(out, 0); u32(out, 0); u32(out, crc);
+    u32(out, static_cast<uint32_t>(data.size())); u32(out, static_cast<uint32_t>(data.size()));
+    u16(out, static_cast<uint32_t>(name.size())); u16(out, 0);
+    out += name + data;
+  }
+  for (size_t i = 0; i < records.size(); ++i) {
+    const size_t from = alias.count(i) ? alias.at(i) : i;
+    const std::string& name = records[i].first;
+    const auto& data = records[from].second;
+    const auto crc = static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(data.data()), static_cast<uInt>(data.size())));
+    u32(directory, 0x02014b50); u16(directory, 20); u16(directory, 20); u16(directory, 0); u16(directory, 0);
+    u32(directory, 0); u32(directory, crc); u32(directory, static_cast<uint32_t>(data.size()));
+    u32(directory, static_cast<uint32_t>(data.size())); u16(directory, static_cast<uint32_t>(name.size()));
+    u16(directory, 0); u16(directory, 0); u16(directory, 0); u16(directory, 0); u32(directory, 0); u32(directory, offsets[from]);
+    directory += name;
+  }
+  const auto cd_offset = static_cast<uint32_t>(out.size());
+  out += directory;
+  u32(out, 0x06054b50); u16(out, 0); u16(out, 0); u16(out, static_cast<uint32_t>(records.size()));
+  u16(out, static_cast<uint32_t>(records.size())); u32(out, static_cast<uint32_t>(directory.size())); u32(out, cd_offset);
+  u16(out, 0);
+  return out;
+}
+
+// Pickle pieces as torch.save writes them (protocol 2).
+inline std::string pstr(const std::string& text) {
+  const auto n = static_cast<uint32_t>(text.size());
+  return std::string("X") + char(n & 255) + char((n >> 8) & 255) + char((n >> 16) & 255) + char(n >> 24) + text;
+}
+inline std::string pint(int v) { return std::string("K") + char(v); }  // 0..255
+inline std::string pglobal(const std::string& module, const std::string& name) { return "c" + module + "\n" + name + "\n"; }
+
+// {"w": _rebuild_tensor_v2(float32 storage '0' of `numel`, offset, sizes, strides)}; sizes/strides are pickled tuples.
+inline std::string tensor_pickle(const std::string& sizes, const std::string& strides, int offset, int numel) {
+  return std::string("\x80\x02}") + pstr("w") + pglobal("torch._utils", "_rebuild_tensor_v2") + "((" + pstr("storage") +
+         pglobal("torch", "FloatStorage") + pstr("0") + pstr("cpu") + pint(numel) + "tQ" + pint(offset) + sizes + strides +
+         "\x89" + pglobal("collections", "OrderedDict") + ")RtRs.";
+}
+
+inline std::string floats(int n) { return std::string(static_cast<size_t>(n) * 4, '\0'); }
 
 }  // namespace test_io_pickle
 
@@ -235,4 +288,47 @@ TEST_CASE("torch.save: truncated or bit-flipped archives raise taxon errors nami
       CHECK(std::string(e.what()).find(file.string()) != std::string::npos);
     }
   }
+}
+
+TEST_CASE("torch.save: hostile archives are refused with an id before anything large is allocated", "[io][pickle]") {
+  using namespace test_io_pickle;
+  taxon::test::TempDir dir("taxon_pickle_hostile");
+  const auto file = dir.path / "x.pt";
+  const std::string sizes = "(" + pint(2) + pint(3) + "t", strides = "(" + pint(3) + pint(1) + "t";
+  auto archive = [&](const std::string& pickle, std::vector<std::pair<std::string, std::string>> more = {},
+                     const std::map<size_t, size_t>& alias = {}) {
+    more.insert(more.begin(), std::make_pair(std::string("a/data.pkl"), pickle));
+    return write_bytes(file, make_zip(more, alias));
+  };
+  // The honest file these variations start from.
+  const auto ok = taxon::io::load_torch_save(archive(tensor_pickle(sizes, strides, 0, 6), {{"a/data/0", floats(6)}}));
+  CHECK(ok.find("w")->tensor.sizes().vec() == std::vector<int64_t>{2, 3});
+  // A view one element past its storage; a storage declaring more than its record holds; no record at all.
+  REQUIRE_TAXON_ERROR(taxon::io::load_torch_save(archive(tensor_pickle(sizes, strides, 1, 6), {{"a/data/0", floats(6)}})),
+                      "io.bad-pickle");
+  REQUIRE_TAXON_ERROR(taxon::io::load_torch_save(archive(tensor_pickle(sizes, strides, 0, 200), {{"a/data/0", floats(6)}})),
+                      "io.bad-torch-save");
+  REQUIRE_TAXON_ERROR(taxon::io::load_torch_save(archive(tensor_pickle(sizes, strides, 0, 6))), "io.bad-torch-save");
+  // Two directory entries sharing one record's bytes: a small file could otherwise declare gigabytes.
+  REQUIRE_TAXON_ERROR(taxon::io::load_torch_save(archive(tensor_pickle(sizes, strides, 0, 6),
+                                                         {{"a/data/0", floats(6)}, {"a/data/1", floats(6)}}, {{2, 1}})),
+                      "io.bad-torch-save");
+  // Globals are refused by name whichever opcode names them; nothing is called.
+  REQUIRE_TAXON_ERROR(taxon::io::load_torch_save(archive("\x80\x02" + pstr("builtins") + pstr("eval") + "\x93" + pstr("1") +
+                                                         "\x85R.")),
+                      "io.pickle-forbidden-global");
+  CHECK_THAT(error_of([&] { taxon::io::load_torch_save(file); }), Catch::Contains("'builtins.eval'"));
+  // Nesting deeper than 64 levels, a list that contains itself, an opcode state dicts never use, a truncated string.
+  REQUIRE_TAXON_ERROR(taxon::io::load_torch_save(archive("\x80\x02" + std::string(100, ']') + std::string(99, 'a') + ".")),
+                      "io.bad-pickle");
+  REQUIRE_TAXON_ERROR(taxon::io::load_torch_save(archive(std::string("]q\x00" "h\x00" "a.", 7))), "io.bad-pickle");
+  REQUIRE_TAXON_ERROR(taxon::io::load_torch_save(archive("(i__builtin__\nobject\n.")), "io.bad-pickle");
+  REQUIRE_TAXON_ERROR(taxon::io::load_torch_save(archive(std::string("X\xff\xff\xff\x7f", 5))), "io.bad-pickle");
+  // torch >= 2.1 records the byte order; big-endian tensors are refused, little-endian ones read.
+  CHECK(taxon::io::load_torch_save(archive(tensor_pickle(sizes, strides, 0, 6),
+                                           {{"a/data/0", floats(6)}, {"a/byteorder", "little"}}))
+            .is_dict());
+  REQUIRE_TAXON_ERROR(taxon::io::load_torch_save(archive(tensor_pickle(sizes, strides, 0, 6),
+                                                         {{"a/data/0", floats(6)}, {"a/byteorder", "big"}})),
+                      "io.bad-torch-save");
 }

@@ -174,6 +174,7 @@ class ZipArchive {
     read_at(cd_offset, cd.data(), cd_size, "the central directory");
     uint64_t pos = 0;
     std::string prefix;
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;  // [data start, data end) of every record
     for (uint64_t n = 0; n < entries; ++n) {
       if (cd_size - pos < kEntry || le(&cd[pos], 4) != 0x02014b50) bad(c10::str("directory entry ", n, " is damaged"));
       const unsigned char* h = &cd[pos];
@@ -218,7 +219,12 @@ class ZipArchive {
       if (!data_end || *data_end > file_size_) bad(c10::str("record '", name, "' (", comp, " bytes) runs past the end of the file"));
       r.data_offset = *data;
       if (!records_.emplace(name.substr(prefix.size()), r).second) bad(c10::str("record '", name, "' appears twice"));
+      ranges.emplace_back(r.data_offset, *data_end);
     }
+    // Records never share bytes in a file PyTorch wrote; overlapping ones would let a small file declare gigabytes.
+    std::sort(ranges.begin(), ranges.end());
+    for (size_t i = 1; i < ranges.size(); ++i)
+      if (ranges[i].first < ranges[i - 1].second) bad("two records overlap");
   }
 
   std::filesystem::path path_;
