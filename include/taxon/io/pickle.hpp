@@ -263,7 +263,7 @@ class Unpickler {
   // Limits far above what a state dict needs (a few objects per tensor, nesting of a few levels), low enough that
   // a hostile pickle cannot exhaust memory or the stack.
   static constexpr size_t kMaxObjects = size_t{1} << 22;
-  static constexpr size_t kMaxMarks = 100'000;
+  static constexpr size_t kMaxMarks = 100000;
   static constexpr int kMaxDepth = 64;
 
   Unpickler(std::string_view data, ZipArchive& zip, const std::filesystem::path& path)
