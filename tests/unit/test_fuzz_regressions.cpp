@@ -469,3 +469,25 @@ TEST_CASE("pt archive: a damaged pickle on which LibTorch's Unpickler threw a st
   // The undamaged seed still loads.
   CHECK_NOTHROW(taxon::backbone::load_pretrained(t::write_file(dir.path / "seed.pt", seed)));
 }
+
+// Found by the pt_archive harness on taxon's own torch.save reader: a storage record marked compressed declared a
+// 4 GB uncompressed size, which the reader allocated before noticing it could not read compressed records (only a
+// stored record's size is bounded by the file).
+TEST_CASE("pt archive: a compressed storage record declaring 4 GB is refused before allocating",
+          "[fuzz-regression][io]") {
+  namespace t = test_fuzz_regressions;
+  std::string bytes = taxon::io::read_file(std::filesystem::path(TAXON_SOURCE_DIR) / "tests/data/pt/vit_fp16.pt");
+  // The central directory entry of data/0 (the name's second occurrence; the first is its local header).
+  const std::string name = "vit_fp16/data/0";
+  const auto cd_name = bytes.find(name, bytes.find(name) + 1);
+  REQUIRE(cd_name != std::string::npos);
+  const auto entry = cd_name - 46;
+  REQUIRE(bytes.compare(entry, 4, "PK\x01\x02") == 0);
+  bytes[entry + 10] = 8;                                 // method: deflate
+  for (int i = 0; i < 4; ++i) bytes[entry + 24 + i] = static_cast<char>(0xfe);  // uncompressed size ~4.27e9
+  taxon::test::TempDir dir("taxon_fuzz_pt_deflate");
+  const auto path = t::write_file(dir.path / "deflate.pt", bytes);
+  taxon::test::AllocationGuard guard(t::kAllocationCap);
+  REQUIRE_TAXON_ERROR(taxon::backbone::load_pretrained(path), "io.bad-torch-save");
+  CHECK(guard.largest() < t::kAllocationCap);
+}

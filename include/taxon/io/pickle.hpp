@@ -90,10 +90,15 @@ class ZipArchive {
   uint64_t file_size() const { return file_size_; }
 
   // Reads `record` into `out` (which must hold record.size bytes) and checks its CRC-32.
-  void read(const std::string& name, const Record& record, void* out) {
+  // Callers check this before allocating record.size bytes: only a stored record's size is bounded by the file.
+  void require_stored(const std::string& name, const Record& record) const {
     if (!record.stored)
       bad(c10::str("record '", name, "' is compressed; torch.save writes its records uncompressed, so the file was "
                    "repacked or damaged"));
+  }
+
+  void read(const std::string& name, const Record& record, void* out) {
+    require_stored(name, record);
     read_at(record.data_offset, out, record.size, name.c_str());
     // torch 2.x can write archives without CRCs (torch.serialization.set_crc32_options(False)); those record 0.
     if (record.crc == 0) return;
@@ -112,6 +117,7 @@ class ZipArchive {
   std::string read_string(const std::string& name) {
     const Record* r = find(name);
     TAXON_CHECK(r != nullptr, "io.bad-torch-save", path_.string(), " has no record '", name, "'");
+    require_stored(name, *r);
     std::string out(r->size, '\0');
     read(name, *r, out.data());
     return out;
@@ -525,6 +531,7 @@ class Unpickler {
     const auto nbytes = checked_mul<int64_t>(numel, static_cast<int64_t>(c10::elementSize(dtype)));
     TAXON_CHECK(nbytes && static_cast<uint64_t>(*nbytes) <= r->size, "io.bad-torch-save", path_.string(), ": storage '",
                 key, "' declares ", numel, " elements of ", dtype, " but its record holds ", r->size, " bytes");
+    zip_.require_stored(record, *r);
     at::Tensor bytes = at::empty({static_cast<int64_t>(r->size)}, at::kByte);
     zip_.read(record, *r, bytes.data_ptr());
     Node n;
