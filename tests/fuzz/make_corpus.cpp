@@ -261,6 +261,13 @@ void pt_seeds() {
   module.register_parameter("weight", at::ones({2, 2}), false);
   module.register_buffer("scale", at::full({1}, 0.5));
   write("pt_archive", "torchscript.pt", via_file("ts.pt", [&](const fs::path& p) { module.save(p.string()); }));
+  // Files Python's torch.save wrote (tests/data/pt/make_pt_fixtures.py): an OrderedDict with _metadata, DDP and
+  // WarpModule prefixes, views of shared storages with plain values, a forbidden global, the legacy format.
+  for (const char* name : {"vit_fp16.pt", "ddp_warp.pt", "tensors.pt", "evil.pt", "legacy.pt"}) {
+    std::ifstream in(g_root / "../../data/pt" / name, std::ios::binary);
+    write("pt_archive", std::string("python_") + name,
+          std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()));
+  }
 }
 
 void json_seeds() {

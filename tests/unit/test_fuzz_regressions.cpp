@@ -451,9 +451,10 @@ TEST_CASE("trainer.json: nesting deeper than 64 levels is a checkpoint error", "
   }
 }
 
-// Found by the pt_archive harness: 8 bytes changed in the committed open_clip seed make LibTorch's Unpickler throw a
-// std:: exception (not c10::Error), which escaped load_pretrained as an id-less error.
-TEST_CASE("pt archive: a damaged pickle that makes the Unpickler throw a std:: exception is backbone.bad-weights",
+// Found by the pt_archive harness: 8 bytes changed in the committed open_clip seed made LibTorch's Unpickler throw a
+// std:: exception (not c10::Error), which escaped load_pretrained as an id-less error. taxon's own reader now reads
+// the file; the damage is caught by the zip's CRC-32.
+TEST_CASE("pt archive: a damaged pickle on which LibTorch's Unpickler threw a std:: exception is a taxon error",
           "[fuzz-regression][backbone]") {
   namespace t = test_fuzz_regressions;
   const std::string seed = taxon::io::read_file(std::filesystem::path(TAXON_SOURCE_DIR) / "tests/fuzz/corpus/pt_archive/open_clip_state_dict.pt");
@@ -464,7 +465,29 @@ TEST_CASE("pt archive: a damaged pickle that makes the Unpickler throw a std:: e
   for (const auto& [offset, value] : changes) bytes[offset] = static_cast<char>(value);
   taxon::test::TempDir dir("taxon_fuzz_pt");
   const auto path = t::write_file(dir.path / "damaged.pt", bytes);
-  REQUIRE_TAXON_ERROR(taxon::backbone::load_pretrained(path), "backbone.bad-weights");
+  REQUIRE_TAXON_ERROR(taxon::backbone::load_pretrained(path), "io.bad-torch-save");
   // The undamaged seed still loads.
   CHECK_NOTHROW(taxon::backbone::load_pretrained(t::write_file(dir.path / "seed.pt", seed)));
+}
+
+// Found by the pt_archive harness on taxon's own torch.save reader: a storage record marked compressed declared a
+// 4 GB uncompressed size, which the reader allocated before noticing it could not read compressed records (only a
+// stored record's size is bounded by the file).
+TEST_CASE("pt archive: a compressed storage record declaring 4 GB is refused before allocating",
+          "[fuzz-regression][io]") {
+  namespace t = test_fuzz_regressions;
+  std::string bytes = taxon::io::read_file(std::filesystem::path(TAXON_SOURCE_DIR) / "tests/data/pt/vit_fp16.pt");
+  // The central directory entry of data/0 (the name's second occurrence; the first is its local header).
+  const std::string name = "vit_fp16/data/0";
+  const auto cd_name = bytes.find(name, bytes.find(name) + 1);
+  REQUIRE(cd_name != std::string::npos);
+  const auto entry = cd_name - 46;
+  REQUIRE(bytes.compare(entry, 4, "PK\x01\x02") == 0);
+  bytes[entry + 10] = 8;                                 // method: deflate
+  for (int i = 0; i < 4; ++i) bytes[entry + 24 + i] = static_cast<char>(0xfe);  // uncompressed size ~4.27e9
+  taxon::test::TempDir dir("taxon_fuzz_pt_deflate");
+  const auto path = t::write_file(dir.path / "deflate.pt", bytes);
+  taxon::test::AllocationGuard guard(t::kAllocationCap);
+  REQUIRE_TAXON_ERROR(taxon::backbone::load_pretrained(path), "io.bad-torch-save");
+  CHECK(guard.largest() < t::kAllocationCap);
 }

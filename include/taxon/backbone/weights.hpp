@@ -85,12 +85,42 @@ inline LoadReport load_state_dict(torch::nn::Module& module, const StateDict& di
   return report;
 }
 
+// A state dict without the prefixes that wrapping adds to every key, and the prefixes removed, outermost first.
+struct UnwrappedStateDict {
+  StateDict tensors;
+  std::vector<std::string> stripped;
+};
+
+// The one place that removes wrapper prefixes (every loader calls it): while every key starts with the same
+// "<name>." it is removed. That covers DDP ("module."), a model wrapped in another module (the seeds' and UNICOM's
+// WarpModule: "model.") and both ("module.model."). "visual." and "text." are kept: they select a CLIP tower.
+// No real model has a single top-level child, so an unwrapped dict is never cut.
+inline UnwrappedStateDict strip_wrapper_prefixes(StateDict dict) {
+  UnwrappedStateDict out;
+  for (int level = 0; level < 8 && !dict.empty(); ++level) {
+    const std::string& first = dict.begin()->first;
+    const auto dot = first.find('.');
+    if (dot == std::string::npos || dot == 0) break;
+    const std::string prefix = first.substr(0, dot + 1);
+    if (prefix == "visual." || prefix == "text.") break;
+    const bool shared = std::all_of(dict.begin(), dict.end(), [&](const auto& kv) {
+      return kv.first.size() > prefix.size() && kv.first.compare(0, prefix.size(), prefix) == 0;
+    });
+    if (!shared) break;
+    StateDict inner;
+    for (auto& [k, v] : dict) inner.emplace(k.substr(prefix.size()), std::move(v));
+    dict = std::move(inner);
+    out.stripped.push_back(prefix);
+  }
+  out.tensors = std::move(dict);
+  return out;
+}
+
 // The visual tower's entries: keys under "visual." (OpenAI/open_clip full models, text tower dropped) with the
-// prefix removed, or the whole dict when it has no such keys (UNICOM, bare visual dicts). A DDP "module." prefix
-// is removed first.
+// prefix removed, or the whole dict when it has no such keys (UNICOM, bare visual dicts). Wrapper prefixes (DDP's
+// "module.", a wrapping module's "model.") are removed first.
 inline StateDict visual_state_dict(const StateDict& dict) {
-  StateDict stripped;
-  for (const auto& [k, v] : dict) stripped[k.rfind("module.", 0) == 0 ? k.substr(7) : k] = v;
+  const StateDict stripped = strip_wrapper_prefixes(dict).tensors;
   StateDict visual;
   for (const auto& [k, v] : stripped)
     if (k.rfind("visual.", 0) == 0) visual[k.substr(7)] = v;

@@ -53,11 +53,11 @@ struct TextInferOptions {
   TAXON_ARG(std::optional<int64_t>, heads);
 };
 
-// The text tower's entries with OpenAI's top-level names, from a full OpenAI / open_clip state dict (DDP
-// "module." removed; open_clip CustomTextCLIP's "text." prefix removed); empty when there is no text tower.
+// The text tower's entries with OpenAI's top-level names, from a full OpenAI / open_clip state dict (wrapper
+// prefixes removed by backbone::strip_wrapper_prefixes; open_clip CustomTextCLIP's "text." prefix removed); empty
+// when there is no text tower.
 inline StateDict text_state_dict(const StateDict& dict) {
-  StateDict stripped;
-  for (const auto& [k, v] : dict) stripped[k.rfind("module.", 0) == 0 ? k.substr(7) : k] = v;
+  const StateDict stripped = backbone::strip_wrapper_prefixes(dict).tensors;
   const std::string prefix = stripped.count("text.token_embedding.weight") ? "text." : "";
   if (!stripped.count(prefix + "token_embedding.weight")) return {};
   StateDict text;
@@ -125,11 +125,9 @@ struct ClipLoadOptions {
 
 namespace clip_detail {
 inline at::Tensor logit_scale_of(const StateDict& dict) {
-  for (const char* key : {"logit_scale", "module.logit_scale"}) {
-    auto it = dict.find(key);
-    if (it != dict.end()) return it->second.detach().to(at::kFloat).reshape({});
-  }
-  return {};
+  const StateDict stripped = backbone::strip_wrapper_prefixes(dict).tensors;
+  auto it = stripped.find("logit_scale");
+  return it == stripped.end() ? at::Tensor() : it->second.detach().to(at::kFloat).reshape({});
 }
 }  // namespace clip_detail
 

@@ -192,8 +192,8 @@ class TrainingCheckpoint {
   // The generator states (rng.pt), read and checked; nothing is applied.
   GeneratorStates generators() const {
     const auto file = dir_ / file_of("rng");
-    const c10::IValue value = read_pickle(file, "generator states");
-    TAXON_CHECK(value.isGenericDict(), "train.bad-checkpoint", file.string(),
+    const io::PickleValue value = read_pickle(file, "generator states");
+    TAXON_CHECK(value.is_dict(), "train.bad-checkpoint", file.string(),
                 " does not hold a dictionary of generator states");
     return to_tensor_dict(value, file, "generator states");
   }
@@ -297,29 +297,30 @@ class TrainingCheckpoint {
     });
   }
 
-  static c10::IValue read_pickle(const std::filesystem::path& file, const char* what) {
+  // Written by LibTorch (torch::pickle_save), read back by taxon's restricted reader like any .pt: a checkpoint
+  // directory copied from elsewhere is untrusted input too.
+  static io::PickleValue read_pickle(const std::filesystem::path& file, const char* what) {
     try {
-      return io::load_pickle(file, what);
-    } catch (const c10::Error& e) {
-      TAXON_FAIL("train.bad-checkpoint", file.string(), " is not a readable pickle of ", what, ": ",
-                 e.what_without_backtrace());
+      return io::load_torch_save(file, what);
+    } catch (const Error& e) {
+      if (e.id() == "io.missing-file") throw;
+      TAXON_FAIL("train.bad-checkpoint", file.string(), " is not a readable pickle of ", what, ": ", e.what());
     }
   }
 
-  static TensorDict to_tensor_dict(const c10::IValue& value, const std::filesystem::path& file,
-                                                           const char* what) {
+  static TensorDict to_tensor_dict(const io::PickleValue& value, const std::filesystem::path& file, const char* what) {
     TensorDict out;
-    for (const auto& kv : value.toGenericDict()) {
-      TAXON_CHECK(kv.key().isString() && kv.value().isTensor(), "train.bad-checkpoint", file.string(),
+    for (const auto& [k, v] : value.entries) {
+      TAXON_CHECK(k.is_string() && v.is_tensor(), "train.bad-checkpoint", file.string(),
                   " holds a non-tensor entry among its ", what);
-      out.insert(kv.key().toStringRef(), kv.value().toTensor());
+      out.insert(k.text, v.tensor);
     }
     return out;
   }
 
   static TensorDict read_module_state(const std::filesystem::path& file) {
-    const c10::IValue value = read_pickle(file, "module tensors");
-    TAXON_CHECK(value.isGenericDict(), "train.bad-checkpoint", file.string(), " is not a tensor dictionary");
+    const io::PickleValue value = read_pickle(file, "module tensors");
+    TAXON_CHECK(value.is_dict(), "train.bad-checkpoint", file.string(), " is not a tensor dictionary");
     return to_tensor_dict(value, file, "module tensors");
   }
 
