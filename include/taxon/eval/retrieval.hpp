@@ -4,6 +4,7 @@
 // shares the label"), and UNICOM/DINO-style weighted kNN-vote accuracy. Leave-one-out excludes the query by
 // index. Queries are processed in blocks, so memory is O(block x gallery), never N x N.
 #include "taxon/core/normalize.hpp"
+#include "taxon/core/progress.hpp"
 #include "taxon/eval/knn.hpp"
 
 #include <ATen/ATen.h>
@@ -47,6 +48,9 @@ struct RetrievalOptions {
   TAXON_ARG(std::vector<int64_t>, recall_at) = std::vector<int64_t>{1, 5, 10};
   // Query rows per block (0: automatic, see KnnOptions::chunk_size).
   TAXON_ARG(int64_t, chunk_size) = 0;
+  // Non-empty: progress over the query blocks under this label (core/progress.hpp; a log line every ~10 s off a
+  // terminal). Empty: silent, as library calls inside loops want.
+  TAXON_ARG(std::string, progress_label);
 };
 
 struct RetrievalMetrics {
@@ -122,10 +126,15 @@ inline RetrievalMetrics retrieval_core(at::Tensor queries, at::Tensor query_labe
   double p1 = 0, rp = 0, map = 0;
   std::vector<double> recall(o.recall_at().size(), 0.0);
   auto positions = at::arange(1, k + 1, at::kLong).unsqueeze(0);
+  std::optional<Progress> progress;
+  if (!o.progress_label().empty()) progress.emplace(o.progress_label(), nq, "query");
   for (int64_t s = 0; s < nq; s += chunk) {
     const int64_t c = std::min(chunk, nq - s);
     auto v = valid.narrow(0, s, c);
-    if (!v.any().item<bool>()) continue;
+    if (!v.any().item<bool>()) {
+      if (progress) progress->advance(c);
+      continue;
+    }
     auto rows = v.nonzero().flatten();
     auto q = queries.narrow(0, s, c).index_select(0, rows.to(queries.device()));
     auto ex = leave_one_out ? (rows + s) : at::Tensor();
@@ -143,6 +152,7 @@ inline RetrievalMetrics retrieval_core(at::Tensor queries, at::Tensor query_labe
     rp += (rel_r.sum(1) / rd).sum().item<double>();
     auto precision_at_i = rel_r.cumsum(1) / positions.to(at::kDouble);
     map += ((rel_r * precision_at_i).sum(1) / rd).sum().item<double>();
+    if (progress) progress->advance(c);
   }
   const double n = static_cast<double>(m.num_queries);
   m.precision_at_1 = p1 / n;
