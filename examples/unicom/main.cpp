@@ -185,7 +185,8 @@ void evaluate(Report& report, const std::string& name, const at::Tensor& embeddi
 
   const auto& [rank, names] = cols.ranks.front();
   const auto encoded = eval::encode_labels(names);
-  const auto m = eval::evaluate_retrieval(embeddings, encoded.ids, eval::RetrievalOptions().device(where.device.device));
+  const auto m = eval::evaluate_retrieval(embeddings, encoded.ids, eval::RetrievalOptions().device(where.device.device)
+                                                                     .progress_label("retrieval " + name));
   report.json[name] = {{"rank", rank},
                        {"precision_at_1", m.precision_at_1},
                        {"recall_at_1", m.recall_at(1)},
