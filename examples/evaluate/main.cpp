@@ -2,8 +2,9 @@
 //
 //   taxon-eval --embeddings emb.npy --labels meta.csv --group-column taxa
 //              --rank species=scientificName --rank genus=@genus(scientificName) --out table.csv
+//   taxon-eval --embeddings clip=clip.npy --embeddings unicom=unicom.npy ...   -> one table, a block of rows per model
 //
-// Row i of the CSV labels row i of the embeddings. The table is the NFHM/BioCosmos one: per group plus All, a
+// Row i of the CSV labels row i of every embeddings file. The table is the NFHM/BioCosmos one: per group plus All, a
 // seeded 80/20 split, accuracy_individual / accuracy_avg / distance_individual / distance_avg. Labels are cleaned
 // first as the seeds' vlm_species_eval does (`--clean-labels false` turns it off): group values are stripped of
 // whitespace and rows whose first rank (the scientific name) is blank are dropped, from the table and from the
@@ -28,8 +29,35 @@
 
 using namespace taxon;
 
+namespace {
+
+struct NamedEmbeddings {
+  std::string model, path;
+};
+
+// --embeddings PATH (named by --model) or, repeatable, NAME=PATH: the models' names fill the table's model column.
+std::vector<NamedEmbeddings> name_embeddings(const std::vector<std::string>& args, const std::string& default_model) {
+  std::vector<NamedEmbeddings> out;
+  for (const auto& a : args) {
+    const auto eq = a.find('=');
+    const bool named = eq != std::string::npos && eq > 0 && a.find('/') > eq;  // a '/' before '=' is part of a path
+    out.push_back(named ? NamedEmbeddings{a.substr(0, eq), a.substr(eq + 1)} : NamedEmbeddings{default_model, a});
+    TAXON_CHECK(!out.back().path.empty(), "cli.bad-option", "--embeddings '", a, "' names no file");
+    TAXON_CHECK(named || args.size() == 1, "cli.bad-option", "--embeddings '", a, "': with several embeddings files, ",
+                "name each one as NAME=PATH (e.g. --embeddings clip=clip.npy --embeddings unicom=unicom.npy)");
+  }
+  for (size_t i = 0; i < out.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      TAXON_CHECK(out[i].model != out[j].model, "cli.bad-option", "--embeddings: the name '", out[i].model,
+                  "' is given twice");
+  return out;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  std::string embeddings_path, labels_path, group_column, model = "model", out, device_spec = "auto";
+  std::string labels_path, group_column, model = "model", out, device_spec = "auto";
+  std::vector<std::string> embeddings_args;
   std::vector<std::string> rank_specs;
   bool nfhm_compat = false, normalize = false, clean_labels = true;
   std::string recall_definition = "pml";
@@ -38,13 +66,15 @@ int main(int argc, char** argv) {
   CLI::App app{"taxon-eval: the seeds' taxonomy retrieval table for a set of embeddings"};
   taxon_eval::ZeroShotArgs zs;
   bool zero_shot = false;
-  app.add_option("--embeddings", embeddings_path, "[N, D] embeddings (.npy); with --zero-shot, optional: --images embeds them");
+  app.add_option("--embeddings", embeddings_args,
+                 "[N, D] embeddings (.npy), or NAME=FILE, repeatable: one table with a block of rows per NAME (the "
+                 "model column); with --zero-shot, one file or none (--images embeds them)");
   app.add_option("--labels", labels_path, "CSV with N rows of labels, in embedding order")->required();
   app.add_option("--rank", rank_specs,
                  "RANK=COLUMN, RANK=@genus(COLUMN) for the binomial's first token, or RANK==VALUE for a constant "
                  "(repeatable; the first rank is the one Recall@K and MAP@R use)")->required();
   app.add_option("--group-column", group_column, "column whose values get their own rows (e.g. taxa); empty: All only");
-  app.add_option("--model", model, "model name for the table's first column")->capture_default_str();
+  app.add_option("--model", model, "model name for the table's first column (one unnamed --embeddings)")->capture_default_str();
   app.add_option("--out", out, "write the table here (.csv; a .md Markdown copy is written beside it)");
   app.add_option("--seed", seed, "split seed")->capture_default_str();
   app.add_option("--test-size", test_size, "query fraction of each group")->capture_default_str();
@@ -71,18 +101,29 @@ int main(int argc, char** argv) {
     const auto device = parse_device(device_spec);
     log::info("device: ", device.describe());
     configure_threads();
-    TAXON_CHECK(!embeddings_path.empty() || (zero_shot && !zs.weights.empty()), "cli.missing-option",
+    const auto inputs = name_embeddings(embeddings_args, model);
+    TAXON_CHECK(!inputs.empty() || (zero_shot && !zs.weights.empty()), "cli.missing-option",
                 "--embeddings is required (or --zero-shot --weights CKPT to embed the images the CSV lists)");
     TAXON_CHECK(!zero_shot || !zs.weights.empty(), "cli.missing-option", "--zero-shot needs --weights CKPT");
+    TAXON_CHECK(!zero_shot || inputs.size() <= 1, "cli.bad-option", "--zero-shot classifies with the text tower of ",
+                zs.weights, ", which matches one set of image embeddings; got ", inputs.size(), " --embeddings");
     std::optional<text::ClipModel> clip;
     if (zero_shot) clip = text::load_clip(zs.weights);
-    const at::Tensor embeddings = embeddings_path.empty() ? taxon_eval::embed_csv_images(clip->visual, labels_path, zs)
-                                                          : io::load_npy(embeddings_path).to(at::kFloat);
-    TAXON_CHECK(embeddings.dim() == 2, "cli.bad-embeddings", embeddings_path, ": expected [N, D], got ",
-                embeddings.sizes());
     const auto csv = data::CsvTable::read(labels_path);
-    TAXON_CHECK(csv.num_rows() == embeddings.size(0), "cli.label-mismatch", labels_path, " has ", csv.num_rows(),
-                " rows but ", embeddings_path, " has ", embeddings.size(0), " embeddings");
+    std::vector<at::Tensor> all_embeddings;
+    for (const auto& in : inputs) {
+      all_embeddings.push_back(io::load_npy(in.path).to(at::kFloat));
+      const auto& e = all_embeddings.back();
+      TAXON_CHECK(e.dim() == 2, "cli.bad-embeddings", in.path, ": expected [N, D], got ", e.sizes());
+      TAXON_CHECK(csv.num_rows() == e.size(0), "cli.label-mismatch", labels_path, " has ", csv.num_rows(),
+                  " rows but ", in.path, " has ", e.size(0), " embeddings");
+    }
+    if (inputs.empty()) {  // --zero-shot --weights without --embeddings: embed the images the CSV lists
+      all_embeddings.push_back(taxon_eval::embed_csv_images(clip->visual, labels_path, zs));
+      TAXON_CHECK(csv.num_rows() == all_embeddings.back().size(0), "cli.label-mismatch", labels_path, " has ",
+                  csv.num_rows(), " rows but ", all_embeddings.back().size(0), " images were embedded");
+    }
+    const at::Tensor& embeddings = all_embeddings.front();
 
     eval::TaxonomyColumns columns;
     for (const auto& spec : rank_specs) {
@@ -90,7 +131,7 @@ int main(int argc, char** argv) {
       columns.ranks.emplace_back(rank.rank, data::rank_values(csv, rank));
     }
     // The All row's label column is named `taxa` whatever --group-column is called, as in the seeds' table.
-    auto options = eval::TaxonomyEvalOptions().model(model).seed(seed).test_size(test_size)
+    auto options = eval::TaxonomyEvalOptions().seed(seed).test_size(test_size)
                        .nfhm_compat(nfhm_compat).normalize(normalize).clean_labels(clean_labels)
                        .device(device.device);
     if (group_column.empty()) {
@@ -100,40 +141,59 @@ int main(int argc, char** argv) {
       const auto col = csv.column(group_column);
       for (int64_t i = 0; i < csv.num_rows(); ++i) columns.taxa.push_back(csv.cell(i, col));
     }
-    const auto table = eval::TaxonomyEvaluator(options).evaluate(embeddings, columns);
+    // One table, a block of rows per model (the same seeded split for every model), as the seeds' model-eval does.
+    eval::TaxonomyTable table;
+    for (size_t i = 0; i < all_embeddings.size(); ++i) {
+      const std::string name = inputs.empty() ? model : inputs[i].model;
+      const auto one = eval::TaxonomyEvaluator(options.model(name)).evaluate(all_embeddings[i], columns);
+      table.rows.insert(table.rows.end(), one.rows.begin(), one.rows.end());
+      table.cleaning = one.cleaning;  // the same rows for every model
+    }
     std::cout << table.to_csv();
 
-    // Retrieval over the rows the table kept (the same cleaning).
+    // Retrieval over the rows the table kept (the same cleaning), for every model.
     eval::TaxonomyColumns kept_columns;
     eval::LabelCleaning cleaning;
-    at::Tensor kept_embeddings = embeddings;
-    if (clean_labels) {
-      const auto kept = eval::clean_taxonomy_columns(columns, kept_columns, cleaning);
-      kept_embeddings = embeddings.index_select(0, at::tensor(kept, at::kLong).to(embeddings.device()));
-    }
+    std::vector<int64_t> kept;
+    if (clean_labels) kept = eval::clean_taxonomy_columns(columns, kept_columns, cleaning);
     const auto& retrieval_columns = clean_labels ? kept_columns : columns;
     const auto definition = eval::recall_definition_from_string(recall_definition);
     const auto ids = eval::encode_labels(retrieval_columns.ranks.front().second).ids;
-    const auto m = eval::evaluate_retrieval(kept_embeddings, ids,
-                                            eval::RetrievalOptions().device(device.device).recall_definition(definition));
-    std::printf("\n%s leave-one-out: Recall@1 %.2f%%  Recall@5 %.2f%%  MAP@R %.2f%%  R-precision %.2f%%\n",
-                retrieval_columns.ranks.front().first.c_str(), 100 * m.recall_at(1), 100 * m.recall_at(5),
-                100 * m.map_at_r, 100 * m.r_precision);
+    std::vector<eval::RetrievalMetrics> metrics;
+    std::printf("\n");
+    for (size_t i = 0; i < all_embeddings.size(); ++i) {
+      const std::string name = inputs.empty() ? model : inputs[i].model;
+      const at::Tensor& e = all_embeddings[i];
+      const at::Tensor kept_embeddings = clean_labels ? e.index_select(0, at::tensor(kept, at::kLong).to(e.device())) : e;
+      metrics.push_back(eval::evaluate_retrieval(kept_embeddings, ids, eval::RetrievalOptions().device(device.device)
+                                                   .recall_definition(definition).progress_label("retrieval " + name)));
+      const auto& m = metrics.back();
+      std::printf("%s %s leave-one-out: Recall@1 %.2f%%  Recall@5 %.2f%%  MAP@R %.2f%%  R-precision %.2f%%\n",
+                  name.c_str(), retrieval_columns.ranks.front().first.c_str(), 100 * m.recall_at(1),
+                  100 * m.recall_at(5), 100 * m.map_at_r, 100 * m.r_precision);
+    }
     std::printf("Recall@K definition: %s (%s; %lld such queries)\n", eval::to_string(definition),
-                eval::describe(definition), static_cast<long long>(m.num_lone));
+                eval::describe(definition), static_cast<long long>(metrics.front().num_lone));
     if (!out.empty()) {
       table.write_csv(out);
       table.write_markdown(std::filesystem::path(out).replace_extension(".md"));
       // The seeds' table keeps their seven columns; what was cleaned and how Recall@K was defined go beside it.
-      const nlohmann::json summary = {
+      auto retrieval_json = [&](const eval::RetrievalMetrics& m) {
+        return nlohmann::json{{"rank", retrieval_columns.ranks.front().first},
+                              {"recall_definition", eval::to_string(definition)},
+                              {"recall_definition_description", eval::describe(definition)},
+                              {"lone_queries", m.num_lone}, {"recall_at_1", m.recall_at(1)}, {"recall_at_5", m.recall_at(5)},
+                              {"precision_at_1", m.precision_at_1}, {"map_at_r", m.map_at_r}, {"r_precision", m.r_precision}};
+      };
+      // "retrieval" is the first (or only) model's; "retrieval_by_model" names every model's.
+      nlohmann::json summary = {
           {"label_cleaning", {{"applied", table.cleaning.applied}, {"rows_in", table.cleaning.rows_in},
                               {"rows_dropped", table.cleaning.rows_dropped},
                               {"taxa_rewritten", table.cleaning.taxa_rewritten},
                               {"description", table.cleaning.describe()}}},
-          {"retrieval", {{"rank", retrieval_columns.ranks.front().first}, {"recall_definition", eval::to_string(definition)},
-                         {"recall_definition_description", eval::describe(definition)},
-                         {"lone_queries", m.num_lone}, {"recall_at_1", m.recall_at(1)}, {"recall_at_5", m.recall_at(5)},
-                         {"precision_at_1", m.precision_at_1}, {"map_at_r", m.map_at_r}, {"r_precision", m.r_precision}}}};
+          {"retrieval", retrieval_json(metrics.front())}};
+      for (size_t i = 0; i < metrics.size(); ++i)
+        summary["retrieval_by_model"][inputs.empty() ? model : inputs[i].model] = retrieval_json(metrics[i]);
       io::write_text_atomically(std::filesystem::path(out).replace_extension(".json"), io::dump_json(summary, 2) + "\n");
     }
     if (zero_shot) {

@@ -4,6 +4,7 @@
 //   taxon-report runs/unicom                       -> runs/unicom/report.html
 //   taxon-report runs/unicom --output /tmp/r.html  -> elsewhere (links to the run's files stay valid)
 //   taxon-report --compare runs/r10 runs/r1 runs/r01 --output sweep.html   -> one comparison page
+//   taxon-report runs/sweep                        -> a sweep's report.html and sweep.csv (taxon-unicom --cluster-ratio A,B,C)
 #include <taxon/report/report.hpp>
 
 #include <CLI/CLI.hpp>
@@ -37,7 +38,14 @@ int main(int argc, char** argv) {
     } else {
       TAXON_CHECK(run_dirs.size() == 1, "cli.bad-option", "one RUN_DIR at a time (or --compare for several), got ",
                   run_dirs.size());
-      written = taxon::report::write_run_report(run_dirs.front(), taxon::report::ReportOptions().output(output).title(title));
+      const auto sweep = taxon::report::sweep_of(taxon::report::read_run(run_dirs.front()));
+      if (sweep) {  // a sweep's directory (taxon-unicom --cluster-ratio A,B,C): sweep.csv and the values compared
+        TAXON_CHECK(output.empty(), "cli.bad-option", run_dirs.front(), " is a sweep: its report is written to ",
+                    "RUN_DIR/report.html beside sweep.csv; --output is not supported there");
+        written = taxon::report::write_sweep_report(run_dirs.front(), *sweep, title).report;
+      } else {
+        written = taxon::report::write_run_report(run_dirs.front(), taxon::report::ReportOptions().output(output).title(title));
+      }
     }
     std::cout << "report: " << std::filesystem::absolute(written).lexically_normal().string() << "\n";
     return 0;

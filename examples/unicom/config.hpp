@@ -8,6 +8,9 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -30,6 +33,10 @@ struct Config {
   // clustering
   int64_t clusters = 0;
   double cluster_ratio = 0.1;
+  // Sweeps: one adaptation per value from the same starting model, each in RUN/ratio-<v>/ or RUN/clusters-<v>/
+  // (report/sweep.hpp). Empty for a single value, which runs as before in RUN itself.
+  std::vector<double> cluster_ratio_sweep;
+  std::vector<int64_t> clusters_sweep;
   int kmeans_iters = 20;
   // spherical: k-means on L2-normalised features (inner product); l2: L2 k-means on the features as they are,
   // what the seeds ran (faiss.Kmeans on the un-normalised mean of unit image and text embeddings).
@@ -65,38 +72,105 @@ struct Config {
   int keep_checkpoints = 2;      // per round; >= 2 keeps one to fall back to when the newest is damaged
   std::string checkpoint_every;  // "" (epoch ends only), "N steps" or "M minutes"
   bool restart = false;          // --restart: discard what the run directory holds and start over (not saved)
+  std::string progress_every;  // off a terminal, a progress line every "10s" or "5%" (empty: TAXON_PROGRESS_EVERY or 10 s)
   bool model_explicit = false;  // --model given on the command line: --weights must fit it exactly (not saved)
 
   // Keys missing from a config file keep their defaults (config.json of runs made before an option existed).
   NLOHMANN_DEFINE_TYPE_INTRUSIVE_WITH_DEFAULT(Config, dataset, csv, images, path_column, ranks, group_rank, train_limit,
                                  eval_limit, image_size, workers, model, weights, clusters, cluster_ratio,
-                                 kmeans_iters, labels_from, cluster_on, caption_column, vocab, zero_shot,
+                                 cluster_ratio_sweep, clusters_sweep, kmeans_iters, labels_from, cluster_on, caption_column, vocab, zero_shot,
                                  templates, rounds, epochs, batch_size, accumulation, lr,
                                  lr_pfc_weight, weight_decay, clip_grad_norm, scale, m1, m2, m3, filter,
                                  sample_rate, num_feat, schedule, amp, augment, device, run_dir, resume, seed,
                                  threads, eval_fraction, kmeans_metric, kmeans_seed, clean_labels,
-                                 recall_definition, dedup, keep_checkpoints, checkpoint_every)
+                                 recall_definition, dedup, keep_checkpoints, checkpoint_every, progress_every)
 };
 
-inline void add_options(CLI::App& app, Config& c) {
-  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // later flags override earlier ones
+// "0.1,0.01,0.001" -> {0.1, 0.01, 0.001}; every item a number, no item twice.
+inline std::vector<double> parse_value_list(const std::string& text, const std::string& option) {
+  std::vector<double> values;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t comma = std::min(text.find(',', start), text.size());
+    const std::string item = text.substr(start, comma - start);
+    char* end = nullptr;
+    const double v = item.empty() ? std::nan("") : std::strtod(item.c_str(), &end);
+    TAXON_CHECK(end && *end == '\0' && std::isfinite(v), "cli.bad-option", option, " '", text,
+                "': expected a number or a comma-separated list of numbers, '", item, "' is not one");
+    TAXON_CHECK(std::find(values.begin(), values.end(), v) == values.end(), "cli.bad-option", option, " '", text,
+                "' lists ", item, " twice");
+    values.push_back(v);
+    start = comma + 1;
+  }
+  return values;
+}
+
+// The images (shared with taxon-embed): which dataset, where its files and labels are, how they are read.
+inline void add_image_options(CLI::App& app, Config& c, std::vector<std::string> datasets = {"fashion-mnist", "csv", "folder"}) {
   app.add_option("--dataset", c.dataset, "fashion-mnist (Debian's dataset-fashion-mnist), csv, or folder")
-      ->check(CLI::IsMember({"fashion-mnist", "csv", "folder"}))->capture_default_str();
+      ->check(CLI::IsMember(datasets))->capture_default_str();
   app.add_option("--csv", c.csv, "metadata CSV (with --dataset csv)");
   app.add_option("--images", c.images, "image root directory (csv: paths are relative to it; folder: one sub-folder per class)");
   app.add_option("--path-column", c.path_column, "CSV column holding the image path")->capture_default_str();
   app.add_option("--rank", c.ranks,
                  "rank=COLUMN for a label rank (repeatable); rank=@genus(OTHER) derives the genus from a binomial; "
                  "rank==VALUE sets a constant");
+  app.add_option("--image-size", c.image_size, "input resolution fed to the backbone")->capture_default_str();
+  app.add_option("--workers", c.workers, "data loader threads")->capture_default_str();
+}
+
+// The starting model (shared with taxon-embed).
+inline void add_model_options(CLI::App& app, Config& c) {
+  app.add_option("--model", c.model, "backbone zoo name; with --weights, the weights must fit it exactly")->capture_default_str();
+  app.add_option("--weights", c.weights, "pretrained weights: OpenAI .pt, open_clip/UNICOM safetensors/.pt, or a taxon checkpoint (architecture from the file unless --model is given)");
+}
+
+// Where and how it runs (shared with taxon-embed).
+inline void add_run_options(CLI::App& app, Config& c) {
+  app.add_option("--device", c.device,
+                 "auto (the first GPU when there is one, else the CPU), cpu, cuda or cuda:N; cuda fails at once "
+                 "when no GPU can be used")->capture_default_str();
+  app.add_option("--threads", c.threads, "intra-op threads (0 = TAXON_NUM_THREADS / all cores)")->capture_default_str();
+  app.add_option("--progress-every", c.progress_every,
+                 "when output is not a terminal (logs, CI, nohup), a progress line with rate and ETA every this many "
+                 "seconds (\"10s\") or percent (\"5%\"); default: $TAXON_PROGRESS_EVERY or 10s");
+}
+
+inline void add_options(CLI::App& app, Config& c) {
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // later flags override earlier ones
+  add_image_options(app, c);
   app.add_option("--group-rank", c.group_rank, "rank whose values get their own table rows (e.g. taxa), plus All");
   app.add_option("--train-limit", c.train_limit, "use at most this many training samples (0 = all)")->capture_default_str();
   app.add_option("--eval-limit", c.eval_limit, "use at most this many evaluation samples (0 = all)")->capture_default_str();
-  app.add_option("--image-size", c.image_size, "input resolution fed to the backbone")->capture_default_str();
-  app.add_option("--workers", c.workers, "data loader threads")->capture_default_str();
-  app.add_option("--model", c.model, "backbone zoo name; with --weights, the weights must fit it exactly")->capture_default_str();
-  app.add_option("--weights", c.weights, "pretrained weights: OpenAI .pt, open_clip/UNICOM safetensors/.pt, or a taxon checkpoint (architecture from the file unless --model is given)");
-  app.add_option("--clusters", c.clusters, "number of pseudo-classes (overrides --cluster-ratio)");
-  app.add_option("--cluster-ratio", c.cluster_ratio, "pseudo-classes as a fraction of the training samples")->capture_default_str();
+  add_model_options(app, c);
+  app.add_option_function<std::string>(
+         "--clusters",
+         [&c](const std::string& text) {
+           std::vector<int64_t> counts;
+           for (double v : parse_value_list(text, "--clusters")) {
+             TAXON_CHECK(v >= 1 && v == std::floor(v) && v < 9.0e15, "cli.bad-option", "--clusters '", text,
+                         "': every value must be a whole number >= 1, got ", v);
+             counts.push_back(static_cast<int64_t>(v));
+           }
+           c.clusters = counts.front();
+           c.clusters_sweep = counts.size() > 1 ? counts : std::vector<int64_t>{};
+           c.cluster_ratio_sweep.clear();  // a number of clusters overrides every ratio
+         },
+         "number of pseudo-classes (overrides --cluster-ratio); a comma-separated list sweeps: one adaptation per "
+         "value from the same starting model, in RUN_DIR/clusters-N/, compared in RUN_DIR/sweep.csv and report.html");
+  app.add_option_function<std::string>(
+         "--cluster-ratio",
+         [&c](const std::string& text) {
+           const auto ratios = parse_value_list(text, "--cluster-ratio");
+           for (double r : ratios)
+             TAXON_CHECK(r > 0 && r <= 1, "cli.bad-option", "--cluster-ratio '", text, "': every ratio must be in (0, 1], got ", r);
+           c.cluster_ratio = ratios.front();
+           c.cluster_ratio_sweep = ratios.size() > 1 ? ratios : std::vector<double>{};
+         },
+         "pseudo-classes as a fraction of the training samples; a comma-separated list (0.1,0.01,0.001) sweeps: one "
+         "adaptation per ratio from the same starting model, in RUN_DIR/ratio-R/, compared in RUN_DIR/sweep.csv and "
+         "report.html")
+      ->default_str("0.1");
   app.add_option("--kmeans-iters", c.kmeans_iters, "k-means iterations")->capture_default_str();
   app.add_option("--kmeans-metric", c.kmeans_metric,
                  "spherical: k-means on L2-normalised features; l2: L2 k-means on the features as they are (the "
@@ -135,13 +209,10 @@ inline void add_options(CLI::App& app, Config& c) {
                  "fp16 (CUDA, with loss scaling)")
       ->check(CLI::IsMember({"auto", "off", "bf16", "fp16"}))->capture_default_str();
   app.add_option("--augment", c.augment, "train-time augmentation (random resized crop + flip)")->capture_default_str();
-  app.add_option("--device", c.device,
-                 "auto (the first GPU when there is one, else the CPU), cpu, cuda or cuda:N; cuda fails at once "
-                 "when no GPU can be used")->capture_default_str();
+  add_run_options(app, c);
   app.add_option("--run-dir", c.run_dir, "where checkpoints, tables and embeddings go")->capture_default_str();
   app.add_option("--resume", c.resume, "continue the interrupted run in this directory");
   app.add_option("--seed", c.seed, "seed for splits, clustering, sampling and augmentation")->capture_default_str();
-  app.add_option("--threads", c.threads, "intra-op threads (0 = TAXON_NUM_THREADS / all cores)")->capture_default_str();
   app.add_option("--clean-labels", c.clean_labels,
                  "the seeds' label cleaning in evaluation: strip whitespace from group values, drop rows whose "
                  "first rank (scientific name) is blank")->capture_default_str();
@@ -212,11 +283,16 @@ inline Config load_config(const std::filesystem::path& file, const Config& base 
     bool same_kind = current.is_number_integer()
                          ? value.is_number_integer() && (!current.is_number_unsigned() || value >= 0)
                          : current.is_number() ? value.is_number() : value.type() == current.type();
+    const bool number_list = key == "cluster_ratio_sweep" || key == "clusters_sweep";  // sweeps list numbers
     if (same_kind && current.is_array())
-      for (const auto& item : value) same_kind = same_kind && item.is_string();
+      for (const auto& item : value)
+        same_kind = same_kind && (!number_list                ? item.is_string()
+                                  : key == "clusters_sweep"   ? item.is_number_integer() && item >= 1
+                                                              : item.is_number());
     TAXON_CHECK(same_kind, "cli.bad-config", file.string(), ": option '", key, "' is ", value.dump(), ", not ",
                 current.is_number_unsigned() ? "a non-negative integer"
                 : current.is_number_integer() ? "an integer"
+                : number_list                 ? "a list of numbers"
                 : current.is_array()          ? "a list of strings"
                                               : current.type_name());
     merged[key] = value;

@@ -28,6 +28,10 @@ elseif(CASE STREQUAL "bad_rank_spec")
   file(WRITE ${WORK}/meta.csv "fileNameAsDelivered,scientificName\na.jpg,Danio rerio\n")
   set(_args --dataset csv --csv ${WORK}/meta.csv --images ${WORK} --rank "species=@genus(scientificName)"
             --rank "genus=@family(scientificName)")
+elseif(CASE STREQUAL "sweep_bad_value")
+  set(_args --cluster-ratio 0.1,abc,0.01)
+elseif(CASE STREQUAL "sweep_with_true_labels")
+  set(_args --cluster-ratio 0.1,0.01 --labels-from class)
 elseif(CASE STREQUAL "device_cuda")
   # The CSV does not exist: failing on the device (not on the CSV) shows the device is checked before any data.
   set(_args --device cuda --dataset csv --csv ${WORK}/absent.csv --rank species=scientificName)

@@ -6,17 +6,20 @@
 // Copy this file to start your own trainer. Everything in it is public taxon API; the run directory holds
 // config.json, per-round clusters and checkpoints, model.safetensors, centroids.npy, embeddings.npy, labels.npy,
 // eval tables (CSV + Markdown), retrieval.json, metrics.jsonl, timings.json and report.html (rewritten after every
-// stage and epoch: taxon/report/). `--resume RUN_DIR` continues a stopped run.
+// stage and epoch: taxon/report/). `--resume RUN_DIR` continues a stopped run. `--cluster-ratio 0.1,0.01,0.001` (or
+// `--clusters` with a list) sweeps: one such run directory per value under RUN_DIR, compared in sweep.csv and
+// RUN_DIR/report.html (taxon/report/sweep.hpp).
 //
 // `--device auto|cpu|cuda|cuda:N` picks where everything runs. On CUDA the loaders collate uint8 batches (to_chw)
 // into pinned memory, the copies are asynchronous and normalisation happens on the GPU; k-means, kNN and the
 // taxonomy table run there too, and --amp defaults to bf16. On the CPU the float path is unchanged.
-#include <taxon/backbone/torchscript.hpp>  // .pt weights (OpenAI CLIP, UNICOM); not in the umbrella
 #include <taxon/taxon.hpp>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -26,6 +29,7 @@
 #include <set>
 
 #include "config.hpp"
+#include "inputs.hpp"
 #include "text_side.hpp"
 
 namespace fs = std::filesystem;
@@ -228,22 +232,7 @@ Datasets load_datasets(const unicom::Config& c, const Placement& where) {
     if (c.group_rank.empty()) out.group_rank = "group";
     return out;
   }
-  std::shared_ptr<const data::ImageFileDataset> all;
-  if (c.dataset == "csv") {
-    TAXON_CHECK(!c.csv.empty(), "cli.missing-option", "--dataset csv needs --csv FILE");
-    TAXON_CHECK(!c.ranks.empty(), "cli.missing-option", "--dataset csv needs at least one --rank RANK=COLUMN");
-    std::vector<data::RankSpec> ranks;
-    for (const auto& r : c.ranks) ranks.push_back(data::parse_rank_spec(r));
-    all = std::make_shared<const data::CsvImageDataset>(data::CsvImageDatasetOptions()
-                                                            .sources({{c.csv, c.images.empty() ? fs::path(c.csv).parent_path() : fs::path(c.images), {}}})
-                                                            .path_column(c.path_column)
-                                                            .ranks(ranks)
-                                                            .text_column(c.caption_column)
-                                                            .decode_min_side(static_cast<int>(size)));
-  } else {
-    TAXON_CHECK(!c.images.empty(), "cli.missing-option", "--dataset folder needs --images DIR");
-    all = std::make_shared<const data::ImageFolderDataset>(c.images);
-  }
+  const auto all = unicom::open_image_files(c, static_cast<int>(size));
   out.missing_images = all->missing_count();
   const auto rows = unique_rows(*all, c);
   // Held-out images for evaluation; the encoder never trains on them.
@@ -289,25 +278,6 @@ void check_not_empty(const Datasets& data, const unicom::Config& c) {
                 data.train->size(), " training images have ", classes.size(),
                 " class(es) in that rank; margin-softmax training needs at least 2 to tell apart");
   }
-}
-
-// Without --model the weights' own architecture is used (config metadata, or inferred from shapes); with an
-// explicit --model the weights must fit that zoo config exactly, and every mismatched key is reported.
-backbone::VisionTransformer load_backbone(const unicom::Config& c) {
-  if (c.weights.empty()) return backbone::make_vit(c.model);
-  const fs::path w = c.weights;
-  const bool pt = w.extension() == ".pt" || w.extension() == ".pth" || w.extension() == ".bin";
-  if (!c.model_explicit) return pt ? backbone::load_pretrained(w) : backbone::load_checkpoint(w);
-  backbone::StateDict dict;
-  if (pt) {
-    dict = backbone::load_pt_state_dict(w);
-  } else {
-    const auto file = io::load_safetensors(w);
-    dict.insert(file.tensors.begin(), file.tensors.end());
-  }
-  auto model = backbone::make_vit(c.model);
-  backbone::load_state_dict(*model, backbone::visual_state_dict(dict), /*strict=*/true, w.string());
-  return model;
 }
 
 // Training loaders shuffle and drop the last partial batch; embedding loaders keep dataset order and every image.
@@ -404,8 +374,9 @@ void evaluate(Report& report, const std::string& name, const at::Tensor& embeddi
   const auto& [rank, names] = (c.clean_labels ? kept_cols : cols).ranks.front();
   const auto encoded = eval::encode_labels(names);
   const auto definition = eval::recall_definition_from_string(c.recall_definition);
-  const auto m = eval::evaluate_retrieval(
-      kept_embeddings, encoded.ids, eval::RetrievalOptions().device(where.device.device).recall_definition(definition));
+  const auto m = eval::evaluate_retrieval(kept_embeddings, encoded.ids,
+                                          eval::RetrievalOptions().device(where.device.device).recall_definition(definition)
+                                              .progress_label("retrieval " + name));
   report.json[name] = {{"rank", rank},
                        {"precision_at_1", m.precision_at_1},
                        {"recall_at_1", m.recall_at(1)},
@@ -535,6 +506,47 @@ std::optional<Baselines> read_baselines(const fs::path& file) {
   return std::nullopt;
 }
 
+// What the runs of a sweep share: every value starts from the same model, so round 0 clusters the same features;
+// they are computed once (embedding the training images is the expensive part) and kept here.
+struct SharedStart {
+  at::Tensor round0_features;  // undefined until the first value computes them
+};
+
+// The log says up front what the run will do: data sizes, model, stages, clustering and optimizer steps.
+void log_plan(const unicom::Config& c, const Datasets& data, backbone::VisionTransformer& model, const Placement& where,
+              bool baselines_cached) {
+  const int64_t n = data.train->size();
+  const int64_t batches = n / c.batch_size;  // training loaders drop the last partial batch
+  const int64_t steps = (batches + c.accumulation - 1) / c.accumulation;
+  std::string labels = "true labels '" + c.labels_from + "'";
+  if (c.labels_from.empty()) {
+    const int64_t k = c.clusters > 0 ? c.clusters : std::max<int64_t>(1, std::llround(c.cluster_ratio * static_cast<double>(n)));
+    labels = "k-means into " + std::to_string(k) + " pseudo-classes" +
+             (c.clusters > 0 ? std::string() : " (ratio " + report::sweep_value_text(c.cluster_ratio) + ")") + " on " +
+             (c.cluster_on == "pixels" ? "raw pixels in round 0, " : "") + c.cluster_on + " features, " +
+             std::to_string(c.kmeans_iters) + " iterations";
+  }
+  log::info("plan: ", c.dataset, " dataset, ", n, " training and ", data.eval->size(), " evaluation images; model ",
+            c.model_explicit || c.weights.empty() ? c.model : "from " + c.weights, " (",
+            backbone::parameter_count(*model), " parameters) at ", c.image_size, " px on ", where.device.device.str());
+  log::info("plan: 1. baseline evaluation", baselines_cached ? " (recorded earlier: reused)" : "",
+            data.small_images ? " of raw pixels and the starting model" : " of the starting model");
+  log::info("plan: 2. ", c.rounds, " round(s) of: embed ", n, " training images, ", labels, ", then ", c.epochs,
+            " epoch(s) x ", steps, " optimizer steps (batch ", c.batch_size, ", accumulation ", c.accumulation, ")");
+  log::info("plan: 3. final evaluation of ", data.eval->size(), " images; outputs and report.html in ",
+            fs::absolute(c.run_dir).lexically_normal().string());
+}
+
+// The log ends with where everything is.
+void log_outputs(const fs::path& run_dir, const fs::path& report_file) {
+  const auto at = [&](const std::string& name) { return fs::absolute(run_dir / name).lexically_normal().string(); };
+  log::info("done: run directory ", fs::absolute(run_dir).lexically_normal().string());
+  log::info("done: report       ", fs::absolute(report_file).lexically_normal().string());
+  log::info("done: model        ", at("model.safetensors"), " (centroids ", at("centroids.npy"), ")");
+  log::info("done: metrics      ", at("eval_table.csv"), ", ", at("retrieval.json"), ", training log ", at("metrics.jsonl"));
+  log::info("done: embeddings   ", at("embeddings.npy"), " (labels ", at("labels.npy"), ")");
+}
+
 unicom::Config parse(int argc, char** argv) {
   unicom::Config c;
   CLI::App app{"taxon-unicom: embed -> k-means pseudo-classes -> margin-softmax fine-tuning -> evaluate"};
@@ -576,6 +588,14 @@ unicom::Config parse(int argc, char** argv) {
               c.eval_fraction);
   TAXON_CHECK(c.kmeans_seed < (uint64_t{1} << 31), "cli.bad-option", "--kmeans-seed is faiss's seed (a C int): it must "
               "be below 2^31, got ", c.kmeans_seed);
+  TAXON_CHECK(c.cluster_ratio_sweep.empty() || c.clusters == 0, "cli.bad-option", "--cluster-ratio lists ",
+              c.cluster_ratio_sweep.size(), " ratios to sweep, but --clusters ", c.clusters,
+              " overrides any ratio; drop --clusters (or give --clusters a list)");
+  TAXON_CHECK(c.cluster_ratio_sweep.empty() || c.clusters_sweep.empty(), "cli.bad-option", "sweep one of --cluster-ratio and --clusters, not both");
+  TAXON_CHECK((c.cluster_ratio_sweep.empty() && c.clusters_sweep.empty()) || c.labels_from.empty(), "cli.bad-option",
+              "a --cluster-ratio/--clusters sweep compares pseudo-class counts, but --labels-from ", c.labels_from,
+              " trains on true labels; drop one of them");
+  if (!c.progress_every.empty()) set_progress_defaults(parse_progress_every(c.progress_every));
   return c;
 }
 
@@ -617,7 +637,7 @@ void discard_run_state(const fs::path& run_dir) {
   log::info("--restart: discarded ", removed, " entries of the earlier run in ", run_dir.string());
 }
 
-int run(unicom::Config c) {
+int run_single(unicom::Config c, SharedStart* shared = nullptr) {
   const Placement where = resolve_placement(c);
   configure_threads(c.threads);
   seed_everything(c.seed);
@@ -647,7 +667,7 @@ int run(unicom::Config c) {
   apply_recorded_skips(data, run_dir);
   if (c.group_rank.empty()) c.group_rank = data.group_rank;
   log::info("train: ", data.train->size(), " images, eval: ", data.eval->size(), " images");
-  auto model = load_backbone(c);
+  auto model = unicom::load_backbone(c);
   if (where.cuda()) model->to(where.device.device);
   auto text_side = unicom::load_text_side(c);
   at::Tensor caption_features;
@@ -664,6 +684,7 @@ int run(unicom::Config c) {
   const fs::path eval_cache = run_dir / "eval-before.json";
 
   auto baselines = read_baselines(eval_cache);
+  log_plan(c, data, model, where, baselines.has_value());
   if (!baselines) {  // once per run
     recorder.begin("baseline evaluation");
     if (data.small_images) {
@@ -695,15 +716,24 @@ int run(unicom::Config c) {
     at::Tensor labels;
     if (c.labels_from.empty() && !io::path_exists(dir / "labels.npy")) {
       // Features first: embedding may drop unreadable images from data.train, which the labels must then match.
-      at::Tensor features;
-      if (round == 0 && c.cluster_on == "pixels") {
-        features = pixels(data, Split::train, c, where);
-      } else {
+      const auto features = [&]() -> at::Tensor {
+        if (round == 0 && c.cluster_on == "pixels") return pixels(data, Split::train, c, where);
         const at::Tensor image =
             c.cluster_on == "text" ? at::Tensor() : embed_all(model, data, Split::train, c, where, "embed train");
-        features = unicom::cluster_features(c, image, rows_of(caption_features, caption_rows, data.train_rows));
+        return unicom::cluster_features(c, image, rows_of(caption_features, caption_rows, data.train_rows));
+      };
+      // A sweep: the starting model's features are computed by the first value only, unless that value's embedding
+      // skipped unreadable images (then the rows differ, and this value embeds again, skipping the same images).
+      const bool reuse = round == 0 && shared && shared->round0_features.defined() &&
+                         shared->round0_features.size(0) == data.train->size();
+      if (reuse) {
+        log::info("round 0: clustering the starting model's features computed for an earlier value of the sweep");
+        labels = round_labels(dir, shared->round0_features, *data.train, c, where);
+      } else {
+        const at::Tensor f = features();
+        if (round == 0 && shared && !shared->round0_features.defined()) shared->round0_features = f;
+        labels = round_labels(dir, f, *data.train, c, where);
       }
-      labels = round_labels(dir, features, *data.train, c, where);
     } else
       labels = round_labels(dir, at::Tensor(), *data.train, c, where);
     stop_if_interrupted("round " + std::to_string(round) + " clustering");
@@ -755,9 +785,78 @@ int run(unicom::Config c) {
                 100 * m["accuracy_individual_all"].get<double>(), 100 * m["recall_at_1"].get<double>(),
                 100 * m["map_at_r"].get<double>());
   recorder.end("finished");
+  log_outputs(run_dir, recorder.report_file());
   std::cout << "outputs in " << run_dir.string() << "\n";
   std::cout << "report: " << fs::absolute(recorder.report_file()).lexically_normal().string() << "\n";
   return 0;
+}
+
+// --cluster-ratio A,B,C (or --clusters A,B,C): one run per value in RUN/ratio-A/ ..., each from the same starting
+// model (baselines and round-0 features computed once), then RUN/sweep.csv and RUN/report.html compare them. A
+// resumed sweep (--resume RUN) skips the values that finished and resumes the one that was interrupted.
+int run_sweep(const unicom::Config& c) {
+  const fs::path run_dir = c.run_dir;
+  report::Sweep sweep;
+  sweep.parameter = c.clusters_sweep.empty() ? report::SweepParameter::cluster_ratio : report::SweepParameter::clusters;
+  std::vector<double> values(c.cluster_ratio_sweep.begin(), c.cluster_ratio_sweep.end());
+  for (auto k : c.clusters_sweep) values.push_back(static_cast<double>(k));
+  for (double v : values) sweep.points.push_back({v, run_dir / report::sweep_dir_name(sweep.parameter, v)});
+  io::write_text_atomically(run_dir / "config.json", nlohmann::json(c).dump(2));
+  std::string listed;
+  for (const auto& p : sweep.points) listed += (listed.empty() ? "" : ", ") + p.dir.filename().string();
+  log::info("sweep: ", values.size(), " adaptations over ", report::to_string(sweep.parameter), " from the same starting model: ",
+            listed, " (in ", fs::absolute(run_dir).lexically_normal().string(), ")");
+
+  SharedStart shared;
+  const fs::path baselines = run_dir / "eval-before.json";  // the starting point's evaluation, shared by every value
+  for (size_t i = 0; i < sweep.points.size(); ++i) {
+    const auto& point = sweep.points[i];
+    const std::string name = point.dir.filename().string();
+    if (io::path_exists(point.dir) && report::read_run(point.dir).finished()) {
+      log::info("sweep ", i + 1, "/", values.size(), ": ", name, " finished earlier; not redone");
+      continue;
+    }
+    unicom::Config one = c;
+    one.cluster_ratio_sweep.clear();
+    one.clusters_sweep.clear();
+    if (sweep.parameter == report::SweepParameter::clusters) one.clusters = static_cast<int64_t>(point.value);
+    else one.cluster_ratio = point.value, one.clusters = 0;
+    one.run_dir = point.dir.string();
+    one.resume.clear();
+    log::info("sweep ", i + 1, "/", values.size(), ": ", name);
+    io::ensure_directory(point.dir);
+    if (io::path_exists(baselines) && !io::path_exists(point.dir / "eval-before.json"))
+      io::copy_file_atomically(baselines, point.dir / "eval-before.json");
+    const int rc = run_single(one, &shared);
+    if (rc != 0) {
+      log::warn("sweep stopped at ", name, "; continue it with --resume ", run_dir.string());
+      return rc;
+    }
+    if (!io::path_exists(baselines)) io::copy_file_atomically(point.dir / "eval-before.json", baselines);
+    report::write_sweep_report(run_dir, sweep);  // the comparison grows as values finish
+  }
+
+  const auto written = report::write_sweep_report(run_dir, sweep);
+  std::printf("\nsweep over %s (after training; before: Recall@1 %.2f%%, MAP@R %.2f%%):\n", report::to_string(sweep.parameter).c_str(),
+              written.rows.empty() ? std::nan("") : 100 * written.rows.front().before_recall_at_1,
+              written.rows.empty() ? std::nan("") : 100 * written.rows.front().before_map_at_r);
+  std::printf("  %-14s %-16s %9s %9s %9s %9s\n", "value", "run", "classes", "Recall@1", "Recall@5", "MAP@R");
+  for (const auto& r : written.rows)
+    std::printf("  %-14s %-16s %9lld %8.2f%% %8.2f%% %8.2f%%\n", report::sweep_value_text(r.value).c_str(), r.run.c_str(),
+                static_cast<long long>(r.pseudo_classes), 100 * r.recall_at_1, 100 * r.recall_at_5, 100 * r.map_at_r);
+  log::info("done: sweep table  ", fs::absolute(written.csv).lexically_normal().string());
+  log::info("done: sweep report ", fs::absolute(written.report).lexically_normal().string());
+  for (const auto& p : sweep.points)
+    log::info("done: ", p.dir.filename().string(), " model ", fs::absolute(p.dir / "model.safetensors").lexically_normal().string());
+  std::cout << "outputs in " << run_dir.string() << "\n";
+  std::cout << "sweep table: " << fs::absolute(written.csv).lexically_normal().string() << "\n";
+  std::cout << "report: " << fs::absolute(written.report).lexically_normal().string() << "\n";
+  return 0;
+}
+
+int run(const unicom::Config& c) {
+  if (c.cluster_ratio_sweep.empty() && c.clusters_sweep.empty()) return run_single(c);
+  return run_sweep(c);
 }
 
 }  // namespace

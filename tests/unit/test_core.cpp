@@ -6,9 +6,14 @@
 #include <catch2/catch.hpp>
 #include <torch/nn/functional/normalization.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <memory>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "support/temp_dir.hpp"
 #include "support/tensor_compare.hpp"
@@ -89,6 +94,87 @@ TEST_CASE("progress formatting shows rate and ETA", "[core]") {
   taxon::log::set_level(taxon::log::Level::warn);
   taxon::log::set_sink(std::cerr);
   CHECK(captured.str().find("steps 4/4 (100%)") != std::string::npos);
+}
+
+namespace test_core {
+// A clock the test moves by hand, and the log lines a block of code writes at info level.
+struct ManualClock {
+  std::shared_ptr<taxon::Progress::Clock::time_point> now = std::make_shared<taxon::Progress::Clock::time_point>();
+  void advance_seconds(double s) {
+    *now += std::chrono::duration_cast<taxon::Progress::Clock::duration>(std::chrono::duration<double>(s));
+  }
+  std::function<taxon::Progress::Clock::time_point()> fn() const {
+    return [now = now] { return *now; };
+  }
+};
+template <typename F>
+std::vector<std::string> info_lines(F&& body) {
+  std::ostringstream captured;
+  taxon::log::set_sink(captured);
+  taxon::log::set_level(taxon::log::Level::info);
+  body();
+  taxon::log::set_level(taxon::log::Level::warn);
+  taxon::log::set_sink(std::cerr);
+  std::vector<std::string> lines;
+  std::istringstream in(captured.str());
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+}  // namespace test_core
+
+TEST_CASE("progress off a terminal logs a line each interval of the injected clock, then the summary", "[core]") {
+  test_core::ManualClock clock;
+  const auto lines = test_core::info_lines([&] {
+    taxon::Progress progress("embed", 100, "img",
+                             taxon::ProgressOptions().interactive(false).every_seconds(10).clock(clock.fn()));
+    for (int i = 0; i < 100; ++i) {
+      clock.advance_seconds(1);  // 1 image per second: lines at 10 s, 20 s, ... 90 s; 100 s is the summary
+      progress.advance(1);
+    }
+    progress.finish();
+    CHECK(progress.lines_logged() == 10);
+  });
+  REQUIRE(lines.size() == 10);
+  CHECK(lines.front() == "[taxon info] embed 10/100 (10%) 1.0 img/s elapsed 0:10 eta 1:30");
+  CHECK(lines[4] == "[taxon info] embed 50/100 (50%) 1.0 img/s elapsed 0:50 eta 0:50");
+  CHECK(lines.back() == "[taxon info] embed 100/100 (100%) 1.0 img/s elapsed 1:40 eta 0:00");
+}
+
+TEST_CASE("progress off a terminal by share of the total, and by time with an unknown total", "[core]") {
+  test_core::ManualClock clock;
+  auto lines = test_core::info_lines([&] {
+    taxon::Progress progress("kmeans", 20, "iter",
+                             taxon::ProgressOptions().interactive(false).every_seconds(0).every_percent(25).clock(clock.fn()));
+    for (int i = 0; i < 20; ++i) {
+      clock.advance_seconds(100);  // time alone never triggers a line here
+      progress.advance(1, "obj 1.5");
+    }
+  });
+  REQUIRE(lines.size() == 4);  // 25%, 50%, 75%, and the summary at 100%
+  CHECK(lines[0] == "[taxon info] kmeans 5/20 (25%) 0.0 iter/s elapsed 8:20 eta 25:00 obj 1.5");
+  CHECK(lines[2].find("kmeans 15/20 (75%)") != std::string::npos);
+  CHECK(lines[3].find("kmeans 20/20 (100%)") != std::string::npos);
+
+  // Unknown total: by time only.
+  lines = test_core::info_lines([&] {
+    taxon::Progress progress("stream", 0, "it", taxon::ProgressOptions().interactive(false).every_seconds(5).clock(clock.fn()));
+    for (int i = 0; i < 12; ++i) {
+      clock.advance_seconds(1);
+      progress.advance(1);
+    }
+  });
+  REQUIRE(lines.size() == 3);  // 5 s, 10 s, summary
+  CHECK(lines[1] == "[taxon info] stream 10 1.0 it/s elapsed 0:10");
+}
+
+TEST_CASE("progress intervals parse as seconds or a share", "[core]") {
+  CHECK(taxon::parse_progress_every("30s").every_seconds() == 30.0);
+  CHECK(taxon::parse_progress_every("2.5").every_seconds() == 2.5);
+  const auto share = taxon::parse_progress_every("5%");
+  CHECK(share.every_percent() == 5.0);
+  CHECK(share.every_seconds() == 0.0);
+  for (const char* bad : {"", "s", "0", "-3s", "ten", "150%", "10m"})
+    REQUIRE_TAXON_ERROR(taxon::parse_progress_every(bad), "core.bad-option");
 }
 
 TEST_CASE("write_atomically replaces the target and keeps it on failure", "[core][io]") {

@@ -578,6 +578,62 @@ TEST_CASE("runs compared side by side: one row per run, deltas against the first
   CHECK(sweep.find("href=\"ratio-0.001/report.html\"") != std::string::npos);
 }
 
+TEST_CASE("a sweep's directory: values from config.json, sweep.csv and the sweep chart, unfinished values shown", "[report]") {
+  using taxon::report::SweepParameter;
+  CHECK(taxon::report::sweep_value_text(0.1) == "0.1");
+  CHECK(taxon::report::sweep_value_text(0.001) == "0.001");
+  CHECK(taxon::report::sweep_value_text(1e-5) == "1e-05");
+  CHECK(taxon::report::sweep_dir_name(SweepParameter::clusters, 500) == "clusters-500");
+  CHECK(taxon::report::sweep_dir_name(SweepParameter::cluster_ratio, 0.01) == "ratio-0.01");
+
+  taxon::test::TempDir dir("report_sweep");
+  const fs::path sweep_dir = dir / "sweep";
+  fs::create_directories(sweep_dir);
+  taxon::io::write_text_atomically(sweep_dir / "config.json", nlohmann::json{{"cluster_ratio_sweep", {0.1, 0.01, 0.001}}}.dump());
+  // An ordinary run (one value, or none) is no sweep.
+  taxon::io::write_text_atomically(dir / "config.json", nlohmann::json{{"cluster_ratio_sweep", {0.1}}}.dump());
+  CHECK_FALSE(taxon::report::sweep_of(taxon::report::read_run(dir.path)).has_value());
+
+  const auto sweep = taxon::report::sweep_of(taxon::report::read_run(sweep_dir));
+  REQUIRE(sweep.has_value());
+  REQUIRE(sweep->points.size() == 3);
+  CHECK(sweep->parameter == SweepParameter::cluster_ratio);
+  CHECK(sweep->points[2].dir == sweep_dir / "ratio-0.001");
+  // Two values finished (with their own pseudo-class counts), the last one not started.
+  for (int i = 0; i < 2; ++i) {
+    const fs::path d = sweep->points[static_cast<size_t>(i)].dir;
+    write_synthetic_run(d);
+    taxon::cluster::KMeansResult km;
+    km.labels = at::arange(i == 0 ? 60 : 6, at::kLong).repeat({10});
+    km.centroids = at::zeros({i == 0 ? 60 : 6, 4});
+    taxon::cluster::save_clustering(d / "round-0", km);
+    nlohmann::json r = {{"before", {{"recall_at_1", 0.4}, {"map_at_r", 0.1}}},
+                        {"after", {{"recall_at_1", 0.6 - 0.1 * i}, {"recall_at_5", 0.8}, {"map_at_r", 0.3}, {"r_precision", 0.35},
+                                   {"accuracy_individual_all", 0.55}}}};
+    taxon::io::write_text_atomically(d / "retrieval.json", r.dump());
+  }
+  const auto written = taxon::report::write_sweep_report(sweep_dir, *sweep);
+  REQUIRE(written.rows.size() == 3);
+  CHECK(written.rows[0].pseudo_classes == 60);
+  CHECK(written.rows[1].pseudo_classes == 6);
+  CHECK_FALSE(written.rows[2].finished);
+  CHECK(slurp(written.csv) ==
+        "cluster_ratio,run,pseudo_classes,finished,recall_at_1,recall_at_5,map_at_r,r_precision,accuracy_individual,"
+        "before_recall_at_1,before_map_at_r\n"
+        "0.1,ratio-0.1,60,yes,0.600000,0.800000,0.300000,0.350000,0.550000,0.400000,0.100000\n"
+        "0.01,ratio-0.01,6,yes,0.500000,0.800000,0.300000,0.350000,0.550000,0.400000,0.100000\n"
+        "0.001,ratio-0.001,,no,,,,,,,\n");
+  const std::string html = slurp(written.report);
+  CHECK(chart_marks(html, "sweep-chart") == 4);  // Recall@1 and MAP@R of the two finished values
+  CHECK(count_of(html, "<title>Recall@1 \u00b7 ratio 0.1 (k=60): 60.0%</title>") == 1);
+  CHECK(count_of(section_of(html, "sweep"), "n/a") == 2);  // the unfinished value's two bars
+  // The comparison: the starting point as reference, then the values with their deltas.
+  CHECK(chart_marks(html, "sweep-comparison-chart") == 10);  // before: 2 recorded metrics; each finished value: 4
+  CHECK(html.find("\u25b2 +20.00") != std::string::npos);  // Recall@1 0.6 vs 0.4
+  CHECK(html.find("href=\"ratio-0.001/report.html\"") != std::string::npos);
+  CHECK(html.find("2 of 3 values finished") != std::string::npos);
+}
+
 // Not run by default ("[.]"): ctest's report.synthetic_fixture runs it to give the browser test a run directory
 // with every section, escaped names and NaN values.
 TEST_CASE("the retrieval section says which Recall@K definition its numbers use", "[report]") {

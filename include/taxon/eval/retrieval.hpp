@@ -6,6 +6,7 @@
 // O(block x gallery), never N x N.
 #include "taxon/core/error.hpp"
 #include "taxon/core/normalize.hpp"
+#include "taxon/core/progress.hpp"
 #include "taxon/eval/knn.hpp"
 
 #include <ATen/ATen.h>
@@ -72,6 +73,9 @@ struct RetrievalOptions {
   TAXON_ARG(RecallDefinition, recall_definition) = RecallDefinition::pml;
   // Query rows per block (0: automatic, see KnnOptions::chunk_size).
   TAXON_ARG(int64_t, chunk_size) = 0;
+  // Non-empty: progress over the query blocks under this label (core/progress.hpp; a log line every ~10 s off a
+  // terminal). Empty: silent, as library calls inside loops want.
+  TAXON_ARG(std::string, progress_label);
 };
 
 struct RetrievalMetrics {
@@ -148,10 +152,15 @@ inline RetrievalMetrics retrieval_core(at::Tensor queries, at::Tensor query_labe
   double p1 = 0, rp = 0, map = 0;
   std::vector<double> recall(o.recall_at().size(), 0.0);
   auto positions = at::arange(1, k + 1, at::kLong).unsqueeze(0);
+  std::optional<Progress> progress;
+  if (!o.progress_label().empty()) progress.emplace(o.progress_label(), nq, "query");
   for (int64_t s = 0; s < nq; s += chunk) {
     const int64_t c = std::min(chunk, nq - s);
     auto v = valid.narrow(0, s, c);
-    if (!v.any().item<bool>()) continue;
+    if (!v.any().item<bool>()) {
+      if (progress) progress->advance(c);
+      continue;
+    }
     auto rows = v.nonzero().flatten();
     auto q = queries.narrow(0, s, c).index_select(0, rows.to(queries.device()));
     auto ex = leave_one_out ? (rows + s) : at::Tensor();
@@ -169,6 +178,7 @@ inline RetrievalMetrics retrieval_core(at::Tensor queries, at::Tensor query_labe
     rp += (rel_r.sum(1) / rd).sum().item<double>();
     auto precision_at_i = rel_r.cumsum(1) / positions.to(at::kDouble);
     map += ((rel_r * precision_at_i).sum(1) / rd).sum().item<double>();
+    if (progress) progress->advance(c);
   }
   const double n = static_cast<double>(m.num_queries);
   m.precision_at_1 = p1 / n;

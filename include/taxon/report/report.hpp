@@ -11,6 +11,7 @@
 #include "taxon/report/html.hpp"
 #include "taxon/report/run.hpp"
 #include "taxon/report/sections.hpp"
+#include "taxon/report/sweep.hpp"
 #include "taxon/report/timings.hpp"
 #include "taxon/train/callbacks.hpp"
 
