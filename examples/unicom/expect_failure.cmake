@@ -28,6 +28,11 @@ elseif(CASE STREQUAL "bad_rank_spec")
   file(WRITE ${WORK}/meta.csv "fileNameAsDelivered,scientificName\na.jpg,Danio rerio\n")
   set(_args --dataset csv --csv ${WORK}/meta.csv --images ${WORK} --rank "species=@genus(scientificName)"
             --rank "genus=@family(scientificName)")
+elseif(CASE STREQUAL "bad_filter")
+  set(_args --train-filter "class" --train-limit 64 --eval-limit 64)
+elseif(CASE STREQUAL "unknown_filter_value")
+  # A misspelt class would otherwise keep nothing (=) or everything (!=); the error lists the names there are.
+  set(_args --eval-filter "class!=Sandal,Tshirt" --train-limit 64 --eval-limit 64)
 elseif(CASE STREQUAL "device_cuda")
   # The CSV does not exist: failing on the device (not on the CSV) shows the device is checked before any data.
   set(_args --device cuda --dataset csv --csv ${WORK}/absent.csv --rank species=scientificName)
