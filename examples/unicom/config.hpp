@@ -24,6 +24,9 @@ struct Config {
   std::string csv, images, path_column = "fileNameAsDelivered";
   std::vector<std::string> ranks;         // "species=scientificName", "genus=@genus(species)", "taxa==Fish"
   std::string group_rank;                 // rank whose values form the per-group rows of the table
+  // "RANK=V1,V2" / "RANK!=V1,V2": which images each side keeps (before the limits), e.g. labels of some classes
+  // only for a pretraining stage, and evaluation on the classes it never saw (data/rank_filter.hpp).
+  std::vector<std::string> train_filter, eval_filter;
   int64_t train_limit = 0, eval_limit = 0;  // 0 = all samples
   int image_size = 28;
   int workers = 2;
@@ -76,7 +79,7 @@ struct Config {
   bool model_explicit = false;  // --model given on the command line: --weights must fit it exactly (not saved)
 
   // Keys missing from a config file keep their defaults (config.json of runs made before an option existed).
-  NLOHMANN_DEFINE_TYPE_INTRUSIVE_WITH_DEFAULT(Config, dataset, csv, images, path_column, ranks, group_rank, train_limit,
+  NLOHMANN_DEFINE_TYPE_INTRUSIVE_WITH_DEFAULT(Config, dataset, csv, images, path_column, ranks, group_rank, train_filter, eval_filter, train_limit,
                                  eval_limit, image_size, workers, model, weights, clusters, cluster_ratio,
                                  cluster_ratio_sweep, clusters_sweep, kmeans_iters, labels_from, cluster_on, caption_column, vocab, zero_shot,
                                  templates, rounds, epochs, batch_size, accumulation, lr,
@@ -140,6 +143,12 @@ inline void add_options(CLI::App& app, Config& c) {
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // later flags override earlier ones
   add_image_options(app, c);
   app.add_option("--group-rank", c.group_rank, "rank whose values get their own table rows (e.g. taxa), plus All");
+  app.add_option("--train-filter", c.train_filter,
+                 "train only on images whose RANK is one of the values (RANK=V1,V2,...) or none of them "
+                 "(RANK!=V1,V2,...); repeatable, all must hold. Selecting reads the images' labels");
+  app.add_option("--eval-filter", c.eval_filter,
+                 "evaluate only images whose RANK is (RANK=V1,...) or is not (RANK!=V1,...) one of the values; "
+                 "repeatable, all must hold (e.g. the classes a pretraining never saw)");
   app.add_option("--train-limit", c.train_limit, "use at most this many training samples (0 = all)")->capture_default_str();
   app.add_option("--eval-limit", c.eval_limit, "use at most this many evaluation samples (0 = all)")->capture_default_str();
   add_model_options(app, c);

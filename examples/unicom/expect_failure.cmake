@@ -32,6 +32,11 @@ elseif(CASE STREQUAL "sweep_bad_value")
   set(_args --cluster-ratio 0.1,abc,0.01)
 elseif(CASE STREQUAL "sweep_with_true_labels")
   set(_args --cluster-ratio 0.1,0.01 --labels-from class)
+elseif(CASE STREQUAL "bad_filter")
+  set(_args --train-filter "class" --train-limit 64 --eval-limit 64)
+elseif(CASE STREQUAL "unknown_filter_value")
+  # A misspelt class would otherwise keep nothing (=) or everything (!=); the error lists the names there are.
+  set(_args --eval-filter "class!=Sandal,Tshirt" --train-limit 64 --eval-limit 64)
 elseif(CASE STREQUAL "device_cuda")
   # The CSV does not exist: failing on the device (not on the CSV) shows the device is checked before any data.
   set(_args --device cuda --dataset csv --csv ${WORK}/absent.csv --rank species=scientificName)

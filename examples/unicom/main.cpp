@@ -155,20 +155,35 @@ void apply_recorded_skips(Datasets& data, const fs::path& run_dir) {
   }
 }
 
-// The rows `limited` keeps (all of them without a limit), in its order.
-std::vector<int64_t> limited_rows(int64_t size, int64_t limit, uint64_t seed) {
-  if (limit <= 0 || limit >= size) {
-    std::vector<int64_t> all(static_cast<size_t>(size));
-    for (int64_t i = 0; i < size; ++i) all[static_cast<size_t>(i)] = i;
-    return all;
+// The rows of `parent` one side uses: `rows` narrowed by every --train/--eval-filter, then at most `limit` of
+// them (a seeded draw; all of them, in order, without a limit).
+template <data::Dataset D>
+std::vector<int64_t> select_rows(const D& parent, std::vector<int64_t> rows, const std::vector<std::string>& filters,
+                                 int64_t limit, uint64_t seed, const char* side) {
+  for (const auto& spec : filters) {
+    rows = data::filter_rows(parent, data::parse_rank_filter(spec), rows);
+    TAXON_CHECK(!rows.empty(), "cli.bad-option", "--", side, "-filter ", spec, " keeps no ", side, " image");
   }
-  return data::train_test_split(size, 1.0 - static_cast<double>(limit) / size, seed).train;
+  if (limit <= 0 || limit >= static_cast<int64_t>(rows.size())) return rows;
+  const auto n = static_cast<int64_t>(rows.size());
+  std::vector<int64_t> kept;
+  for (auto k : data::train_test_split(n, 1.0 - static_cast<double>(limit) / n, seed).train)
+    kept.push_back(rows[static_cast<size_t>(k)]);
+  return kept;
 }
 
+std::vector<int64_t> all_rows(int64_t size) {
+  std::vector<int64_t> all(static_cast<size_t>(size));
+  for (int64_t i = 0; i < size; ++i) all[static_cast<size_t>(i)] = i;
+  return all;
+}
+
+// `parent` itself when every row is kept (no filter, no limit), else the view of the selected rows.
 template <data::Dataset D>
-std::shared_ptr<const Dataset> limited(std::shared_ptr<const D> d, int64_t limit, uint64_t seed) {
-  if (limit <= 0 || limit >= d->size()) return std::make_shared<const Dataset>(d);
-  return std::make_shared<const Dataset>(std::make_shared<const data::Subset<D>>(d, limited_rows(d->size(), limit, seed)));
+std::shared_ptr<const Dataset> selected(std::shared_ptr<const D> parent, std::vector<int64_t> rows) {
+  if (static_cast<int64_t>(rows.size()) == parent->size() && std::is_sorted(rows.begin(), rows.end()))
+    return std::make_shared<const Dataset>(parent);
+  return std::make_shared<const Dataset>(std::make_shared<const data::Subset<D>>(parent, std::move(rows)));
 }
 
 // Rows of `all` to use: every row, or with --dedup the first of each group of rows naming the same file (path) or
@@ -213,8 +228,8 @@ Datasets load_datasets(const unicom::Config& c, const Placement& where) {
   if (c.dataset == "fashion-mnist") {
     auto train = std::make_shared<const data::IdxDataset>(data::IdxDataset::fashion_mnist(true));
     auto test = std::make_shared<const data::IdxDataset>(data::IdxDataset::fashion_mnist(false));
-    out.train = limited(train, c.train_limit, c.seed);
-    out.eval = limited(test, c.eval_limit, c.seed + 1);
+    out.train = selected(train, select_rows(*train, all_rows(train->size()), c.train_filter, c.train_limit, c.seed, "train"));
+    out.eval = selected(test, select_rows(*test, all_rows(test->size()), c.eval_filter, c.eval_limit, c.seed + 1, "eval"));
     const std::vector<double> mean{0.2860, 0.2860, 0.2860}, stdev{0.3530, 0.3530, 0.3530};  // Fashion-MNIST stats
     if (where.cuda()) {  // grey 28x28 -> uint8 RGB [3,size,size]; normalised on the GPU
       out.eval_transform = data::Compose({data::resize(size, size), data::to_chw(3)});
@@ -239,11 +254,11 @@ Datasets load_datasets(const unicom::Config& c, const Placement& where) {
   auto split = data::train_test_split(static_cast<int64_t>(rows.size()), c.eval_fraction, c.seed);
   for (auto* part : {&split.train, &split.test})
     for (auto& k : *part) k = rows[static_cast<size_t>(k)];
-  out.train = limited(std::make_shared<const data::Subset<data::ImageFileDataset>>(all, split.train), c.train_limit, c.seed);
+  const auto train_rows = select_rows(*all, split.train, c.train_filter, c.train_limit, c.seed, "train");
   if (!c.caption_column.empty())
-    for (auto k : limited_rows(static_cast<int64_t>(split.train.size()), c.train_limit, c.seed))
-      out.train_texts.push_back(all->text(split.train[static_cast<size_t>(k)]));
-  out.eval = limited(std::make_shared<const data::Subset<data::ImageFileDataset>>(all, split.test), c.eval_limit, c.seed + 1);
+    for (auto row : train_rows) out.train_texts.push_back(all->text(row));
+  out.train = selected(all, train_rows);
+  out.eval = selected(all, select_rows(*all, split.test, c.eval_filter, c.eval_limit, c.seed + 1, "eval"));
   if (where.cuda()) {  // clip_eval / clip_train with to_chw() in place of normalize(); normalised on the GPU
     out.eval_transform = data::Compose({data::resize_center_crop(size, size), data::to_chw(3)});
     out.train_transform = c.augment ? data::Compose({data::random_resized_crop(size, {0.5, 1.0}),
@@ -401,10 +416,23 @@ void record_cluster_quality(const fs::path& dir, const at::Tensor& labels, const
   cluster::save_cluster_quality(dir, cluster::measure_cluster_quality(labels, known));
 }
 
+// --labels-from ids renumbered 0..K-1 in id order over the classes the training images have, so a --train-filter
+// that keeps some classes gives a head of K classes, not one with rows no image trains. Missing labels stay -1.
+at::Tensor present_classes(std::vector<int64_t> ids) {
+  std::map<int64_t, int64_t> renumber;
+  for (auto id : ids)
+    if (id >= 0) renumber.emplace(id, 0);
+  int64_t next = 0;
+  for (auto& [id, compact] : renumber) compact = next++;
+  for (auto& id : ids)
+    if (id >= 0) id = renumber.at(id);
+  return at::tensor(ids, at::kLong);
+}
+
 // Training labels for one round: a metadata rank (--labels-from) or k-means pseudo-classes on the embeddings.
 at::Tensor round_labels(const fs::path& dir, const at::Tensor& train_embeddings, const Dataset& train,
                         const unicom::Config& c, const Placement& where) {
-  if (!c.labels_from.empty()) return at::tensor(data::rank_labels(train, c.labels_from), at::kLong);
+  if (!c.labels_from.empty()) return present_classes(data::rank_labels(train, c.labels_from));
   if (io::path_exists(dir / "labels.npy")) {  // resumed round
     auto labels = cluster::load_clustering(dir).labels;
     if (!io::path_exists(dir / cluster::ClusterQuality::kFileName)) record_cluster_quality(dir, labels, train);
@@ -666,7 +694,13 @@ int run_single(unicom::Config c, SharedStart* shared = nullptr) {
   for (int64_t i = 0; i < data.eval->size(); ++i) data.eval_rows.push_back(i);
   apply_recorded_skips(data, run_dir);
   if (c.group_rank.empty()) c.group_rank = data.group_rank;
-  log::info("train: ", data.train->size(), " images, eval: ", data.eval->size(), " images");
+  const auto filters = [](const std::vector<std::string>& specs) {
+    std::string out;
+    for (const auto& f : specs) out += (out.empty() ? " (" : ", ") + f;
+    return out.empty() ? out : out + ")";
+  };
+  log::info("train: ", data.train->size(), " images", filters(c.train_filter), ", eval: ", data.eval->size(), " images",
+            filters(c.eval_filter));
   auto model = unicom::load_backbone(c);
   if (where.cuda()) model->to(where.device.device);
   auto text_side = unicom::load_text_side(c);

@@ -966,3 +966,34 @@ TEST_CASE("rank specs: one parser for RANK=COLUMN, RANK=@genus(COLUMN), RANK==VA
   CHECK(rank_values(table, parse_rank_spec("taxa==Fish")) == std::vector<std::string>{"Fish", "Fish"});
   REQUIRE_TAXON_ERROR(rank_values(table, parse_rank_spec("species=species")), "data.missing-column");
 }
+
+TEST_CASE("rank filters: RANK=V1,V2 keeps the listed values, RANK!=V1,V2 the others, unknown names are errors",
+          "[data][filter]") {
+  using namespace taxon::data;
+  CHECK(parse_rank_filter("class=Ankle boot,T-shirt/top") == RankFilter{"class", true, {"Ankle boot", "T-shirt/top"}});
+  CHECK(parse_rank_filter("class!=Bag") == RankFilter{"class", false, {"Bag"}});
+  for (const char* spec : {"class=Ankle boot,T-shirt/top", "class!=Bag", "a=b=c"}) CHECK(to_string(parse_rank_filter(spec)) == spec);
+  for (const char* bad : {"class", "=Bag", "!=Bag", "class=", "class!=", "class=Bag,", "class=,Bag", "class=Bag,,Coat"}) {
+    INFO(bad);
+    REQUIRE_TAXON_ERROR(parse_rank_filter(bad), "data.bad-rank-filter");
+  }
+  // Labels a b c a (missing) b over one rank; rows are kept in the order given.
+  const EmbeddingDataset d(at::zeros({6, 2}), at::tensor(std::vector<int64_t>{0, 1, 2, 0, -1, 1}, at::kLong),
+                           Taxonomy({"class"}, {LabelMap({"a", "b", "c"})}));
+  const std::vector<int64_t> rows{5, 4, 3, 2, 1, 0};
+  CHECK(filter_rows(d, parse_rank_filter("class=a,c"), rows) == std::vector<int64_t>{3, 2, 0});
+  CHECK(filter_rows(d, parse_rank_filter("class!=a,c"), rows) == std::vector<int64_t>{5, 4, 1});  // -1 is neither
+  CHECK(filter_rows(d, parse_rank_filter("class=b"), {0, 2, 3}).empty());
+  REQUIRE_TAXON_ERROR(filter_rows(d, parse_rank_filter("class=a,Tshirt"), rows), "data.unknown-label");
+  REQUIRE_TAXON_ERROR(filter_rows(d, parse_rank_filter("genus=a"), rows), "data.unknown-rank");
+  // Fashion-MNIST's test set: 1,000 images per class, by the names its taxonomy gives.
+  const auto test = IdxDataset::fashion_mnist(false);
+  std::vector<int64_t> all(static_cast<size_t>(test.size()));
+  std::iota(all.begin(), all.end(), 0);
+  const auto seen = filter_rows(test, parse_rank_filter("class=T-shirt/top,Trouser,Pullover,Dress,Coat"), all);
+  const auto unseen = filter_rows(test, parse_rank_filter("class!=T-shirt/top,Trouser,Pullover,Dress,Coat"), all);
+  CHECK(seen.size() == 5000);
+  CHECK(unseen.size() == 5000);
+  for (auto i : unseen) CHECK(test.labels(i)[0] >= 5);
+  CHECK(filter_rows(test, parse_rank_filter("group=footwear"), all).size() == 3000);
+}

@@ -13,6 +13,7 @@
 #include "taxon/data/loader.hpp"
 #include "taxon/data/presets.hpp"
 #include "taxon/data/random.hpp"
+#include "taxon/data/rank_filter.hpp"
 #include "taxon/data/rank_spec.hpp"
 #include "taxon/data/resample.hpp"
 #include "taxon/data/split.hpp"
