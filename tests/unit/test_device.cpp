@@ -345,9 +345,10 @@ TEST_CASE("a checkpoint carrying a CUDA generator state resumes on the CPU, bit-
     states.insert("cuda", at::arange(16, at::kByte));
     const auto out = torch::pickle_save(states);
     taxon::io::write_atomically(rng_file, [&](std::ostream& o) { o.write(out.data(), static_cast<std::streamsize>(out.size())); });
-    // The manifest records each part's size, as the GPU run's save would have.
+    // The manifest records each part's size and CRC-32, as the GPU run's save would have.
     auto manifest = nlohmann::json::parse(taxon::io::read_file(step_dir / "trainer.json"));
     manifest["files"]["rng"]["bytes"] = out.size();
+    manifest["files"]["rng"]["crc32"] = taxon::io::file_crc32(rng_file);
     taxon::io::write_text_atomically(step_dir / "trainer.json", manifest.dump(2));
   }
   taxon::seed_everything(77);

@@ -314,7 +314,7 @@ TEST_CASE("the seeds' label cleaning: padded taxa and blank species give the see
   REQUIRE(table.at("All", "species").num_gallery == 60);
 }
 
-TEST_CASE("Python's whitespace: str.strip() and str.split()[0] on UTF-8 labels", "[eval]") {
+TEST_CASE("Python's whitespace: str.strip() and the first word of str.split() on UTF-8 labels", "[eval]") {
   using taxon::data::genus_of;
   using taxon::data::python_strip;
   REQUIRE(python_strip(" \tFish \r\n") == "Fish");

@@ -131,7 +131,8 @@ inline void write_synthetic_run(const fs::path& dir, bool with_new_files = true)
     if (with_new_files) context["round"] = r;
     taxon::train::MetricsLog log(dir / "metrics.jsonl", 2, context);
     FakeTrainer t;
-    log.on_train_begin(t);
+    // Versions before "round" was recorded did not rewrite the log when a run started at step 0 (a new round).
+    if (with_new_files || r == 0) log.on_train_begin(t);
     for (int64_t s = 1; s <= 40; ++s) {
       taxon::train::StepReport rep;
       rep.epoch = (s - 1) / 20;
