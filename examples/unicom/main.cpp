@@ -77,22 +77,32 @@ constexpr const char* kSkippedFile = "skipped_images.json";
 
 // Leaves `skipped` (positions in the current set, with the loader's message) out of that set from now on, records
 // them by their position in the set as loaded in run_dir/skipped_images.json and says so in the log.
-void drop_skipped(Datasets& data, Split split, const std::vector<std::pair<int64_t, std::string>>& skipped,
-                  const fs::path& run_dir) {
-  if (skipped.empty()) return;
+// Narrows one set (and its positions as loaded, and the training captions) to the images not in `gone`.
+void leave_out(Datasets& data, Split split, const std::set<int64_t>& gone) {
   auto& set = split == Split::train ? data.train : data.eval;
   auto& rows = split == Split::train ? data.train_rows : data.eval_rows;
-  const char* name = split == Split::train ? "train" : "eval";
-  std::set<int64_t> gone;
-  for (const auto& [index, message] : skipped) gone.insert(index);
+  const bool texts = split == Split::train && !data.train_texts.empty();
   std::vector<int64_t> kept, kept_rows;
   std::vector<std::string> kept_texts;
   for (int64_t i = 0; i < set->size(); ++i) {
     if (gone.count(i)) continue;
     kept.push_back(i);
     kept_rows.push_back(rows[static_cast<size_t>(i)]);
-    if (split == Split::train && !data.train_texts.empty()) kept_texts.push_back(data.train_texts[static_cast<size_t>(i)]);
+    if (texts) kept_texts.push_back(data.train_texts[static_cast<size_t>(i)]);
   }
+  set = std::make_shared<const Dataset>(std::make_shared<const data::Subset<Dataset>>(set, kept));
+  rows = std::move(kept_rows);
+  if (texts) data.train_texts = std::move(kept_texts);
+}
+
+void drop_skipped(Datasets& data, Split split, const std::vector<std::pair<int64_t, std::string>>& skipped,
+                  const fs::path& run_dir) {
+  if (skipped.empty()) return;
+  const auto& set = split == Split::train ? data.train : data.eval;
+  const auto& rows = split == Split::train ? data.train_rows : data.eval_rows;
+  const char* name = split == Split::train ? "train" : "eval";
+  std::set<int64_t> gone;
+  for (const auto& [index, message] : skipped) gone.insert(index);
   nlohmann::json record = nlohmann::json::object();
   const fs::path file = run_dir / kSkippedFile;
   if (io::path_exists(file)) {
@@ -108,9 +118,7 @@ void drop_skipped(Datasets& data, Split split, const std::vector<std::pair<int64
   io::write_text_atomically(file, io::dump_json(record, 2));
   log::warn(name, " set: ", skipped.size(), " of ", set->size(), " images are unreadable and left out of embedding, ",
             "labels, clustering and evaluation from now on (all listed in ", file.string(), "):", examples);
-  set = std::make_shared<const Dataset>(std::make_shared<const data::Subset<Dataset>>(set, kept));
-  rows = std::move(kept_rows);
-  if (split == Split::train && !data.train_texts.empty()) data.train_texts = std::move(kept_texts);
+  leave_out(data, split, gone);
 }
 
 // A resumed run leaves out at once the images an earlier attempt found unreadable, so saved labels still line up.
@@ -135,23 +143,11 @@ void apply_recorded_skips(Datasets& data, const fs::path& run_dir) {
                       entry.contains("error") && entry["error"].is_string() ? entry["error"].get<std::string>() : "");
     }
     // Nothing dropped yet in this process: positions as loaded are the current positions.
-    std::vector<std::pair<int64_t, std::string>> list(skipped.begin(), skipped.end());
-    if (list.empty()) continue;
-    auto& set = split == Split::train ? data.train : data.eval;
-    auto& current_rows = split == Split::train ? data.train_rows : data.eval_rows;
+    if (skipped.empty()) continue;
     std::set<int64_t> gone;
-    for (const auto& [index, message] : list) gone.insert(index);
-    std::vector<int64_t> kept;
-    std::vector<std::string> kept_texts;
-    for (int64_t i = 0; i < set->size(); ++i)
-      if (!gone.count(i)) {
-        kept.push_back(i);
-        if (split == Split::train && !data.train_texts.empty()) kept_texts.push_back(data.train_texts[static_cast<size_t>(i)]);
-      }
-    set = std::make_shared<const Dataset>(std::make_shared<const data::Subset<Dataset>>(set, kept));
-    current_rows = kept;
-    if (split == Split::train && !data.train_texts.empty()) data.train_texts = std::move(kept_texts);
-    log::info(name, " set: leaving out the ", list.size(), " unreadable images recorded in ", file.string());
+    for (const auto& [index, message] : skipped) gone.insert(index);
+    leave_out(data, split, gone);
+    log::info(name, " set: leaving out the ", skipped.size(), " unreadable images recorded in ", file.string());
   }
 }
 
