@@ -114,6 +114,8 @@ corrupt_images)
   grep -q "images are unreadable and left out" <<<"$out" || fail "the log does not report the unreadable images"
   [[ $(grep -c '"row"' run/skipped_images.json) -eq 4 ]] || fail "skipped_images.json does not list 4 images"
   for i in 003 011 017 026; do grep -q "img$i.png" run/skipped_images.json || fail "img$i.png not named"; done
+  grep -q '<b>4</b> unreadable images skipped (3 training, 1 evaluation)' run/report.html || fail "the report does not count them"
+  for i in 003 011 017 026; do grep -q "<code>img$i.png</code>" run/report.html || fail "the report does not name img$i.png"; done
   rm run/round-0/done
   out=$("$exe" --resume run 2>&1) || fail "resume failed: $(tail -5 <<<"$out")"
   grep -q "outputs in" <<<"$out" || fail "the resumed run did not finish"

@@ -70,13 +70,15 @@ struct Datasets {
   // Positions in the sets as loaded of the images still used: unreadable ones found while embedding are dropped
   // from train/eval (and recorded in skipped_images.json) so embeddings, labels, clusters and tables line up.
   std::vector<int64_t> train_rows, eval_rows;
+  // The image file of each position as loaded (empty for datasets without files): named in skipped_images.json.
+  std::vector<std::string> train_files, eval_files;
 };
 
 enum class Split { train, eval };
-constexpr const char* kSkippedFile = "skipped_images.json";
+constexpr const char* kSkippedFile = data::SkippedImages::kFileName;
 
-// Leaves `skipped` (positions in the current set, with the loader's message) out of that set from now on, records
-// them by their position in the set as loaded in run_dir/skipped_images.json and says so in the log.
+const char* split_name(Split split) { return split == Split::train ? "train" : "eval"; }
+
 // Narrows one set (and its positions as loaded, and the training captions) to the images not in `gone`.
 void leave_out(Datasets& data, Split split, const std::set<int64_t>& gone) {
   auto& set = split == Split::train ? data.train : data.eval;
@@ -95,59 +97,56 @@ void leave_out(Datasets& data, Split split, const std::set<int64_t>& gone) {
   if (texts) data.train_texts = std::move(kept_texts);
 }
 
+// Leaves `skipped` (positions in the current set, with the loader's message) out of that set from now on, records
+// them (position in the set as loaded, file, the stage that found them) in run_dir/skipped_images.json and says so
+// in the log.
 void drop_skipped(Datasets& data, Split split, const std::vector<std::pair<int64_t, std::string>>& skipped,
-                  const fs::path& run_dir) {
+                  const std::string& stage, const fs::path& run_dir) {
   if (skipped.empty()) return;
   const auto& set = split == Split::train ? data.train : data.eval;
   const auto& rows = split == Split::train ? data.train_rows : data.eval_rows;
-  const char* name = split == Split::train ? "train" : "eval";
+  const auto& files = split == Split::train ? data.train_files : data.eval_files;
+  const char* name = split_name(split);
   std::set<int64_t> gone;
   for (const auto& [index, message] : skipped) gone.insert(index);
-  nlohmann::json record = nlohmann::json::object();
-  const fs::path file = run_dir / kSkippedFile;
-  if (io::path_exists(file)) {
-    const auto parsed = io::parse_json(io::read_file(file));
-    if (parsed && parsed.value.is_object()) record = parsed.value;
-  }
-  if (!record.contains(name) || !record[name].is_array()) record[name] = nlohmann::json::array();
+  auto record = data::SkippedImages::load(run_dir);
   std::string examples;
   for (const auto& [index, message] : skipped) {
-    record[name].push_back({{"row", rows[static_cast<size_t>(index)]}, {"error", message}});
+    const int64_t row = rows[static_cast<size_t>(index)];
+    record.images.push_back({name, row, files.empty() ? std::string() : files[static_cast<size_t>(row)], stage, message});
     if (examples.size() < 400) examples += "\n  " + message;
   }
-  io::write_text_atomically(file, io::dump_json(record, 2));
+  record.save(run_dir);
   log::warn(name, " set: ", skipped.size(), " of ", set->size(), " images are unreadable and left out of embedding, ",
-            "labels, clustering and evaluation from now on (all listed in ", file.string(), "):", examples);
+            "labels, clustering and evaluation from now on (all listed in ", (run_dir / kSkippedFile).string(), "):",
+            examples);
   leave_out(data, split, gone);
 }
 
 // A resumed run leaves out at once the images an earlier attempt found unreadable, so saved labels still line up.
 void apply_recorded_skips(Datasets& data, const fs::path& run_dir) {
   const fs::path file = run_dir / kSkippedFile;
-  if (!io::path_exists(file)) return;
-  const auto parsed = io::parse_json(io::read_file(file));
-  TAXON_CHECK(parsed && parsed.value.is_object(), "cli.bad-resume", file.string(),
-              " is damaged (", parsed ? "not a JSON object" : parsed.error, "); delete it to find the unreadable "
-              "images again, or start over with --restart");
+  data::SkippedImages recorded;
+  try {
+    recorded = data::SkippedImages::load(run_dir);
+  } catch (const taxon::Error& e) {
+    TAXON_FAIL("cli.bad-resume", e.what(), "; delete ", file.string(),
+               " to find the unreadable images again, or start over with --restart");
+  }
   for (const auto split : {Split::train, Split::eval}) {
-    const char* name = split == Split::train ? "train" : "eval";
-    if (!parsed.value.contains(name)) continue;
+    const char* name = split_name(split);
     const auto& rows = split == Split::train ? data.train_rows : data.eval_rows;
-    std::map<int64_t, std::string> skipped;  // by position in the set as loaded
-    for (const auto& entry : parsed.value[name]) {
-      const bool ok = entry.is_object() && entry.contains("row") && entry["row"].is_number_integer() &&
-                      entry["row"].get<int64_t>() >= 0 && entry["row"].get<int64_t>() < static_cast<int64_t>(rows.size());
-      TAXON_CHECK(ok, "cli.bad-resume", file.string(), ": entry ", io::dump_json(entry), " of '", name,
-                  "' is not a row of this run's ", name, " set; delete the file or start over with --restart");
-      skipped.emplace(entry["row"].get<int64_t>(),
-                      entry.contains("error") && entry["error"].is_string() ? entry["error"].get<std::string>() : "");
+    std::set<int64_t> gone;  // positions in the set as loaded; nothing dropped yet in this process, so also current
+    for (const auto& s : recorded.images) {
+      if (s.split != name) continue;
+      TAXON_CHECK(s.row < static_cast<int64_t>(rows.size()), "cli.bad-resume", file.string(), ": row ", s.row,
+                  " of '", name, "' is not a row of this run's ", name, " set (", rows.size(),
+                  " images); delete the file or start over with --restart");
+      gone.insert(s.row);
     }
-    // Nothing dropped yet in this process: positions as loaded are the current positions.
-    if (skipped.empty()) continue;
-    std::set<int64_t> gone;
-    for (const auto& [index, message] : skipped) gone.insert(index);
+    if (gone.empty()) continue;
     leave_out(data, split, gone);
-    log::info(name, " set: leaving out the ", skipped.size(), " unreadable images recorded in ", file.string());
+    log::info(name, " set: leaving out the ", gone.size(), " unreadable images recorded in ", file.string());
   }
 }
 
@@ -253,8 +252,11 @@ Datasets load_datasets(const unicom::Config& c, const Placement& where) {
   const auto train_rows = select_rows(*all, split.train, c.train_filter, c.train_limit, c.seed, "train");
   if (!c.caption_column.empty())
     for (auto row : train_rows) out.train_texts.push_back(all->text(row));
+  const auto eval_rows = select_rows(*all, split.test, c.eval_filter, c.eval_limit, c.seed + 1, "eval");
+  for (auto row : train_rows) out.train_files.push_back(all->path(row).string());
+  for (auto row : eval_rows) out.eval_files.push_back(all->path(row).string());
   out.train = selected(all, train_rows);
-  out.eval = selected(all, select_rows(*all, split.test, c.eval_filter, c.eval_limit, c.seed + 1, "eval"));
+  out.eval = selected(all, eval_rows);
   if (where.cuda()) {  // clip_eval / clip_train with to_chw() in place of normalize(); normalised on the GPU
     out.eval_transform = data::Compose({data::resize_center_crop(size, size), data::to_chw(3)});
     out.train_transform = c.augment ? data::Compose({data::random_resized_crop(size, {0.5, 1.0}),
@@ -318,7 +320,7 @@ at::Tensor embed_all(backbone::VisionTransformer& model, Datasets& data, Split s
     if (e.id() == "backbone.interrupted") throw Interrupted{label};
     throw;
   }
-  drop_skipped(data, split, loader.skipped_samples(), c.run_dir);
+  drop_skipped(data, split, loader.skipped_samples(), label, c.run_dir);
   return embeddings;
 }
 
@@ -334,7 +336,7 @@ at::Tensor pixels(Datasets& data, Split split, const unicom::Config& c, const Pl
     rows.push_back((data.device_transform ? data.device_transform(batch.images) : batch.images).flatten(1));
   }
   TAXON_CHECK(!rows.empty(), "cli.empty-dataset", "pixel features: every image was skipped as missing or unreadable");
-  drop_skipped(data, split, loader.skipped_samples(), c.run_dir);
+  drop_skipped(data, split, loader.skipped_samples(), "pixel features", c.run_dir);
   return at::cat(rows);
 }
 
