@@ -149,6 +149,28 @@ interrupt_embedding)
   [[ $took -lt 5000 ]] || fail "took $took ms to stop"
   echo "stopped $took ms after Ctrl-C"
   ;;
+interrupt_kmeans)
+  # Ctrl-C inside a long faiss k-means (10^6 iterations on pixel features): exit 130 within seconds through faiss's
+  # interrupt callback, no labels saved, the baselines kept; the resumed run (fewer iterations) finishes.
+  args=(--model demo28 --image-size 28 --train-limit 256 --eval-limit 64 --cluster-on pixels --clusters 8
+        --workers 1 --augment false --epochs 1 --batch-size 64 --run-dir run)
+  "$exe" "${args[@]}" --kmeans-iters 1000000 >log 2>&1 &
+  pid=$!
+  for ((i = 0; i < 900; ++i)); do grep -aq "kmeans\[faiss\]: N=" log && break; sleep 0.1; done
+  sleep 0.3
+  kill -INT $pid
+  start=$(date +%s%N)
+  wait $pid; rc=$?
+  took=$(( ($(date +%s%N) - start) / 1000000 ))
+  tail -3 log
+  [[ $rc -eq 130 ]] || fail "exit $rc, expected 130"
+  grep -q "interrupted during round-0 clustering (k-means)" log || fail "not interrupted in k-means"
+  [[ $took -lt 3000 ]] || fail "took $took ms to stop"
+  echo "stopped $took ms after Ctrl-C"
+  [[ ! -e run/round-0/labels.npy && -e run/eval-before.json ]] || fail "labels saved or baselines lost"
+  out=$("$exe" --resume run --kmeans-iters 5 2>&1) || fail "resume failed: $out"
+  grep -q "outputs in" <<<"$out" || fail "resume did not finish"
+  ;;
 *) fail "unknown case $case_" ;;
 esac
 echo "ok: $case_"

@@ -438,14 +438,21 @@ at::Tensor round_labels(const fs::path& dir, const at::Tensor& train_embeddings,
   }
   const bool spherical = c.kmeans_metric != "l2";
   if (!spherical) log::info("k-means: L2 on the features as they are (--kmeans-metric l2, the seeds' faiss.Kmeans)");
-  auto result = cluster::KMeans(cluster::KMeansOptions()
-                                    .k(c.clusters)
-                                    .k_fraction(c.clusters > 0 ? 0.0 : c.cluster_ratio)
-                                    .niter(c.kmeans_iters)
-                                    .spherical(spherical)
-                                    .seed(c.kmeans_seed)
-                                    .device(where.device.device))  // faiss on the CPU, LibTorch on a GPU
-                    .fit(spherical ? l2_normalize_rows(train_embeddings) : train_embeddings);
+  cluster::KMeansResult result;
+  try {
+    result = cluster::KMeans(cluster::KMeansOptions()
+                                 .k(c.clusters)
+                                 .k_fraction(c.clusters > 0 ? 0.0 : c.cluster_ratio)
+                                 .niter(c.kmeans_iters)
+                                 .spherical(spherical)
+                                 .seed(c.kmeans_seed)
+                                 .device(where.device.device)  // faiss on the CPU, LibTorch on a GPU
+                                 .stop_requested([] { return interrupted != 0; }))
+                 .fit(spherical ? l2_normalize_rows(train_embeddings) : train_embeddings);
+  } catch (const taxon::Error& e) {
+    if (e.id() == "cluster.interrupted") throw Interrupted{dir.filename().string() + " clustering (k-means)"};
+    throw;
+  }
   cluster::compact_labels(result);
   cluster::save_clustering(dir, result);
   record_cluster_quality(dir, result.labels, train);
