@@ -414,6 +414,20 @@ void record_cluster_quality(const fs::path& dir, const at::Tensor& labels, const
   cluster::save_cluster_quality(dir, cluster::measure_cluster_quality(labels, known));
 }
 
+// A round clustered before taxon measured purity (no cluster_quality.json): measured now from its saved labels,
+// when they still line up with the training set.
+void backfill_cluster_quality(const fs::path& dir, const at::Tensor& labels, const Dataset& train) {
+  if (io::path_exists(dir / cluster::ClusterQuality::kFileName)) return;
+  if (labels.size(0) != train.size()) {
+    log::warn(dir.string(), ": no ", cluster::ClusterQuality::kFileName, " and its labels.npy has ", labels.size(0),
+              " labels for ", train.size(), " training images; the report shows no purity for this round");
+    return;
+  }
+  record_cluster_quality(dir, labels, train);
+  log::info(dir.string(), ": measured the purity of its saved pseudo-classes (", cluster::ClusterQuality::kFileName,
+            " was missing)");
+}
+
 // --labels-from ids renumbered 0..K-1 in id order over the classes the training images have, so a --train-filter
 // that keeps some classes gives a head of K classes, not one with rows no image trains. Missing labels stay -1.
 at::Tensor present_classes(std::vector<int64_t> ids) {
@@ -433,7 +447,7 @@ at::Tensor round_labels(const fs::path& dir, const at::Tensor& train_embeddings,
   if (!c.labels_from.empty()) return present_classes(data::rank_labels(train, c.labels_from));
   if (io::path_exists(dir / "labels.npy")) {  // resumed round
     auto labels = cluster::load_clustering(dir).labels;
-    if (!io::path_exists(dir / cluster::ClusterQuality::kFileName)) record_cluster_quality(dir, labels, train);
+    backfill_cluster_quality(dir, labels, train);
     return labels;
   }
   const bool spherical = c.kmeans_metric != "l2";
@@ -746,6 +760,8 @@ int run_single(unicom::Config c, SharedStart* shared = nullptr) {
   for (int round = 0; round < c.rounds; ++round) {
     const fs::path dir = run_dir / ("round-" + std::to_string(round));
     if (io::path_exists(dir / "done")) {  // finished earlier: continue from its weights
+      if (c.labels_from.empty() && io::path_exists(dir / "labels.npy"))
+        backfill_cluster_quality(dir, cluster::load_clustering(dir).labels, *data.train);
       model = backbone::load_checkpoint(dir / "model.safetensors");
       if (where.cuda()) model->to(where.device.device);
       continue;

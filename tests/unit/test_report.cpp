@@ -451,6 +451,7 @@ TEST_CASE("report.html of an old run, an empty directory and broken files degrad
   CHECK(section_of(old_html, "timing").find("Not recorded in this run") != std::string::npos);
   CHECK(section_of(old_html, "timing").find("logged training steps alone took") != std::string::npos);
   CHECK(section_of(old_html, "clusters").find("Not recorded in this run") != std::string::npos);  // purity
+  CHECK(section_of(old_html, "clusters").find("--resume") != std::string::npos);  // and how to get it
   CHECK(chart_marks(old_html, "cluster-sizes") > 0);  // sizes come from labels.npy
   CHECK(section_of(old_html, "training").find(">round 1<") != std::string::npos);  // inferred from the step reset
   CHECK(old_html.find("class=\"status finished\"") != std::string::npos);  // retrieval.json has "after"

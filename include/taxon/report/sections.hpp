@@ -622,7 +622,9 @@ inline Section clusters_section(const RunRecord& run) {
     charts += figure(hist);
   }
   if (measured.empty()) {
-    purity = "<h3>Purity against known ranks</h3>" + not_recorded("no round-N/cluster_quality.json (made before taxon measured it)");
+    purity = "<h3>Purity against known ranks</h3>" +
+             not_recorded("no round-N/cluster_quality.json (a run made before taxon measured it); `taxon-unicom --resume " +
+                          run.dir.string() + "` measures it from the saved labels.npy and the training images' ranks");
   } else {
     Table t;
     t.header_rows = {{{"round", 1}, {"rank", 1}, {"labelled images", 1, true}, {"classes", 1, true}, {"pseudo-classes", 1, true},
@@ -649,7 +651,13 @@ inline Section clusters_section(const RunRecord& run) {
     t.caption = "NMI: mutual information of clusters and classes over their mean entropy. AMI: the same, corrected for the "
                 "agreement random clusters of these sizes would reach by chance (0 = chance, negative = worse). Purity: share "
                 "of images whose cluster's most common class is theirs (rises with the number of clusters).";
+    std::string unmeasured;  // rounds with pseudo-labels but no purity record
+    for (const auto* r : clustered)
+      if (!r->quality) unmeasured += (unmeasured.empty() ? "" : ", ") + std::to_string(r->index);
     purity = "<h3>Purity against known ranks</h3>" + t.html();
+    if (!unmeasured.empty())
+      purity += "<p class=\"missing\">Round(s) " + escape(unmeasured) + ": no cluster_quality.json; `taxon-unicom --resume " +
+                escape(run.dir.string()) + "` measures it from the saved labels.</p>";
     charts += figure(chart);
   }
   s.html = h + purity + "<div class=\"charts\">" + charts + "</div>";
