@@ -151,9 +151,8 @@ interrupt_embedding)
   ;;
 interrupt_kmeans)
   # Ctrl-C inside a long faiss k-means (10^6 iterations on pixel features): exit 130 within seconds through faiss's
-  # interrupt callback, no labels saved, the baselines kept; the resumed run (fewer iterations) finishes. Then a
-  # round without cluster_quality.json (runs made before it existed) gets it on --resume, and the report its chart.
-  args=(--model demo28 --image-size 28 --train-limit 256 --eval-limit 64 --cluster-on pixels --clusters 8
+  # interrupt callback, no labels saved, the baselines kept; the resumed run (fewer iterations) finishes.
+  args=(--model demo28 --image-size 28 --train-limit 128 --eval-limit 64 --cluster-on pixels --clusters 8
         --workers 1 --augment false --epochs 1 --batch-size 64 --run-dir run)
   "$exe" "${args[@]}" --kmeans-iters 1000000 >log 2>&1 &
   pid=$!
@@ -171,12 +170,6 @@ interrupt_kmeans)
   [[ ! -e run/round-0/labels.npy && -e run/eval-before.json ]] || fail "labels saved or baselines lost"
   out=$("$exe" --resume run --kmeans-iters 5 2>&1) || fail "resume failed: $out"
   grep -q "outputs in" <<<"$out" || fail "resume did not finish"
-  [[ -e run/round-0/cluster_quality.json ]] || fail "no cluster_quality.json"
-  rm run/round-0/cluster_quality.json
-  out=$("$exe" --resume run 2>&1) || fail "second resume failed: $out"
-  grep -q "measured the purity of its saved pseudo-classes" <<<"$out" || fail "purity not measured on resume"
-  [[ -e run/round-0/cluster_quality.json ]] || fail "cluster_quality.json not written on resume"
-  grep -q 'id="cluster-purity"' run/report.html || fail "the report has no purity chart"
   ;;
 *) fail "unknown case $case_" ;;
 esac
