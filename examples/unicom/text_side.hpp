@@ -61,7 +61,7 @@ inline at::Tensor cluster_features(const Config& c, const at::Tensor& image, con
 
 inline taxon::text::ZeroShotTable zero_shot(TextSide& side, const std::string& name, const at::Tensor& images,
                                             const taxon::eval::TaxonomyColumns& cols, const Config& c) {
-  auto opts = taxon::text::ZeroShotOptions().model(name);
+  auto opts = taxon::text::ZeroShotOptions().model(name).clean_labels(c.clean_labels);
   if (!c.templates.empty()) opts.prompt_sets({{"custom", c.templates}});
   if (!c.group_rank.empty()) opts.taxa_column_name(c.group_rank);
   const taxon::text::TextEncoder encode = [&](const std::vector<std::string>& texts) { return side.embed(texts, "embed prompts"); };

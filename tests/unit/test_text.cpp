@@ -381,4 +381,23 @@ TEST_CASE("zero-shot: prompts, taxonomic strings, template averaging and per-ran
   CHECK(table.to_csv().find("m,clip,Bird,species,66.67%,100.00%,3,2") != std::string::npos);
   REQUIRE_TAXON_ERROR(evaluate_zero_shot(images.narrow(0, 0, 5), cols, encode), "text.bad-input");
   REQUIRE_TAXON_ERROR(evaluate_zero_shot(images.narrow(1, 0, 8), cols, encode), "text.dim-mismatch");
+
+  // The seeds' label cleaning, as the taxonomy table does it: a row with a blank species is not a query at any
+  // rank, and " Bird " is the Bird group (without cleaning: one more family query and a group of its own).
+  auto messy = cols;
+  messy.taxa.push_back(" Bird ");
+  messy.taxa.push_back("Fish");
+  for (auto& [rank, labels] : messy.ranks) labels.push_back(rank == "species" ? "Corvus corax" : rank == "genus" ? "Corvus" : "Corvidae");
+  for (auto& [rank, labels] : messy.ranks) labels.push_back(rank == "family" ? "Cyprinidae" : "");
+  const at::Tensor messy_images = encode({looks[0], looks[1], looks[2], looks[3], looks[4], looks[5], "Corvus corax", "Danio rerio"});
+  const auto zs = ZeroShotOptions().model("m").prompt_sets({{"clip", {"{}"}}});
+  const auto cleaned = evaluate_zero_shot(messy_images, messy, encode, zs);
+  CHECK(cleaned.at("clip", "Bird", "species").num_queries == 4);
+  CHECK(cleaned.at("clip", "All", "family").num_queries == 6);
+  CHECK(cleaned.at("clip", "All", "taxa").num_queries == 7);
+  REQUIRE_TAXON_ERROR(cleaned.at("clip", " Bird ", "species"), "text.no-such-row");
+  const auto raw = evaluate_zero_shot(messy_images, messy, encode, ZeroShotOptions(zs).clean_labels(false));
+  CHECK(raw.at("clip", "Bird", "species").num_queries == 3);
+  CHECK(raw.at("clip", " Bird ", "species").num_queries == 1);
+  CHECK(raw.at("clip", "All", "family").num_queries == 7);
 }
