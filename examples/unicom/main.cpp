@@ -728,7 +728,12 @@ int run_single(unicom::Config c, SharedStart* shared = nullptr) {
   if (unicom::needs_text(c)) {
     TAXON_CHECK(c.dataset == "csv" && !c.caption_column.empty(), "cli.missing-option", "--cluster-on ", c.cluster_on,
                 " needs --dataset csv with --caption-column COLUMN");
-    caption_features = text_side.embed(data.train_texts, "embed captions");
+    try {
+      caption_features = text_side.embed(data.train_texts, "embed captions", [] { return interrupted != 0; });
+    } catch (const taxon::Error& e) {
+      if (e.id() == "text.interrupted") throw Interrupted{"embed captions"};
+      throw;
+    }
     caption_rows = data.train_rows;
     log::info("clustering on ", c.cluster_on, " of image and caption features (", caption_features.size(1), "-d text)");
   }

@@ -7,6 +7,7 @@
 #include <taxon/text/text.hpp>
 
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -21,8 +22,11 @@ struct TextSide {
   at::Tensor logit_scale;
   bool ready() const { return !tower.is_empty() && tokenizer.has_value(); }
 
-  at::Tensor embed(const std::vector<std::string>& texts, const std::string& label) {
-    return taxon::embed_text(tower, *tokenizer, texts, taxon::TextEmbedOptions().show_progress(texts.size() > 256).label(label));
+  // `stop_requested`: asked before every batch (Ctrl-C); a stop is text.interrupted.
+  at::Tensor embed(const std::vector<std::string>& texts, const std::string& label,
+                   std::function<bool()> stop_requested = {}) {
+    return taxon::embed_text(tower, *tokenizer, texts, taxon::TextEmbedOptions().show_progress(texts.size() > 256).label(label)
+                                                           .stop_requested(std::move(stop_requested)));
   }
 };
 

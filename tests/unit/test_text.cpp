@@ -227,6 +227,15 @@ TEST_CASE("text tower goldens: features of upstream's CLIP.encode_text within 1e
   for (const auto& c : g["cases"]) texts.push_back(c["text"]);
   const auto embedded = taxon::embed_text(tower, tokenizer, texts, taxon::TextEmbedOptions().batch_size(5));
   REQUIRE_TENSORS_CLOSE(embedded, expected, 1e-5, 1e-5 * expected.abs().max().item<double>());
+  // A stop request (Ctrl-C) ends it before the next batch, with the tower's mode as it was.
+  int asked = 0;
+  tower->train();
+  REQUIRE_TAXON_ERROR(taxon::embed_text(tower, tokenizer, texts, taxon::TextEmbedOptions().batch_size(1)
+                                                                   .stop_requested([&] { return ++asked == 2; })),
+                      "text.interrupted");
+  CHECK(asked == 2);
+  CHECK(tower->is_training());
+  tower->eval();
   // logit_scale kept as stored.
   CHECK(taxon::text::clip_detail::logit_scale_of(dict).item<double>() ==
         Approx(g["logit_scale"].get<double>()).epsilon(1e-6));
