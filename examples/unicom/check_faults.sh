@@ -168,6 +168,8 @@ interrupt_kmeans)
   [[ $took -lt 3000 ]] || fail "took $took ms to stop"
   echo "stopped $took ms after Ctrl-C"
   [[ ! -e run/round-0/labels.npy && -e run/eval-before.json ]] || fail "labels saved or baselines lost"
+  grep -q '"status": "interrupted"' run/timings.json || fail "timings.json does not say interrupted"
+  grep -q 'class="status interrupted"' run/report.html || fail "the report does not say interrupted"
   out=$("$exe" --resume run --kmeans-iters 5 2>&1) || fail "resume failed: $out"
   grep -q "outputs in" <<<"$out" || fail "resume did not finish"
   ;;

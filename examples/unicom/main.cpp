@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <csignal>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -50,6 +51,23 @@ struct Interrupted {
 void stop_if_interrupted(const std::string& stage) {
   if (interrupted) throw Interrupted{stage};
 }
+
+// While alive, an Interrupted leaving the run closes the stage it stopped in timings.json and marks the run
+// "interrupted" there and in the report (else both would say "running" until the next resume).
+class MarkInterruptedRun {
+ public:
+  explicit MarkInterruptedRun(taxon::report::RunRecorder& recorder)
+      : recorder_(recorder), exceptions_(std::uncaught_exceptions()) {}
+  ~MarkInterruptedRun() {
+    if (interrupted && std::uncaught_exceptions() > exceptions_) recorder_.end("interrupted");
+  }
+  MarkInterruptedRun(const MarkInterruptedRun&) = delete;
+  MarkInterruptedRun& operator=(const MarkInterruptedRun&) = delete;
+
+ private:
+  taxon::report::RunRecorder& recorder_;
+  int exceptions_;
+};
 
 // Where the run computes, resolved once from --device and --amp before anything is loaded.
 struct Placement {
@@ -706,6 +724,7 @@ int run_single(unicom::Config c, SharedStart* shared = nullptr) {
   io::write_text_atomically(run_dir / "config.json", io::dump_json(config, 2));
   std::signal(SIGINT, on_sigint);
   taxon::report::RunRecorder recorder(run_dir, "load data and model");  // timings.json + report.html at each stage
+  MarkInterruptedRun mark_interrupted(recorder);
 
   auto data = load_datasets(c, where);
   check_not_empty(data, c);
