@@ -270,7 +270,7 @@ struct OtherInterruptCallback final : faiss::InterruptCallback {
   bool want_interrupt() override { return false; }
 };
 
-TEST_CASE("a stop request ends k-means between iterations on both backends; faiss's callback is restored", "[cluster]") {
+TEST_CASE("a stop request ends k-means between iterations on both backends and restores faiss's callback", "[cluster]") {
   at::Tensor truth;
   auto x = blobs(40, 4, 8, 1.0, 11, &truth);
   {
