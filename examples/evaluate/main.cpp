@@ -197,7 +197,8 @@ int main(int argc, char** argv) {
       io::write_text_atomically(std::filesystem::path(out).replace_extension(".json"), io::dump_json(summary, 2) + "\n");
     }
     if (zero_shot) {
-      const auto zs_table = taxon_eval::run_zero_shot(*clip, embeddings, columns, model, group_column, zs);
+      zs.clean_labels = clean_labels;
+      const auto zs_table = taxon_eval::run_zero_shot(*clip, embeddings, columns, model, zs);
       std::cout << "\nzero-shot (" << zs.weights << "):\n" << zs_table.to_csv();
       if (!zs.out.empty()) {
         zs_table.write_csv(zs.out);

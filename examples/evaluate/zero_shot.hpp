@@ -19,6 +19,7 @@ struct ZeroShotArgs {
   std::vector<std::string> templates;
   int64_t batch_size = 64;
   int workers = 2;
+  bool clean_labels = true;  // --clean-labels, shared with the seeds' table
 };
 
 // Image embeddings of the CSV's rows, in row order (a missing image file is an error: rows must stay aligned).
@@ -39,13 +40,13 @@ inline at::Tensor embed_csv_images(taxon::backbone::VisionTransformer& visual, c
 
 inline taxon::text::ZeroShotTable run_zero_shot(taxon::text::ClipModel& clip, const at::Tensor& images,
                                                 const taxon::eval::TaxonomyColumns& columns, const std::string& model,
-                                                const std::string& group_column, const ZeroShotArgs& a) {
+                                                const ZeroShotArgs& a) {
   using namespace taxon;
   TAXON_CHECK(clip.has_text(), "cli.no-text-tower", "--zero-shot: ", a.weights, " has no text tower");
   const auto tokenizer = text::Tokenizer::from_file(text::find_vocab(a.vocab, a.weights));
-  auto opts = text::ZeroShotOptions().model(model);
+  // The All row and the label cleaning as in the seeds' table above it: the group column is classified as `taxa`.
+  auto opts = text::ZeroShotOptions().model(model).clean_labels(a.clean_labels);
   if (!a.templates.empty()) opts.prompt_sets({{"custom", a.templates}});
-  if (!group_column.empty()) opts.taxa_column_name(group_column);
   const text::TextEncoder encode = [&](const std::vector<std::string>& texts) {
     return embed_text(clip.text, tokenizer, texts);
   };

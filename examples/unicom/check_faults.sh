@@ -114,6 +114,8 @@ corrupt_images)
   grep -q "images are unreadable and left out" <<<"$out" || fail "the log does not report the unreadable images"
   [[ $(grep -c '"row"' run/skipped_images.json) -eq 4 ]] || fail "skipped_images.json does not list 4 images"
   for i in 003 011 017 026; do grep -q "img$i.png" run/skipped_images.json || fail "img$i.png not named"; done
+  grep -q '<b>4</b> unreadable images skipped (3 training, 1 evaluation)' run/report.html || fail "the report does not count them"
+  for i in 003 011 017 026; do grep -q "<code>img$i.png</code>" run/report.html || fail "the report does not name img$i.png"; done
   rm run/round-0/done
   out=$("$exe" --resume run 2>&1) || fail "resume failed: $(tail -5 <<<"$out")"
   grep -q "outputs in" <<<"$out" || fail "the resumed run did not finish"
@@ -146,6 +148,30 @@ interrupt_embedding)
   grep -q "interrupted during embed eval" log || fail "not interrupted in the embedding"
   [[ $took -lt 5000 ]] || fail "took $took ms to stop"
   echo "stopped $took ms after Ctrl-C"
+  ;;
+interrupt_kmeans)
+  # Ctrl-C inside a long faiss k-means (10^6 iterations on pixel features): exit 130 within seconds through faiss's
+  # interrupt callback, no labels saved, the baselines kept; the resumed run (fewer iterations) finishes.
+  args=(--model demo28 --image-size 28 --train-limit 128 --eval-limit 64 --cluster-on pixels --clusters 8
+        --workers 1 --augment false --epochs 1 --batch-size 64 --run-dir run)
+  "$exe" "${args[@]}" --kmeans-iters 1000000 >log 2>&1 &
+  pid=$!
+  for ((i = 0; i < 900; ++i)); do grep -aq "kmeans\[faiss\]: N=" log && break; sleep 0.1; done
+  sleep 0.3
+  kill -INT $pid
+  start=$(date +%s%N)
+  wait $pid; rc=$?
+  took=$(( ($(date +%s%N) - start) / 1000000 ))
+  tail -3 log
+  [[ $rc -eq 130 ]] || fail "exit $rc, expected 130"
+  grep -q "interrupted during round-0 clustering (k-means)" log || fail "not interrupted in k-means"
+  [[ $took -lt 3000 ]] || fail "took $took ms to stop"
+  echo "stopped $took ms after Ctrl-C"
+  [[ ! -e run/round-0/labels.npy && -e run/eval-before.json ]] || fail "labels saved or baselines lost"
+  grep -q '"status": "interrupted"' run/timings.json || fail "timings.json does not say interrupted"
+  grep -q 'class="status interrupted"' run/report.html || fail "the report does not say interrupted"
+  out=$("$exe" --resume run --kmeans-iters 5 2>&1) || fail "resume failed: $out"
+  grep -q "outputs in" <<<"$out" || fail "resume did not finish"
   ;;
 *) fail "unknown case $case_" ;;
 esac

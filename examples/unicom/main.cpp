@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <csignal>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -51,6 +52,23 @@ void stop_if_interrupted(const std::string& stage) {
   if (interrupted) throw Interrupted{stage};
 }
 
+// While alive, an Interrupted leaving the run closes the stage it stopped in timings.json and marks the run
+// "interrupted" there and in the report (else both would say "running" until the next resume).
+class MarkInterruptedRun {
+ public:
+  explicit MarkInterruptedRun(taxon::report::RunRecorder& recorder)
+      : recorder_(recorder), exceptions_(std::uncaught_exceptions()) {}
+  ~MarkInterruptedRun() {
+    if (interrupted && std::uncaught_exceptions() > exceptions_) recorder_.end("interrupted");
+  }
+  MarkInterruptedRun(const MarkInterruptedRun&) = delete;
+  MarkInterruptedRun& operator=(const MarkInterruptedRun&) = delete;
+
+ private:
+  taxon::report::RunRecorder& recorder_;
+  int exceptions_;
+};
+
 // Where the run computes, resolved once from --device and --amp before anything is loaded.
 struct Placement {
   DeviceChoice device;
@@ -70,13 +88,15 @@ struct Datasets {
   // Positions in the sets as loaded of the images still used: unreadable ones found while embedding are dropped
   // from train/eval (and recorded in skipped_images.json) so embeddings, labels, clusters and tables line up.
   std::vector<int64_t> train_rows, eval_rows;
+  // The image file of each position as loaded (empty for datasets without files): named in skipped_images.json.
+  std::vector<std::string> train_files, eval_files;
 };
 
 enum class Split { train, eval };
-constexpr const char* kSkippedFile = "skipped_images.json";
+constexpr const char* kSkippedFile = data::SkippedImages::kFileName;
 
-// Leaves `skipped` (positions in the current set, with the loader's message) out of that set from now on, records
-// them by their position in the set as loaded in run_dir/skipped_images.json and says so in the log.
+const char* split_name(Split split) { return split == Split::train ? "train" : "eval"; }
+
 // Narrows one set (and its positions as loaded, and the training captions) to the images not in `gone`.
 void leave_out(Datasets& data, Split split, const std::set<int64_t>& gone) {
   auto& set = split == Split::train ? data.train : data.eval;
@@ -95,59 +115,56 @@ void leave_out(Datasets& data, Split split, const std::set<int64_t>& gone) {
   if (texts) data.train_texts = std::move(kept_texts);
 }
 
+// Leaves `skipped` (positions in the current set, with the loader's message) out of that set from now on, records
+// them (position in the set as loaded, file, the stage that found them) in run_dir/skipped_images.json and says so
+// in the log.
 void drop_skipped(Datasets& data, Split split, const std::vector<std::pair<int64_t, std::string>>& skipped,
-                  const fs::path& run_dir) {
+                  const std::string& stage, const fs::path& run_dir) {
   if (skipped.empty()) return;
   const auto& set = split == Split::train ? data.train : data.eval;
   const auto& rows = split == Split::train ? data.train_rows : data.eval_rows;
-  const char* name = split == Split::train ? "train" : "eval";
+  const auto& files = split == Split::train ? data.train_files : data.eval_files;
+  const char* name = split_name(split);
   std::set<int64_t> gone;
   for (const auto& [index, message] : skipped) gone.insert(index);
-  nlohmann::json record = nlohmann::json::object();
-  const fs::path file = run_dir / kSkippedFile;
-  if (io::path_exists(file)) {
-    const auto parsed = io::parse_json(io::read_file(file));
-    if (parsed && parsed.value.is_object()) record = parsed.value;
-  }
-  if (!record.contains(name) || !record[name].is_array()) record[name] = nlohmann::json::array();
+  auto record = data::SkippedImages::load(run_dir);
   std::string examples;
   for (const auto& [index, message] : skipped) {
-    record[name].push_back({{"row", rows[static_cast<size_t>(index)]}, {"error", message}});
+    const int64_t row = rows[static_cast<size_t>(index)];
+    record.images.push_back({name, row, files.empty() ? std::string() : files[static_cast<size_t>(row)], stage, message});
     if (examples.size() < 400) examples += "\n  " + message;
   }
-  io::write_text_atomically(file, io::dump_json(record, 2));
+  record.save(run_dir);
   log::warn(name, " set: ", skipped.size(), " of ", set->size(), " images are unreadable and left out of embedding, ",
-            "labels, clustering and evaluation from now on (all listed in ", file.string(), "):", examples);
+            "labels, clustering and evaluation from now on (all listed in ", (run_dir / kSkippedFile).string(), "):",
+            examples);
   leave_out(data, split, gone);
 }
 
 // A resumed run leaves out at once the images an earlier attempt found unreadable, so saved labels still line up.
 void apply_recorded_skips(Datasets& data, const fs::path& run_dir) {
   const fs::path file = run_dir / kSkippedFile;
-  if (!io::path_exists(file)) return;
-  const auto parsed = io::parse_json(io::read_file(file));
-  TAXON_CHECK(parsed && parsed.value.is_object(), "cli.bad-resume", file.string(),
-              " is damaged (", parsed ? "not a JSON object" : parsed.error, "); delete it to find the unreadable "
-              "images again, or start over with --restart");
+  data::SkippedImages recorded;
+  try {
+    recorded = data::SkippedImages::load(run_dir);
+  } catch (const taxon::Error& e) {
+    TAXON_FAIL("cli.bad-resume", e.what(), "; delete ", file.string(),
+               " to find the unreadable images again, or start over with --restart");
+  }
   for (const auto split : {Split::train, Split::eval}) {
-    const char* name = split == Split::train ? "train" : "eval";
-    if (!parsed.value.contains(name)) continue;
+    const char* name = split_name(split);
     const auto& rows = split == Split::train ? data.train_rows : data.eval_rows;
-    std::map<int64_t, std::string> skipped;  // by position in the set as loaded
-    for (const auto& entry : parsed.value[name]) {
-      const bool ok = entry.is_object() && entry.contains("row") && entry["row"].is_number_integer() &&
-                      entry["row"].get<int64_t>() >= 0 && entry["row"].get<int64_t>() < static_cast<int64_t>(rows.size());
-      TAXON_CHECK(ok, "cli.bad-resume", file.string(), ": entry ", io::dump_json(entry), " of '", name,
-                  "' is not a row of this run's ", name, " set; delete the file or start over with --restart");
-      skipped.emplace(entry["row"].get<int64_t>(),
-                      entry.contains("error") && entry["error"].is_string() ? entry["error"].get<std::string>() : "");
+    std::set<int64_t> gone;  // positions in the set as loaded; nothing dropped yet in this process, so also current
+    for (const auto& s : recorded.images) {
+      if (s.split != name) continue;
+      TAXON_CHECK(s.row < static_cast<int64_t>(rows.size()), "cli.bad-resume", file.string(), ": row ", s.row,
+                  " of '", name, "' is not a row of this run's ", name, " set (", rows.size(),
+                  " images); delete the file or start over with --restart");
+      gone.insert(s.row);
     }
-    // Nothing dropped yet in this process: positions as loaded are the current positions.
-    if (skipped.empty()) continue;
-    std::set<int64_t> gone;
-    for (const auto& [index, message] : skipped) gone.insert(index);
+    if (gone.empty()) continue;
     leave_out(data, split, gone);
-    log::info(name, " set: leaving out the ", skipped.size(), " unreadable images recorded in ", file.string());
+    log::info(name, " set: leaving out the ", gone.size(), " unreadable images recorded in ", file.string());
   }
 }
 
@@ -253,8 +270,11 @@ Datasets load_datasets(const unicom::Config& c, const Placement& where) {
   const auto train_rows = select_rows(*all, split.train, c.train_filter, c.train_limit, c.seed, "train");
   if (!c.caption_column.empty())
     for (auto row : train_rows) out.train_texts.push_back(all->text(row));
+  const auto eval_rows = select_rows(*all, split.test, c.eval_filter, c.eval_limit, c.seed + 1, "eval");
+  for (auto row : train_rows) out.train_files.push_back(all->path(row).string());
+  for (auto row : eval_rows) out.eval_files.push_back(all->path(row).string());
   out.train = selected(all, train_rows);
-  out.eval = selected(all, select_rows(*all, split.test, c.eval_filter, c.eval_limit, c.seed + 1, "eval"));
+  out.eval = selected(all, eval_rows);
   if (where.cuda()) {  // clip_eval / clip_train with to_chw() in place of normalize(); normalised on the GPU
     out.eval_transform = data::Compose({data::resize_center_crop(size, size), data::to_chw(3)});
     out.train_transform = c.augment ? data::Compose({data::random_resized_crop(size, {0.5, 1.0}),
@@ -318,7 +338,7 @@ at::Tensor embed_all(backbone::VisionTransformer& model, Datasets& data, Split s
     if (e.id() == "backbone.interrupted") throw Interrupted{label};
     throw;
   }
-  drop_skipped(data, split, loader.skipped_samples(), c.run_dir);
+  drop_skipped(data, split, loader.skipped_samples(), label, c.run_dir);
   return embeddings;
 }
 
@@ -334,7 +354,7 @@ at::Tensor pixels(Datasets& data, Split split, const unicom::Config& c, const Pl
     rows.push_back((data.device_transform ? data.device_transform(batch.images) : batch.images).flatten(1));
   }
   TAXON_CHECK(!rows.empty(), "cli.empty-dataset", "pixel features: every image was skipped as missing or unreadable");
-  drop_skipped(data, split, loader.skipped_samples(), c.run_dir);
+  drop_skipped(data, split, loader.skipped_samples(), "pixel features", c.run_dir);
   return at::cat(rows);
 }
 
@@ -412,6 +432,20 @@ void record_cluster_quality(const fs::path& dir, const at::Tensor& labels, const
   cluster::save_cluster_quality(dir, cluster::measure_cluster_quality(labels, known));
 }
 
+// A round clustered before taxon measured purity (no cluster_quality.json): measured now from its saved labels,
+// when they still line up with the training set.
+void backfill_cluster_quality(const fs::path& dir, const at::Tensor& labels, const Dataset& train) {
+  if (io::path_exists(dir / cluster::ClusterQuality::kFileName)) return;
+  if (labels.size(0) != train.size()) {
+    log::warn(dir.string(), ": no ", cluster::ClusterQuality::kFileName, " and its labels.npy has ", labels.size(0),
+              " labels for ", train.size(), " training images; the report shows no purity for this round");
+    return;
+  }
+  record_cluster_quality(dir, labels, train);
+  log::info(dir.string(), ": measured the purity of its saved pseudo-classes (", cluster::ClusterQuality::kFileName,
+            " was missing)");
+}
+
 // --labels-from ids renumbered 0..K-1 in id order over the classes the training images have, so a --train-filter
 // that keeps some classes gives a head of K classes, not one with rows no image trains. Missing labels stay -1.
 at::Tensor present_classes(std::vector<int64_t> ids) {
@@ -431,19 +465,26 @@ at::Tensor round_labels(const fs::path& dir, const at::Tensor& train_embeddings,
   if (!c.labels_from.empty()) return present_classes(data::rank_labels(train, c.labels_from));
   if (io::path_exists(dir / "labels.npy")) {  // resumed round
     auto labels = cluster::load_clustering(dir).labels;
-    if (!io::path_exists(dir / cluster::ClusterQuality::kFileName)) record_cluster_quality(dir, labels, train);
+    backfill_cluster_quality(dir, labels, train);
     return labels;
   }
   const bool spherical = c.kmeans_metric != "l2";
   if (!spherical) log::info("k-means: L2 on the features as they are (--kmeans-metric l2, the seeds' faiss.Kmeans)");
-  auto result = cluster::KMeans(cluster::KMeansOptions()
-                                    .k(c.clusters)
-                                    .k_fraction(c.clusters > 0 ? 0.0 : c.cluster_ratio)
-                                    .niter(c.kmeans_iters)
-                                    .spherical(spherical)
-                                    .seed(c.kmeans_seed)
-                                    .device(where.device.device))  // faiss on the CPU, LibTorch on a GPU
-                    .fit(spherical ? l2_normalize_rows(train_embeddings) : train_embeddings);
+  cluster::KMeansResult result;
+  try {
+    result = cluster::KMeans(cluster::KMeansOptions()
+                                 .k(c.clusters)
+                                 .k_fraction(c.clusters > 0 ? 0.0 : c.cluster_ratio)
+                                 .niter(c.kmeans_iters)
+                                 .spherical(spherical)
+                                 .seed(c.kmeans_seed)
+                                 .device(where.device.device)  // faiss on the CPU, LibTorch on a GPU
+                                 .stop_requested([] { return interrupted != 0; }))
+                 .fit(spherical ? l2_normalize_rows(train_embeddings) : train_embeddings);
+  } catch (const taxon::Error& e) {
+    if (e.id() == "cluster.interrupted") throw Interrupted{dir.filename().string() + " clustering (k-means)"};
+    throw;
+  }
   cluster::compact_labels(result);
   cluster::save_clustering(dir, result);
   record_cluster_quality(dir, result.labels, train);
@@ -683,6 +724,7 @@ int run_single(unicom::Config c, SharedStart* shared = nullptr) {
   io::write_text_atomically(run_dir / "config.json", io::dump_json(config, 2));
   std::signal(SIGINT, on_sigint);
   taxon::report::RunRecorder recorder(run_dir, "load data and model");  // timings.json + report.html at each stage
+  MarkInterruptedRun mark_interrupted(recorder);
 
   auto data = load_datasets(c, where);
   check_not_empty(data, c);
@@ -705,7 +747,12 @@ int run_single(unicom::Config c, SharedStart* shared = nullptr) {
   if (unicom::needs_text(c)) {
     TAXON_CHECK(c.dataset == "csv" && !c.caption_column.empty(), "cli.missing-option", "--cluster-on ", c.cluster_on,
                 " needs --dataset csv with --caption-column COLUMN");
-    caption_features = text_side.embed(data.train_texts, "embed captions");
+    try {
+      caption_features = text_side.embed(data.train_texts, "embed captions", [] { return interrupted != 0; });
+    } catch (const taxon::Error& e) {
+      if (e.id() == "text.interrupted") throw Interrupted{"embed captions"};
+      throw;
+    }
     caption_rows = data.train_rows;
     log::info("clustering on ", c.cluster_on, " of image and caption features (", caption_features.size(1), "-d text)");
   }
@@ -737,6 +784,8 @@ int run_single(unicom::Config c, SharedStart* shared = nullptr) {
   for (int round = 0; round < c.rounds; ++round) {
     const fs::path dir = run_dir / ("round-" + std::to_string(round));
     if (io::path_exists(dir / "done")) {  // finished earlier: continue from its weights
+      if (c.labels_from.empty() && io::path_exists(dir / "labels.npy"))
+        backfill_cluster_quality(dir, cluster::load_clustering(dir).labels, *data.train);
       model = backbone::load_checkpoint(dir / "model.safetensors");
       if (where.cuda()) model->to(where.device.device);
       continue;

@@ -7,6 +7,7 @@
 #include <taxon/text/text.hpp>
 
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -21,8 +22,11 @@ struct TextSide {
   at::Tensor logit_scale;
   bool ready() const { return !tower.is_empty() && tokenizer.has_value(); }
 
-  at::Tensor embed(const std::vector<std::string>& texts, const std::string& label) {
-    return taxon::embed_text(tower, *tokenizer, texts, taxon::TextEmbedOptions().show_progress(texts.size() > 256).label(label));
+  // `stop_requested`: asked before every batch (Ctrl-C); a stop is text.interrupted.
+  at::Tensor embed(const std::vector<std::string>& texts, const std::string& label,
+                   std::function<bool()> stop_requested = {}) {
+    return taxon::embed_text(tower, *tokenizer, texts, taxon::TextEmbedOptions().show_progress(texts.size() > 256).label(label)
+                                                           .stop_requested(std::move(stop_requested)));
   }
 };
 
@@ -61,7 +65,7 @@ inline at::Tensor cluster_features(const Config& c, const at::Tensor& image, con
 
 inline taxon::text::ZeroShotTable zero_shot(TextSide& side, const std::string& name, const at::Tensor& images,
                                             const taxon::eval::TaxonomyColumns& cols, const Config& c) {
-  auto opts = taxon::text::ZeroShotOptions().model(name);
+  auto opts = taxon::text::ZeroShotOptions().model(name).clean_labels(c.clean_labels);
   if (!c.templates.empty()) opts.prompt_sets({{"custom", c.templates}});
   if (!c.group_rank.empty()) opts.taxa_column_name(c.group_rank);
   const taxon::text::TextEncoder encode = [&](const std::vector<std::string>& texts) { return side.embed(texts, "embed prompts"); };

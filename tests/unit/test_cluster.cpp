@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <sstream>
 #include <string>
 
@@ -261,6 +263,39 @@ TEST_CASE("pseudo-labels and centroids round-trip through .npy", "[cluster]") {
   taxon::io::save_npy(dir / "labels.npy", at::tensor({0L, 5L}));
   REQUIRE_TAXON_ERROR(load_clustering(dir), "cluster.bad-result");
   std::filesystem::remove_all(dir);
+}
+
+// Stands in for a callback someone else installed in faiss: k-means must put it back.
+struct OtherInterruptCallback final : faiss::InterruptCallback {
+  bool want_interrupt() override { return false; }
+};
+
+TEST_CASE("a stop request ends k-means between iterations on both backends and restores faiss's callback", "[cluster]") {
+  at::Tensor truth;
+  auto x = blobs(40, 4, 8, 1.0, 11, &truth);
+  {
+    std::lock_guard<std::mutex> lock(faiss::InterruptCallback::lock);
+    faiss::InterruptCallback::instance = std::make_unique<OtherInterruptCallback>();
+  }
+  const auto* other = faiss::InterruptCallback::instance.get();
+  for (auto backend : {KMeansBackend::faiss, KMeansBackend::torch}) {
+    INFO("backend " << static_cast<int>(backend));
+    int asked = 0;  // the third question comes in an early iteration of 50
+    const auto options = KMeansOptions().k(4).niter(50).seed(3).backend(backend).verbose(false)
+                             .stop_requested([&] { return ++asked >= 3; });
+    REQUIRE_TAXON_ERROR(KMeans(options).fit(x), "cluster.interrupted");
+    // Stopped at once, not after the remaining iterations (faiss also asks inside its search, and taxon asks once
+    // more to tell a stop from another faiss error).
+    CHECK(asked <= (backend == KMeansBackend::torch ? 3 : 4));
+    CHECK(faiss::InterruptCallback::instance.get() == other);
+    // Never asked to stop: the same result as without a callback, and the other callback still in place.
+    const auto plain = KMeans(KMeansOptions(options).niter(5).stop_requested(nullptr)).fit(x);
+    const auto asked_never = KMeans(KMeansOptions(options).niter(5).stop_requested([] { return false; })).fit(x);
+    CHECK(at::equal(plain.labels, asked_never.labels));
+    CHECK(at::equal(plain.centroids, asked_never.centroids));
+    CHECK(faiss::InterruptCallback::instance.get() == other);
+  }
+  faiss::InterruptCallback::clear_instance();
 }
 
 }  // namespace test_cluster

@@ -451,6 +451,7 @@ TEST_CASE("report.html of an old run, an empty directory and broken files degrad
   CHECK(section_of(old_html, "timing").find("Not recorded in this run") != std::string::npos);
   CHECK(section_of(old_html, "timing").find("logged training steps alone took") != std::string::npos);
   CHECK(section_of(old_html, "clusters").find("Not recorded in this run") != std::string::npos);  // purity
+  CHECK(section_of(old_html, "clusters").find("--resume") != std::string::npos);  // and how to get it
   CHECK(chart_marks(old_html, "cluster-sizes") > 0);  // sizes come from labels.npy
   CHECK(section_of(old_html, "training").find(">round 1<") != std::string::npos);  // inferred from the step reset
   CHECK(old_html.find("class=\"status finished\"") != std::string::npos);  // retrieval.json has "after"
@@ -477,6 +478,55 @@ TEST_CASE("report.html of an old run, an empty directory and broken files degrad
   CHECK(problems.find("report.bad-timings") != std::string::npos);
   CHECK(chart_marks(broken, "training-loss") > 0);  // the rest still renders
   CHECK(chart_marks(broken, "cluster-sizes") > 0);  // round 0's sizes
+}
+
+TEST_CASE("skipped images: how many and which in the report, none in one line, the file read by its owner", "[report][data]") {
+  taxon::test::TempDir dir("report_skipped");
+  write_synthetic_run(dir / "run");
+  // The complete run has no skipped_images.json: one line, not an empty table.
+  const std::string none = section_of(slurp(taxon::report::write_run_report(dir / "run")), "skipped");
+  CHECK(none.find("No images skipped") != std::string::npos);
+  CHECK(none.find("<table") == std::string::npos);
+
+  taxon::data::SkippedImages skipped;
+  skipped.images = {{"train", 3, "/photos/<odd> & co/img003.png", "embed train", "[taxon.data.corrupt-image] img003.png: cannot decode PNG"},
+                    {"train", 17, "/photos/img017.jpg", "pixel features", "[taxon.data.corrupt-image] img017.jpg: empty file (0 bytes)"},
+                    {"eval", 4, "", "embed eval", "[taxon.data.corrupt-image] sample 4"}};
+  skipped.save(dir / "run");
+  const auto back = taxon::data::SkippedImages::load(dir / "run");
+  REQUIRE(back.images.size() == 3);
+  CHECK(back.count("train") == 2);
+  CHECK(back.count("eval") == 1);
+  CHECK(back.images[1].file == "/photos/img017.jpg");
+  CHECK(back.images[1].stage == "pixel features");
+  CHECK(back.images[2].error == "[taxon.data.corrupt-image] sample 4");
+
+  const std::string html = slurp(taxon::report::write_run_report(dir / "run"));
+  const std::string section = section_of(html, "skipped");
+  CHECK(section.find("data-recorded=\"yes\"") != std::string::npos);
+  CHECK(section.find("<b>3</b> unreadable images skipped (2 training, 1 evaluation)") != std::string::npos);
+  CHECK(count_of(section, "<tr>") == 4);  // header + 3 images
+  CHECK(section.find("/photos/&lt;odd&gt; &amp; co/img003.png") != std::string::npos);
+  CHECK(section.find("<odd>") == std::string::npos);
+  CHECK(section.find("empty file (0 bytes)") != std::string::npos);
+  CHECK(section.find(">pixel features<") != std::string::npos);
+  CHECK(section.find(">17<") != std::string::npos);
+  CHECK(taxon::report::skipped_section(taxon::report::read_run(dir / "run"), 2).html.find("1 more are not shown") != std::string::npos);
+
+  // Runs made before "file" and "stage" were recorded; a damaged record is listed as a problem, the rest renders.
+  taxon::io::write_text_atomically(dir / "run" / taxon::data::SkippedImages::kFileName,
+                                   R"({"train": [{"row": 5, "error": "cannot decode"}]})");
+  const auto old = taxon::report::read_run(dir / "run");
+  REQUIRE(old.skipped.images.size() == 1);
+  CHECK(old.skipped.images[0].file.empty());
+  CHECK(taxon::report::skipped_section(old).html.find(">n/a<") != std::string::npos);
+  taxon::io::write_text_atomically(dir / "run" / taxon::data::SkippedImages::kFileName, R"({"eval": [{"row": -1}]})");
+  REQUIRE_TAXON_ERROR(taxon::data::SkippedImages::load(dir / "run"), "data.bad-skipped-file");
+  const std::string damaged = slurp(taxon::report::write_run_report(dir / "run"));
+  CHECK(section_of(damaged, "problems").find("skipped_images.json") != std::string::npos);
+  CHECK(section_of(damaged, "problems").find("data.bad-skipped-file") != std::string::npos);
+  taxon::io::write_text_atomically(dir / "run" / taxon::data::SkippedImages::kFileName, "[1, 2]");
+  REQUIRE_TAXON_ERROR(taxon::data::SkippedImages::load(dir / "run"), "data.bad-skipped-file");
 }
 
 TEST_CASE("report inputs that are not what they should be raise their ids", "[report][io]") {

@@ -227,6 +227,15 @@ TEST_CASE("text tower goldens: features of upstream's CLIP.encode_text within 1e
   for (const auto& c : g["cases"]) texts.push_back(c["text"]);
   const auto embedded = taxon::embed_text(tower, tokenizer, texts, taxon::TextEmbedOptions().batch_size(5));
   REQUIRE_TENSORS_CLOSE(embedded, expected, 1e-5, 1e-5 * expected.abs().max().item<double>());
+  // A stop request (Ctrl-C) ends it before the next batch, with the tower's mode as it was.
+  int asked = 0;
+  tower->train();
+  REQUIRE_TAXON_ERROR(taxon::embed_text(tower, tokenizer, texts, taxon::TextEmbedOptions().batch_size(1)
+                                                                   .stop_requested([&] { return ++asked == 2; })),
+                      "text.interrupted");
+  CHECK(asked == 2);
+  CHECK(tower->is_training());
+  tower->eval();
   // logit_scale kept as stored.
   CHECK(taxon::text::clip_detail::logit_scale_of(dict).item<double>() ==
         Approx(g["logit_scale"].get<double>()).epsilon(1e-6));
@@ -381,4 +390,23 @@ TEST_CASE("zero-shot: prompts, taxonomic strings, template averaging and per-ran
   CHECK(table.to_csv().find("m,clip,Bird,species,66.67%,100.00%,3,2") != std::string::npos);
   REQUIRE_TAXON_ERROR(evaluate_zero_shot(images.narrow(0, 0, 5), cols, encode), "text.bad-input");
   REQUIRE_TAXON_ERROR(evaluate_zero_shot(images.narrow(1, 0, 8), cols, encode), "text.dim-mismatch");
+
+  // The seeds' label cleaning, as the taxonomy table does it: a row with a blank species is not a query at any
+  // rank, and " Bird " is the Bird group (without cleaning: one more family query and a group of its own).
+  auto messy = cols;
+  messy.taxa.push_back(" Bird ");
+  messy.taxa.push_back("Fish");
+  for (auto& [rank, labels] : messy.ranks) labels.push_back(rank == "species" ? "Corvus corax" : rank == "genus" ? "Corvus" : "Corvidae");
+  for (auto& [rank, labels] : messy.ranks) labels.push_back(rank == "family" ? "Cyprinidae" : "");
+  const at::Tensor messy_images = encode({looks[0], looks[1], looks[2], looks[3], looks[4], looks[5], "Corvus corax", "Danio rerio"});
+  const auto zs = ZeroShotOptions().model("m").prompt_sets({{"clip", {"{}"}}});
+  const auto cleaned = evaluate_zero_shot(messy_images, messy, encode, zs);
+  CHECK(cleaned.at("clip", "Bird", "species").num_queries == 4);
+  CHECK(cleaned.at("clip", "All", "family").num_queries == 6);
+  CHECK(cleaned.at("clip", "All", "taxa").num_queries == 7);
+  REQUIRE_TAXON_ERROR(cleaned.at("clip", " Bird ", "species"), "text.no-such-row");
+  const auto raw = evaluate_zero_shot(messy_images, messy, encode, ZeroShotOptions(zs).clean_labels(false));
+  CHECK(raw.at("clip", "Bird", "species").num_queries == 3);
+  CHECK(raw.at("clip", " Bird ", "species").num_queries == 1);
+  CHECK(raw.at("clip", "All", "family").num_queries == 7);
 }

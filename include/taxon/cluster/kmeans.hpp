@@ -22,6 +22,8 @@
 #include <ATen/ATen.h>
 #include <faiss/Clustering.h>
 #include <faiss/IndexFlat.h>
+#include <faiss/impl/AuxIndexStructures.h>
+#include <faiss/impl/FaissException.h>
 #include <faiss/utils/random.h>
 
 #include <algorithm>
@@ -29,8 +31,10 @@
 #include <cmath>
 #include <cstring>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -70,6 +74,9 @@ struct KMeansOptions {
   // [K, D] starting centroids (overrides the seeded pick; nredo must be 1).
   TAXON_ARG(at::Tensor, init_centroids) = {};
   TAXON_ARG(bool, verbose) = true;
+  // Asked between iterations (e.g. a Ctrl-C flag; faiss asks it through its InterruptCallback); true ends fit()
+  // with cluster.interrupted and no result.
+  TAXON_ARG(std::function<bool()>, stop_requested);
 };
 
 struct ClusterStats {
@@ -247,6 +254,40 @@ inline std::vector<int64_t> faiss_permutation(int64_t n, int64_t seed) {
   return {perm.begin(), perm.end()};
 }
 
+inline void stop_if_requested(const KMeansOptions& o) {
+  TAXON_CHECK(!o.stop_requested() || !o.stop_requested()(), "cluster.interrupted",
+              "k-means stopped on request (Ctrl-C) before it finished; no clustering was produced");
+}
+
+// faiss's process-wide interrupt callback (checked by Clustering::train between iterations) asking `stop`, for the
+// lifetime of this object; the callback installed before is put back afterwards.
+class FaissInterruptScope {
+ public:
+  explicit FaissInterruptScope(std::function<bool()> stop) {
+    if (!stop) return;
+    std::lock_guard<std::mutex> lock(faiss::InterruptCallback::lock);
+    previous_ = std::move(faiss::InterruptCallback::instance);
+    faiss::InterruptCallback::instance = std::make_unique<Callback>(std::move(stop));
+    installed_ = true;
+  }
+  ~FaissInterruptScope() {
+    if (!installed_) return;
+    std::lock_guard<std::mutex> lock(faiss::InterruptCallback::lock);
+    faiss::InterruptCallback::instance = std::move(previous_);
+  }
+  FaissInterruptScope(const FaissInterruptScope&) = delete;
+  FaissInterruptScope& operator=(const FaissInterruptScope&) = delete;
+
+ private:
+  struct Callback final : faiss::InterruptCallback {
+    explicit Callback(std::function<bool()> f) : stop(std::move(f)) {}
+    bool want_interrupt() override { return stop(); }
+    std::function<bool()> stop;
+  };
+  std::unique_ptr<faiss::InterruptCallback> previous_;
+  bool installed_ = false;
+};
+
 // One faiss::Clustering::train as faiss.Kmeans runs it, on all of x (faiss subsamples to
 // max_points_per_centroid * K itself). init: [K, D] starting centroids, or undefined for faiss's own pick
 // (then faiss runs the `nredo` restarts and keeps the best).
@@ -270,7 +311,15 @@ inline RunResult run_faiss(const at::Tensor& x, const at::Tensor& init, int64_t 
   std::unique_ptr<faiss::IndexFlat> index;  // faiss.Kmeans: IndexFlatIP when spherical, else IndexFlatL2
   if (o.spherical()) index = std::make_unique<faiss::IndexFlatIP>(d);
   else index = std::make_unique<faiss::IndexFlatL2>(d);
-  clus.train(n, xs.data_ptr<float>(), *index);
+  {
+    FaissInterruptScope interruptible(o.stop_requested());
+    try {
+      clus.train(n, xs.data_ptr<float>(), *index);
+    } catch (const faiss::FaissException&) {
+      stop_if_requested(o);  // faiss's "computation interrupted" is our stop request
+      throw;
+    }
+  }
 
   RunResult run;
   run.centroids = at::from_blob(clus.centroids.data(), {k, d}, at::kFloat).clone();
@@ -299,6 +348,7 @@ inline RunResult run_torch(const at::Tensor& x, at::Tensor centroids, const KMea
   RunResult run;
   centroids = centroids.to(x.device(), at::kFloat);
   for (int it = 0; it < o.niter(); ++it) {
+    stop_if_requested(o);
     const auto t0 = std::chrono::steady_clock::now();
     auto [labels, scores] = assign_torch(x, centroids, o.spherical(), o.chunk_size());
     const double obj = scores.sum(at::kDouble).item<double>();

@@ -16,6 +16,7 @@
 #include "taxon/data/rank_filter.hpp"
 #include "taxon/data/rank_spec.hpp"
 #include "taxon/data/resample.hpp"
+#include "taxon/data/skipped_images.hpp"
 #include "taxon/data/split.hpp"
 #include "taxon/data/taxonomy.hpp"
 #include "taxon/data/transforms.hpp"

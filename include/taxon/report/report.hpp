@@ -45,6 +45,7 @@ inline Page run_report_page(const RunRecord& run, const ReportOptions& o = {}) {
       .add(retrieval_section(run))
       .add(training_section(run, o.max_points()))
       .add(clusters_section(run))
+      .add(skipped_section(run))
       .add(zero_shot_section(run))
       .add(timing_section(run))
       .add(config_section(run))

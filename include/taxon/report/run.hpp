@@ -12,9 +12,11 @@
 //   retrieval.json               {model: {rank, recall_at_1, recall_at_5, map_at_r, r_precision, ...}}
 //   zero_shot.csv                zero-shot top-1/top-5 (text::ZeroShotTable)
 //   timings.json                 wall time per stage (report/timings.hpp)
+//   skipped_images.json          images left out as unreadable (data/skipped_images.hpp)
 #include "taxon/cluster/quality.hpp"
 #include "taxon/core/error.hpp"
 #include "taxon/data/csv.hpp"
+#include "taxon/data/skipped_images.hpp"
 #include "taxon/io/atomic_file.hpp"
 #include "taxon/io/npy.hpp"
 #include "taxon/report/timings.hpp"
@@ -68,6 +70,7 @@ struct RunRecord {
   std::optional<data::CsvTable> eval_table, zero_shot;
   nlohmann::json retrieval;  // null when retrieval.json is absent
   std::optional<StageTimings> timings;
+  data::SkippedImages skipped;  // empty: no image was skipped (or the record is unreadable: see problems)
   std::vector<FileEntry> files;
   std::vector<std::string> problems;  // files present but unreadable, with the reason
 
@@ -224,6 +227,7 @@ inline RunRecord read_run(const fs::path& dir) {
   });
   if (!r.retrieval.is_object()) r.retrieval = nullptr;
   attempt(dir / StageTimings::kFileName, [&] { r.timings = StageTimings::load(dir); });
+  attempt(dir / data::SkippedImages::kFileName, [&] { r.skipped = data::SkippedImages::load(dir); });
 
   std::vector<int> indices;
   std::vector<std::string> subdirectories;

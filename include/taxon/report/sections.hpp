@@ -622,7 +622,9 @@ inline Section clusters_section(const RunRecord& run) {
     charts += figure(hist);
   }
   if (measured.empty()) {
-    purity = "<h3>Purity against known ranks</h3>" + not_recorded("no round-N/cluster_quality.json (made before taxon measured it)");
+    purity = "<h3>Purity against known ranks</h3>" +
+             not_recorded("no round-N/cluster_quality.json (a run made before taxon measured it); `taxon-unicom --resume " +
+                          run.dir.string() + "` measures it from the saved labels.npy and the training images' ranks");
   } else {
     Table t;
     t.header_rows = {{{"round", 1}, {"rank", 1}, {"labelled images", 1, true}, {"classes", 1, true}, {"pseudo-classes", 1, true},
@@ -649,10 +651,44 @@ inline Section clusters_section(const RunRecord& run) {
     t.caption = "NMI: mutual information of clusters and classes over their mean entropy. AMI: the same, corrected for the "
                 "agreement random clusters of these sizes would reach by chance (0 = chance, negative = worse). Purity: share "
                 "of images whose cluster's most common class is theirs (rises with the number of clusters).";
+    std::string unmeasured;  // rounds with pseudo-labels but no purity record
+    for (const auto* r : clustered)
+      if (!r->quality) unmeasured += (unmeasured.empty() ? "" : ", ") + std::to_string(r->index);
     purity = "<h3>Purity against known ranks</h3>" + t.html();
+    if (!unmeasured.empty())
+      purity += "<p class=\"missing\">Round(s) " + escape(unmeasured) + ": no cluster_quality.json; `taxon-unicom --resume " +
+                escape(run.dir.string()) + "` measures it from the saved labels.</p>";
     charts += figure(chart);
   }
   s.html = h + purity + "<div class=\"charts\">" + charts + "</div>";
+  return s;
+}
+
+// Images left out as unreadable (skipped_images.json): how many per set, then which, with the stage that found them
+// and the loader's reason; at most `max_rows` listed.
+inline Section skipped_section(const RunRecord& run, size_t max_rows = 200) {
+  Section s{"skipped", "Skipped images", {}, true};
+  if (run.skipped.empty()) {
+    s.html = "<p>No images skipped: every image was read.</p>";
+    return s;
+  }
+  const int64_t train = run.skipped.count("train"), eval = run.skipped.count("eval");
+  std::string h = "<p><b>" + count(static_cast<int64_t>(run.skipped.images.size())) + "</b> unreadable image" +
+                  (run.skipped.images.size() == 1 ? "" : "s") + " skipped (" + count(train) + " training, " + count(eval) +
+                  " evaluation): left out of embedding, labels, clustering and evaluation alike.</p>";
+  Table t;
+  t.header_rows = {{{"set", 1}, {"row", 1, true}, {"file", 1}, {"stage", 1}, {"reason", 1}}};
+  for (size_t i = 0; i < run.skipped.images.size() && i < max_rows; ++i) {
+    const auto& im = run.skipped.images[i];
+    t.rows.push_back({Cell::text(im.split), Cell::num(std::to_string(im.row)),
+                      im.file.empty() ? Cell::text("n/a") : Cell{"<code>" + escape(im.file) + "</code>", false, {}, {}},
+                      Cell::text(im.stage.empty() ? "n/a" : im.stage), Cell::text(im.error)});
+  }
+  t.caption = "row: the image's position in its set as loaded. The full list is in " + std::string(data::SkippedImages::kFileName) +
+              (run.skipped.images.size() > max_rows
+                   ? "; " + count(static_cast<int64_t>(run.skipped.images.size() - max_rows)) + " more are not shown here."
+                   : ".");
+  s.html = h + t.html();
   return s;
 }
 

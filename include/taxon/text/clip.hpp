@@ -24,6 +24,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -225,6 +226,8 @@ struct TextEmbedOptions {
   TAXON_ARG(std::optional<at::Device>, device);
   TAXON_ARG(bool, show_progress) = false;
   TAXON_ARG(std::string, label) = "embed text";
+  // Asked before every batch (e.g. a Ctrl-C flag); true ends the embedding with text.interrupted.
+  TAXON_ARG(std::function<bool()>, stop_requested);
 };
 
 // Text features of `texts` ([N, output_dim] float CPU, in order), tokenized and encoded in batches in inference
@@ -245,6 +248,10 @@ inline at::Tensor embed_text(text::TextTransformer& tower, const text::Tokenizer
   {
     c10::InferenceMode guard;
     for (std::size_t begin = 0; begin < texts.size(); begin += static_cast<std::size_t>(opts.batch_size())) {
+      if (opts.stop_requested() && opts.stop_requested()()) {
+        tower->train(was_training);
+        TAXON_FAIL("text.interrupted", opts.label(), ": stopped on request after ", begin, " of ", texts.size(), " texts");
+      }
       const std::size_t end = std::min(texts.size(), begin + static_cast<std::size_t>(opts.batch_size()));
       const std::vector<std::string> batch(texts.begin() + static_cast<std::ptrdiff_t>(begin),
                                            texts.begin() + static_cast<std::ptrdiff_t>(end));

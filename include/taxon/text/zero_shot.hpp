@@ -182,6 +182,9 @@ struct ZeroShotOptions {
   TAXON_ARG(std::string, all_name) = "All";
   TAXON_ARG(std::string, taxa_column_name) = "taxa";
   TAXON_ARG(int64_t, top_k) = 5;
+  // The seeds' label cleaning, as the taxonomy table does it (eval::TaxonomyEvalOptions::clean_labels): taxa values
+  // stripped of whitespace, rows with a blank first rank left out, so both tables judge the same rows.
+  TAXON_ARG(bool, clean_labels) = true;
 };
 
 struct ZeroShotRow {
@@ -270,27 +273,12 @@ inline std::pair<double, double> accuracy(const at::Tensor& scores, const std::v
   return {(rank == 0).sum().item<double>() / n, (rank < k).sum().item<double>() / n};
 }
 
-}  // namespace zero_shot_detail
 
-// Zero-shot top-1 / top-k per prompt set, group and rank column for image features [N, D] whose rows match
-// `cols`. The text encoder is called once per (prompt set, rank, template) with all class texts.
-inline ZeroShotTable evaluate_zero_shot(const at::Tensor& image_features, const eval::TaxonomyColumns& cols,
-                                        const TextEncoder& encode, const ZeroShotOptions& o = {}) {
-  TAXON_CHECK(image_features.defined() && image_features.dim() == 2, "text.bad-input",
-              "zero-shot: image features must be [N, D], got ",
-              image_features.defined() ? c10::str(image_features.sizes()) : std::string("undefined"));
-  const int64_t n = image_features.size(0);
-  TAXON_CHECK(!cols.ranks.empty(), "text.bad-input", "zero-shot: no rank column to classify");
-  for (const auto& [rank, labels] : cols.ranks)
-    TAXON_CHECK(static_cast<int64_t>(labels.size()) == n, "text.bad-input", "zero-shot: rank '", rank, "' has ",
-                labels.size(), " labels for ", n, " image features");
-  TAXON_CHECK(cols.taxa.empty() || static_cast<int64_t>(cols.taxa.size()) == n, "text.bad-input",
-              "zero-shot: ", cols.taxa.size(), " taxa labels for ", n, " image features");
-  TAXON_CHECK(o.top_k() >= 1, "text.bad-option", "zero-shot: top_k ", o.top_k(), " must be >= 1");
-  at::Tensor images = image_features.to(at::kFloat).to(at::kCPU);
-  images = l2_normalize_rows(images);
-
-  std::vector<std::string> taxa = cols.taxa.empty() ? std::vector<std::string>(static_cast<std::size_t>(n), o.all_name()) : cols.taxa;
+// evaluate_zero_shot on rows already checked and cleaned; `has_taxa`: the caller gave a taxa column.
+inline ZeroShotTable evaluate(const at::Tensor& images, const eval::TaxonomyColumns& cols, bool has_taxa,
+                              const TextEncoder& encode, const ZeroShotOptions& o) {
+  const int64_t n = images.size(0);
+  const std::vector<std::string>& taxa = cols.taxa;
   std::vector<std::string> groups = o.groups();
   if (groups.empty())
     for (const auto& t : taxa)
@@ -298,7 +286,7 @@ inline ZeroShotTable evaluate_zero_shot(const at::Tensor& image_features, const 
   const bool with_all = o.include_all() && !(groups.size() == 1 && groups[0] == o.all_name());
   // Rank columns, plus the group itself for "All" when there are several groups.
   eval::TaxonomyColumns columns = cols;
-  const bool classify_groups = with_all && groups.size() > 1 && !cols.taxa.empty();
+  const bool classify_groups = with_all && groups.size() > 1 && has_taxa;
   if (classify_groups) columns.ranks.emplace_back(o.taxa_column_name(), taxa);
 
   ZeroShotTable table;
@@ -338,6 +326,38 @@ inline ZeroShotTable evaluate_zero_shot(const at::Tensor& image_features, const 
     }
   }
   return table;
+}
+
+}  // namespace zero_shot_detail
+
+// Zero-shot top-1 / top-k per prompt set, group and rank column for image features [N, D] whose rows match
+// `cols`. The text encoder is called once per (prompt set, rank, template) with all class texts.
+inline ZeroShotTable evaluate_zero_shot(const at::Tensor& image_features, const eval::TaxonomyColumns& cols,
+                                        const TextEncoder& encode, const ZeroShotOptions& o = {}) {
+  TAXON_CHECK(image_features.defined() && image_features.dim() == 2, "text.bad-input",
+              "zero-shot: image features must be [N, D], got ",
+              image_features.defined() ? c10::str(image_features.sizes()) : std::string("undefined"));
+  const int64_t n = image_features.size(0);
+  TAXON_CHECK(!cols.ranks.empty(), "text.bad-input", "zero-shot: no rank column to classify");
+  for (const auto& [rank, labels] : cols.ranks)
+    TAXON_CHECK(static_cast<int64_t>(labels.size()) == n, "text.bad-input", "zero-shot: rank '", rank, "' has ",
+                labels.size(), " labels for ", n, " image features");
+  TAXON_CHECK(cols.taxa.empty() || static_cast<int64_t>(cols.taxa.size()) == n, "text.bad-input",
+              "zero-shot: ", cols.taxa.size(), " taxa labels for ", n, " image features");
+  TAXON_CHECK(o.top_k() >= 1, "text.bad-option", "zero-shot: top_k ", o.top_k(), " must be >= 1");
+  at::Tensor images = image_features.to(at::kFloat).to(at::kCPU);
+  images = l2_normalize_rows(images);
+
+  eval::TaxonomyColumns given = cols;
+  if (given.taxa.empty()) given.taxa.assign(static_cast<std::size_t>(n), o.all_name());
+  if (o.clean_labels()) {
+    eval::TaxonomyColumns cleaned;
+    eval::LabelCleaning cleaning;
+    const auto kept = eval::clean_taxonomy_columns(given, cleaned, cleaning);
+    if (static_cast<int64_t>(kept.size()) != n) images = images.index_select(0, at::tensor(kept, at::kLong));
+    given = std::move(cleaned);
+  }
+  return zero_shot_detail::evaluate(images, given, !cols.taxa.empty(), encode, o);
 }
 
 }  // namespace taxon::text
