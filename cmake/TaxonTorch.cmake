@@ -71,3 +71,32 @@ else()
   set(TAXON_TORCH_HAS_CUDA OFF)
 endif()
 message(STATUS "[taxon] LibTorch ${TAXON_TORCH_VERSION} (CUDA: ${TAXON_TORCH_HAS_CUDA}), flags: ${TORCH_CXX_FLAGS}")
+
+# c10d backends for taxon/dist/process_group.hpp. LibTorch's config passes none of the USE_C10D_* switches its own
+# build used, and ProcessGroupGloo.hpp / ProcessGroupNCCL.hpp compile to nothing without them. Gloo: Debian's
+# LibTorch 1.13 and pip's 2.x both export ProcessGroupGloo but neither ships gloo's headers (Debian: libgloo-dev).
+# NCCL: only a CUDA LibTorch, with nccl.h from pip's nvidia-nccl wheel or the CUDA toolkit.
+set(TAXON_C10D_DEFINITIONS "")
+set(TAXON_C10D_INCLUDE_DIRS "")
+find_path(TAXON_C10D_HEADERS torch/csrc/distributed/c10d/ProcessGroupGloo.hpp HINTS ${TORCH_INCLUDE_DIRS} NO_DEFAULT_PATH)
+find_path(TAXON_GLOO_INCLUDE_DIR gloo/config.h HINTS ${TORCH_INCLUDE_DIRS})
+if(TAXON_C10D_HEADERS AND TAXON_GLOO_INCLUDE_DIR)
+  list(APPEND TAXON_C10D_DEFINITIONS USE_C10D_GLOO TAXON_WITH_GLOO=1)
+  list(APPEND TAXON_C10D_INCLUDE_DIRS ${TAXON_GLOO_INCLUDE_DIR})
+  set(TAXON_HAS_GLOO ON)
+else()
+  set(TAXON_HAS_GLOO OFF)
+endif()
+set(TAXON_HAS_NCCL OFF)
+if(TAXON_TORCH_HAS_CUDA AND TAXON_C10D_HEADERS)
+  get_filename_component(_taxon_site "${TORCH_INSTALL_PREFIX}/.." ABSOLUTE)
+  find_path(TAXON_NCCL_INCLUDE_DIR nccl.h HINTS ${_taxon_site}/nvidia/nccl/include ${CUDAToolkit_INCLUDE_DIRS}
+            /usr/local/cuda/include)
+  if(TAXON_NCCL_INCLUDE_DIR)
+    list(APPEND TAXON_C10D_DEFINITIONS USE_C10D_NCCL TAXON_WITH_NCCL=1)
+    list(APPEND TAXON_C10D_INCLUDE_DIRS ${TAXON_NCCL_INCLUDE_DIR})
+    set(TAXON_HAS_NCCL ON)
+  endif()
+endif()
+list(REMOVE_ITEM TAXON_C10D_INCLUDE_DIRS /usr/include)  # a system folder as -isystem would reorder libstdc++'s
+message(STATUS "[taxon] c10d backends: Gloo ${TAXON_HAS_GLOO}, NCCL ${TAXON_HAS_NCCL}")

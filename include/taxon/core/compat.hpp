@@ -40,6 +40,15 @@
 #define TAXON_HAS_FUSED_ADAMW 0
 #endif
 
+// c10d: 2.0 split the backends (ProcessGroupGloo, ProcessGroupNCCL) off ProcessGroup onto c10d::Backend; on 1.13
+// they derive from c10d::ProcessGroup. Names the common base that dist/process_group.hpp holds its backend as
+// (the c10d headers themselves are included there, not here).
+#if TAXON_TORCH_VERSION_AT_LEAST(2, 0)
+#define TAXON_C10D_BACKEND ::c10d::Backend
+#else
+#define TAXON_C10D_BACKEND ::c10d::ProcessGroup
+#endif
+
 namespace taxon::compat {
 inline constexpr const char* torch_version = TORCH_VERSION;
 
