@@ -346,6 +346,8 @@ class ProcessGroup {
   int rank() const { return state_ ? state_->rank : 0; }
   int world_size() const { return state_ ? state_->world_size : 1; }
   bool distributed() const { return world_size() > 1; }
+  // The device whose tensors the collectives take: CPU for Gloo, the CUDA device for NCCL.
+  c10::Device device() const { return state_ ? state_->options.device() : c10::Device(c10::kCPU); }
   std::chrono::milliseconds timeout() const {
     return state_ ? state_->options.timeout() : ProcessGroupOptions{}.timeout();
   }
@@ -365,10 +367,13 @@ class ProcessGroup {
   }
 
   // Same shape on every rank (checked: dist.shape-mismatch names the rank); concatenated on dim 0, rank order.
-  at::Tensor all_gather(const at::Tensor& t) { return gather_impl(t, /*even=*/true); }
+  at::Tensor all_gather(const at::Tensor& t) { return gather_impl(t, /*even=*/true, nullptr); }
 
   // Dim-0 sizes may differ per rank (the other dims and the dtype may not); concatenated on dim 0, rank order.
-  at::Tensor all_gather_uneven(const at::Tensor& t) { return gather_impl(t, /*even=*/false); }
+  // `rows_per_rank`, when given, receives each rank's dim-0 size (known from the shape exchange, no extra call).
+  at::Tensor all_gather_uneven(const at::Tensor& t, std::vector<std::int64_t>* rows_per_rank = nullptr) {
+    return gather_impl(t, /*even=*/false, rows_per_rank);
+  }
 
   void broadcast_(at::Tensor& t, int root = 0) {
     if (!state_) return;
@@ -452,8 +457,11 @@ class ProcessGroup {
   }
 
   // Gathers every rank's [ndim, dims..., dtype] so a mismatch is an error naming the rank, not a hang or garbage.
-  at::Tensor gather_impl(const at::Tensor& t, bool even) {
-    if (!state_) return t;
+  at::Tensor gather_impl(const at::Tensor& t, bool even, std::vector<std::int64_t>* rows_per_rank) {
+    if (!state_) {
+      if (rows_per_rank != nullptr) *rows_per_rank = {t.dim() > 0 ? t.size(0) : 1};
+      return t;
+    }
     constexpr std::int64_t max_dims = 8;
     TAXON_CHECK(t.dim() >= 1 && t.dim() <= max_dims, "dist.shape-mismatch", "all_gather needs a tensor of 1 to ",
                 max_dims, " dimensions, got ", t.sizes());
@@ -484,6 +492,7 @@ class ProcessGroup {
                   " passed ", t.sizes(), " of dtype ", t.scalar_type(),
                   even ? " (all_gather needs equal shapes)" : " (only dim 0 may differ)");
     }
+    if (rows_per_rank != nullptr) *rows_per_rank = rows;
     std::vector<std::int64_t> out_shape = t.sizes().vec();
     out_shape[0] = 0;
     for (auto n : rows) out_shape[0] += n;

@@ -20,6 +20,7 @@
 #include <cmath>
 #include <concepts>
 #include <cstdint>
+#include <functional>
 #include <limits>
 
 #if defined(TAXON_WITH_CUDA)
@@ -41,6 +42,10 @@ struct FusedOptions {
   // itself) is always reused. 0 = pure streaming.
   TAXON_ARG(std::int64_t, cache_bytes) = std::int64_t{32} << 20;
 };
+
+// Combines per-row statistics across the ranks that hold the other class shards (loss/sharded.hpp): an in-place
+// all-reduce, by max when `max` is set and by sum otherwise. Empty: one process holds every class.
+using RowReduce = std::function<void(at::Tensor& rows, bool max)>;
 
 namespace detail {
 
@@ -114,14 +119,16 @@ inline at::Tensor chunk_slots(std::int64_t nslots, std::int64_t slot_elems, cons
 
 }  // namespace detail
 
-// Autograd function over normalised embeddings [B, D] (fp32) and raw centres [C, D] (fp32).
+// Autograd function over normalised embeddings [B, D] (fp32) and raw centres [C, D] (fp32). Labels are -1 (row
+// ignored), a class in [0, C) or, in a sharded head, C or more: the row's class lives on another rank, so this
+// rank contributes only softmax terms and `reduce` merges the row statistics and target logits across ranks.
 // Forward cycles chunk k through slot k mod S; backward walks the chunks in reverse, so the last S chunks still hold
 // their dot products (the forward kernels never overwrite them) and skip the recompute GEMM; a consumed slot then
 // serves as the scratch buffer for the remaining chunks. The centre norms ([C] floats) are kept for backward.
 struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& en, const at::Tensor& w,
                             const at::Tensor& labels, MarginParams p, std::int64_t chunk, std::int64_t cache_bytes,
-                            bool bf16_matmul) {
+                            bool bf16_matmul, const RowReduce& reduce = {}) {
     const std::int64_t B = en.size(0), C = w.size(0);
     const at::Tensor en_mm = bf16_matmul ? en.to(at::kBFloat16) : en;
     const std::int64_t ck = detail::fused_chunk_size(chunk, B, C);
@@ -144,9 +151,19 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
       run_chunk_forward(logits, n, c0, inv_norm, labels, p, stats_max[k], stats_sum[k], target_cos);
     }
     // Merge the per-chunk (max, Σexp) pairs into one log-sum-exp per row.
-    const at::Tensor M = std::get<0>(stats_max.max(0));
-    const at::Tensor lse = M + at::log((stats_sum * at::exp(stats_max - M)).sum(0));
-    const at::Tensor target = target_logits(target_cos, p);
+    at::Tensor M = std::get<0>(stats_max.max(0));
+    at::Tensor lse = C == 0 ? at::full({B}, -std::numeric_limits<float>::infinity(), en.options())  // no class here
+                            : M + at::log((stats_sum * at::exp(stats_max - M)).sum(0));
+    // The target logit comes from the one chunk (and rank) that holds the row's class.
+    const at::Tensor here = (labels >= 0) & (labels < C);
+    at::Tensor target = at::where(here, target_logits(target_cos, p), at::zeros_like(target_cos));
+    if (reduce) {  // the same merge across ranks: global max, then the Σexp rescaled to it
+      reduce(M, /*max=*/true);
+      at::Tensor sum = at::exp(lse - M);
+      reduce(sum, /*max=*/false);
+      lse = M + at::log(sum);
+      reduce(target, /*max=*/false);
+    }
     const at::Tensor valid = (labels >= 0).to(en.scalar_type());
     const at::Tensor loss = ((lse - target) * valid).sum() / static_cast<double>(std::max<std::int64_t>(B, 1));
     ctx->save_for_backward({en, w});
@@ -219,7 +236,7 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
         run_normalize_backward(gw, wk, inv_norm, norm);
       }
     }
-    return {grad_en, grad_w, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_en, grad_w, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 
  private:
@@ -274,9 +291,10 @@ struct FusedMarginCE : torch::autograd::Function<FusedMarginCE> {
 // Fused loss from raw embeddings [B, D] (fp32, or bf16/fp16 as autocast leaves them: normalised in fp32, their
 // gradient returned in their dtype) and raw centres [C, D] (fp32); same value and gradients as the reference on
 // the embeddings converted to fp32. Labels already checked.
+// `reduce`: see RowReduce (sharded heads only; labels may then be >= C for rows whose class is on another rank).
 inline at::Tensor fused_margin_softmax_ce(const at::Tensor& embeddings, const at::Tensor& centres,
                                           const ValidLabels& labels, const MarginParams& p,
-                                          const FusedOptions& options = {}) {
+                                          const FusedOptions& options = {}, const RowReduce& reduce = {}) {
   const auto e_type = embeddings.scalar_type();
   TAXON_CHECK((e_type == at::kFloat || e_type == at::kBFloat16 || e_type == at::kHalf) &&
                   centres.scalar_type() == at::kFloat,
@@ -294,7 +312,7 @@ inline at::Tensor fused_margin_softmax_ce(const at::Tensor& embeddings, const at
   const bool grad = at::GradMode::is_enabled() && (embeddings.requires_grad() || centres.requires_grad());
   return FusedMarginCE::apply(en, centres.contiguous(), labels.labels.to(embeddings.device()), p,
                               options.chunk_size(), grad ? options.cache_bytes() : std::int64_t{0},
-                              options.matmul() == MatmulPrecision::bf16);
+                              options.matmul() == MatmulPrecision::bf16, reduce);
 }
 
 // Fused loss from raw embeddings [B, D] and raw centres [C, D]; checks the labels first.

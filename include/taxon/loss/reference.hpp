@@ -10,22 +10,22 @@
 
 namespace taxon::loss {
 
-// Margin-softmax CE from cosine logits [B, C] (clamped here) and labels [B] (int64, -1 = ignore).
-// Mean over all B rows; ignored rows add 0 to the sum and get no gradient.
-inline at::Tensor margin_ce_from_cosines(const at::Tensor& cosines, const at::Tensor& labels, const MarginParams& p) {
-  const auto B = cosines.size(0);
+// Margin logits z = s·cos [B, C] from cosines (clamped here), with the margin on each row's target column. A label
+// of -1 (ignored row) or C and above (a sharded head's row whose class another rank holds) has no target here.
+inline at::Tensor margin_logits(const at::Tensor& cosines, const at::Tensor& labels, const MarginParams& p) {
   at::Tensor cos = cosines.clamp(-1.0, 1.0);
-  const at::Tensor valid = labels >= 0;
-  const at::Tensor y = labels.clamp_min(0).unsqueeze(1);
+  const at::Tensor here = (labels >= 0) & (labels < cosines.size(1));
+  const at::Tensor y = at::where(here, labels, at::zeros_like(labels)).unsqueeze(1);
   if (p.filter > 0.0f) {
     at::Tensor keep;
     {
       at::NoGradGuard no_grad;
-      const at::Tensor is_target = at::zeros_like(cos, cos.options().dtype(at::kBool)).scatter_(1, y, valid.unsqueeze(1));
+      const at::Tensor is_target = at::zeros_like(cos, cos.options().dtype(at::kBool)).scatter_(1, y, here.unsqueeze(1));
       keep = ((cos <= p.filter) | is_target).to(cos.scalar_type());
     }
     cos = cos * keep;
   }
+  if (cos.size(1) == 0) return cos * p.s;
   const at::Tensor t = cos.gather(1, y);
   at::Tensor target;
   if (!is_angular(p)) {
@@ -40,8 +40,17 @@ inline at::Tensor margin_ce_from_cosines(const at::Tensor& cosines, const at::Te
     }
     target = t + delta;  // straight-through: forward value has the margin, gradient is the identity
   }
-  target = at::where(valid.unsqueeze(1), target, t);
-  const at::Tensor z = cos.scatter(1, y, target) * p.s;
+  target = at::where(here.unsqueeze(1), target, t);
+  return cos.scatter(1, y, target) * p.s;
+}
+
+// Margin-softmax CE from cosine logits [B, C] (clamped here) and labels [B] (int64, -1 = ignore).
+// Mean over all B rows; ignored rows add 0 to the sum and get no gradient.
+inline at::Tensor margin_ce_from_cosines(const at::Tensor& cosines, const at::Tensor& labels, const MarginParams& p) {
+  const auto B = cosines.size(0);
+  const at::Tensor valid = labels >= 0;
+  const at::Tensor y = labels.clamp_min(0).unsqueeze(1);
+  const at::Tensor z = margin_logits(cosines, labels, p);
   const at::Tensor nll = -at::log_softmax(z, 1).gather(1, y).squeeze(1);
   return (nll * valid.to(nll.scalar_type())).sum() / static_cast<double>(B);
 }
