@@ -304,3 +304,33 @@ TEST_CASE("Trainer: a 2-rank run stopped mid-epoch resumes on 2 ranks bit for bi
   group.barrier();
   if (group.rank() == 0) std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("Trainer: 2 ranks with the class-sharded PartialFC head train as 1 process with the whole batch", "[data-parallel]") {
+  using namespace test_data_parallel;
+  auto& group = two_ranks();
+  const Data data;
+  using Sharded = taxon::train::Trainer<taxon::backbone::VisionTransformer, Head>;
+  const auto margin = taxon::loss::Combined(taxon::loss::CombinedOptions(16, 1, 0.2, 0));
+  Head full(taxon::pfc::PartialFCOptions(6, 8).seed(5), margin);
+  const at::Tensor initial = full->centroids().clone();
+  auto reference_vit = vit(0, 0.0);
+  Sharded reference(reference_vit, full, options(taxon::dist::ProcessGroup::single()));
+  reference.fit([&](int64_t e) { return data.epoch(e, 0, 1); });
+
+  Head shard(taxon::pfc::PartialFCOptions(6, 8).seed(5).process_group(group), margin);
+  REQUIRE(shard->shard().num_local == 3);
+  {
+    at::NoGradGuard no_grad;  // the same initial centres as the single process, each rank its classes
+    shard->weight.copy_(initial.narrow(0, shard->shard().class_start, 3));
+  }
+  auto model = vit(group.rank() == 0 ? 0 : 77, 0.0);
+  Sharded trainer(model, shard, options(group));
+  trainer.fit([&](int64_t e) { return data.epoch(e, group.rank(), 2); });
+  REQUIRE(trainer.last_loss() == Approx(reference.last_loss()).epsilon(1e-5));
+  const auto expected = reference_vit->named_parameters(true);
+  for (const auto& p : model->named_parameters(true)) {
+    INFO(p.key());
+    REQUIRE_TENSORS_CLOSE(p.value(), expected[p.key()], 1e-4, 1e-5);
+  }
+  REQUIRE_TENSORS_CLOSE(shard->centroids(), full->centroids().narrow(0, shard->shard().class_start, 3), 1e-4, 1e-5);
+}

@@ -456,6 +456,36 @@ class Trainer {
 
   CheckpointParts checkpoint_parts() { return {*backbone_, *head_, *optimizer_}; }
 
+  // Whether each rank holds a slice of the head's parameters (a class-sharded PartialFC).
+  bool head_sharded() const {
+    if constexpr (requires { { head_->options().world_size() } -> std::convertible_to<int64_t>; })
+      return head_->options().world_size() > 1;
+    else
+      return false;
+  }
+
+  // clip_grad_norm_ over the whole model when the head is sharded: the norm of the (identical) backbone gradients
+  // and of every rank's head shard together, so every rank clips by the coefficient one process would use.
+  double clip_global_grad_norm() {
+    torch::NoGradGuard no_grad;
+    auto squares = [](const std::vector<at::Tensor>& params) {
+      std::vector<at::Tensor> norms;
+      for (const auto& p : params)
+        if (p.grad().defined()) norms.push_back(p.grad().norm(2).to(at::kDouble));
+      return norms.empty() ? at::zeros({1}, at::kDouble) : at::stack(norms).pow(2).sum().reshape({1});
+    };
+    at::Tensor head_sq = squares(head_->parameters()).to(device_);
+    group_.all_reduce_(head_sq, dist::ReduceOp::sum);
+    const at::Tensor backbone_sq = squares(backbone_->parameters());
+    const double total = std::sqrt(backbone_sq.item<double>() + head_sq.cpu().item<double>());
+    const double coefficient = options_.clip_grad_norm() / (total + 1e-6);
+    if (coefficient < 1)
+      for (auto& group : optimizer_->param_groups())
+        for (auto& p : group.params())
+          if (p.grad().defined()) p.mutable_grad().mul_(coefficient);
+    return total;
+  }
+
   // Every rank's own checkpoint files (head shard, optimizer, generators), on rank 0; empty on the others.
   std::vector<RankFiles> gather_rank_files(const CheckpointParts& parts) {
     const RankFiles mine = TrainingCheckpoint::rank_files(group_.rank(), parts, rng_states());
@@ -641,7 +671,8 @@ class Trainer {
       std::vector<at::Tensor> params;
       for (auto& group : optimizer_->param_groups())
         for (auto& p : group.params()) params.push_back(p);
-      r.grad_norm = torch::nn::utils::clip_grad_norm_(params, options_.clip_grad_norm());
+      r.grad_norm = group_.distributed() && head_sharded() ? clip_global_grad_norm()
+                                                           : torch::nn::utils::clip_grad_norm_(params, options_.clip_grad_norm());
     }
     (hooks::gradients(callbacks, *this), ...);
     if (options_.precision() == Precision::fp16) r.skipped = !scaler_.step(*optimizer_);
