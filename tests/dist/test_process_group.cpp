@@ -156,7 +156,11 @@ TEST_CASE("all_reduce_ writes back into a non-contiguous tensor", "[collectives]
   auto& g = taxon::test::dist_group();
   at::Tensor storage = at::ones({3, 4});
   at::Tensor column = storage.select(1, 2);  // stride 4
+  const taxon::dist::CollectiveStats before = g.stats();
   g.all_reduce_(column);
+  CHECK(g.stats().calls == before.calls + 1);
+  CHECK(g.stats().payload_bytes == before.payload_bytes + 3 * 4);
+  CHECK(g.stats().seconds > before.seconds);
   CHECK(storage.select(1, 2).equal(at::full({3}, static_cast<double>(g.world_size()))));
   CHECK(storage.select(1, 1).equal(at::ones({3})));
 }

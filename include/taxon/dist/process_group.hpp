@@ -140,6 +140,13 @@ inline LaunchEnvironment launch_environment_from_env() {
 
 enum class ReduceOp { sum, max, min };
 
+// What this rank's collectives cost so far (all handles of one group share it): for logs and benchmarks.
+struct CollectiveStats {
+  std::int64_t calls = 0;          // backend collectives (a gather counts its shape exchange too)
+  std::int64_t payload_bytes = 0;  // bytes this rank contributed (wire traffic depends on the algorithm)
+  double seconds = 0;              // wall time inside them, including waiting for slower ranks
+};
+
 struct ProcessGroupOptions {
   TAXON_ARG(std::chrono::milliseconds, timeout) = std::chrono::seconds(300);  // every collective and the rendezvous
   TAXON_ARG(c10::Device, device) = c10::Device(c10::kCPU);                    // CPU -> Gloo, CUDA -> NCCL
@@ -178,6 +185,7 @@ struct GroupState {
   std::mutex stop_mutex;
   std::condition_variable stop_cv;
   bool stopping = false;
+  CollectiveStats stats;
 
   ~GroupState() {
     if (control) {
@@ -362,7 +370,7 @@ class ProcessGroup {
                  : op == ReduceOp::max ? ::c10d::ReduceOp::MAX
                                        : ::c10d::ReduceOp::MIN;
     o.timeout = state_->options.timeout();
-    run("all_reduce_", [&] { return state_->backend->allreduce(buf, o); });
+    run("all_reduce_", buf[0].nbytes(), [&] { return state_->backend->allreduce(buf, o); });
     if (!buf[0].is_same(t)) t.copy_(buf[0]);
   }
 
@@ -383,7 +391,7 @@ class ProcessGroup {
     ::c10d::BroadcastOptions o;
     o.rootRank = root;
     o.timeout = state_->options.timeout();
-    run("broadcast_", [&] { return state_->backend->broadcast(buf, o); });
+    run("broadcast_", buf[0].nbytes(), [&] { return state_->backend->broadcast(buf, o); });
     if (!buf[0].is_same(t)) t.copy_(buf[0]);
   }
 
@@ -392,6 +400,11 @@ class ProcessGroup {
     // A one-element all-reduce: Gloo's and NCCL's barriers differ in device handling across versions.
     at::Tensor token = at::zeros({1}, at::TensorOptions().device(state_->options.device()));
     all_reduce_(token);
+  }
+
+  CollectiveStats stats() const { return state_ ? state_->stats : CollectiveStats{}; }
+  void reset_stats() {
+    if (state_) state_->stats = {};
   }
 
   // Called by a rank about to exit on its own exception, so peers can name it and quote `what`.
@@ -441,11 +454,15 @@ class ProcessGroup {
   }
 
   template <typename Launch>
-  void run(const char* op, Launch&& launch) {
+  void run(const char* op, std::int64_t payload_bytes, Launch&& launch) {
     std::string cause;
+    const auto start = std::chrono::steady_clock::now();
     try {
       auto work = launch();
       work->wait(state_->options.timeout());
+      state_->stats.calls += 1;
+      state_->stats.payload_bytes += payload_bytes;
+      state_->stats.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       return;
     } catch (const Error&) {
       throw;
@@ -524,7 +541,7 @@ class ProcessGroup {
     for (int r = 0; r < world_size(); ++r) outputs[0].push_back(at::empty_like(input[0]));
     ::c10d::AllgatherOptions o;
     o.timeout = state_->options.timeout();
-    run(op, [&] { return state_->backend->allgather(outputs, input, o); });
+    run(op, input[0].nbytes(), [&] { return state_->backend->allgather(outputs, input, o); });
     return at::cat(outputs[0]);
   }
 };
