@@ -74,6 +74,7 @@ struct Config {
   std::string dedup = "off";     // off | path | content: drop repeated CSV/folder rows (same file, or same bytes)
   int keep_checkpoints = 2;      // per round; >= 2 keeps one to fall back to when the newest is damaged
   std::string checkpoint_every;  // "" (epoch ends only), "N steps" or "M minutes"
+  double dist_timeout = 300;     // seconds any collective (and the rendezvous) may wait in a distributed run
   bool restart = false;          // --restart: discard what the run directory holds and start over (not saved)
   std::string progress_every;  // off a terminal, a progress line every "10s" or "5%" (empty: TAXON_PROGRESS_EVERY or 10 s)
   bool model_explicit = false;  // --model given on the command line: --weights must fit it exactly (not saved)
@@ -86,7 +87,8 @@ struct Config {
                                  lr_pfc_weight, weight_decay, clip_grad_norm, scale, m1, m2, m3, filter,
                                  sample_rate, num_feat, schedule, amp, augment, device, run_dir, resume, seed,
                                  threads, eval_fraction, kmeans_metric, kmeans_seed, clean_labels,
-                                 recall_definition, dedup, keep_checkpoints, checkpoint_every, progress_every)
+                                 recall_definition, dedup, keep_checkpoints, checkpoint_every, progress_every,
+                                 dist_timeout)
 };
 
 // "0.1,0.01,0.001" -> {0.1, 0.01, 0.001}; every item a number, no item twice.
@@ -134,6 +136,10 @@ inline void add_run_options(CLI::App& app, Config& c) {
                  "auto (the first GPU when there is one, else the CPU), cpu, cuda or cuda:N; cuda fails at once "
                  "when no GPU can be used")->capture_default_str();
   app.add_option("--threads", c.threads, "intra-op threads (0 = TAXON_NUM_THREADS / all cores)")->capture_default_str();
+  app.add_option("--dist-timeout", c.dist_timeout,
+                 "under torchrun/srun: seconds a rank waits in a collective (rank 0 clusters and evaluates while the "
+                 "others wait) before a silent or dead rank is reported")
+      ->capture_default_str();
   app.add_option("--progress-every", c.progress_every,
                  "when output is not a terminal (logs, CI, nohup), a progress line with rate and ETA every this many "
                  "seconds (\"10s\") or percent (\"5%\"); default: $TAXON_PROGRESS_EVERY or 10s");
@@ -199,7 +205,9 @@ inline void add_options(CLI::App& app, Config& c) {
   app.add_option("--labels-from", c.labels_from, "train on this metadata rank instead of cluster pseudo-labels");
   app.add_option("--rounds", c.rounds, "cluster+train rounds, re-embedding in between (DeepCluster-style)")->capture_default_str();
   app.add_option("--epochs", c.epochs, "epochs per round")->capture_default_str();
-  app.add_option("--batch-size", c.batch_size, "micro-batch size")->capture_default_str();
+  app.add_option("--batch-size", c.batch_size,
+                 "micro-batch size over all ranks (under torchrun each of N ranks loads batch-size / N images)")
+      ->capture_default_str();
   app.add_option("--accumulation", c.accumulation, "micro-batches per optimizer step")->capture_default_str();
   app.add_option("--lr", c.lr, "backbone peak learning rate")->capture_default_str();
   app.add_option("--lr-pfc-weight", c.lr_pfc_weight, "head learning rate = lr x this")->capture_default_str();

@@ -13,7 +13,13 @@
 // `--device auto|cpu|cuda|cuda:N` picks where everything runs. On CUDA the loaders collate uint8 batches (to_chw)
 // into pinned memory, the copies are asynchronous and normalisation happens on the GPU; k-means, kNN and the
 // taxonomy table run there too, and --amp defaults to bf16. On the CPU the float path is unchanged.
+//
+// Under `torchrun --no-python --nproc-per-node N taxon-unicom ...` (or srun) the same command runs as N ranks
+// (docs/distributed.md, "Distributed pipeline"): each rank embeds its slice of a set (gathered in dataset order),
+// rank 0 clusters (labels broadcast) and evaluates, training is data parallel with PartialFC sharded by class, and
+// only rank 0 writes the run directory.
 #include <taxon/taxon.hpp>
+#include <taxon/dist/process_group.hpp>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -26,6 +32,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <numeric>
 #include <optional>
 #include <set>
 
@@ -119,8 +126,14 @@ void leave_out(Datasets& data, Split split, const std::set<int64_t>& gone) {
 // them (position in the set as loaded, file, the stage that found them) in run_dir/skipped_images.json and says so
 // in the log.
 void drop_skipped(Datasets& data, Split split, const std::vector<std::pair<int64_t, std::string>>& skipped,
-                  const std::string& stage, const fs::path& run_dir) {
+                  const std::string& stage, const fs::path& run_dir, bool writes = true) {
   if (skipped.empty()) return;
+  if (!writes) {  // another rank records them; this one leaves the same images out
+    std::set<int64_t> gone;
+    for (const auto& [index, message] : skipped) gone.insert(index);
+    leave_out(data, split, gone);
+    return;
+  }
   const auto& set = split == Split::train ? data.train : data.eval;
   const auto& rows = split == Split::train ? data.train_rows : data.eval_rows;
   const auto& files = split == Split::train ? data.train_files : data.eval_files;
@@ -313,19 +326,43 @@ void check_not_empty(const Datasets& data, const unicom::Config& c) {
 
 // Training loaders shuffle and drop the last partial batch; embedding loaders keep dataset order and every image.
 // For a GPU, batches are collated in pinned memory so their copies to the device are asynchronous.
+// A training loader of a distributed run reads this rank's slice of each epoch, batch_size / N images per batch.
 data::Loader<Dataset> make_loader(std::shared_ptr<const Dataset> d, data::TransformFn t, const unicom::Config& c,
-                                  const Placement& where, bool training) {
+                                  const Placement& where, bool training,
+                                  const dist::ProcessGroup& group = dist::ProcessGroup::single()) {
+  const int ranks = training ? group.world_size() : 1;
   return data::Loader<Dataset>(std::move(d), std::move(t),
-                               data::LoaderOptions().batch_size(c.batch_size).workers(c.workers).shuffle(training)
+                               data::LoaderOptions().batch_size(c.batch_size / ranks).workers(c.workers).shuffle(training)
                                    .drop_last(training).seed(c.seed).on_error(data::ErrorPolicy::skip)
-                                   .pin_memory(where.cuda()));
+                                   .pin_memory(where.cuda()).rank(training ? group.rank() : 0).world_size(ranks));
+}
+
+// Rank 0's `t` on every rank, through `device` (NCCL groups communicate CUDA tensors only); identity for one process.
+at::Tensor from_rank0(dist::ProcessGroup& group, const at::Tensor& t, at::Device device) {
+  if (!group.distributed()) return t;
+  at::Tensor moved = t.to(device).contiguous();
+  group.broadcast_(moved, 0);
+  return moved.to(t.device());
+}
+// Rank 0's decision on every rank: decisions taken from files only rank 0 writes.
+bool rank0_says(dist::ProcessGroup& group, bool value, at::Device device) {
+  return from_rank0(group, at::full({1}, value ? 1 : 0, at::kLong), device).item<int64_t>() != 0;
 }
 
 // Embeddings of the train or eval set; unreadable images are dropped from that set (drop_skipped), so the rows
 // line up with it afterwards.
+// In a distributed run rank r embeds the contiguous slice class_shard(n, r, N) of the set (upstream's extract_feat
+// split) and the slices are gathered in rank order, i.e. dataset order; unreadable images any rank found are left
+// out on every rank.
 at::Tensor embed_all(backbone::VisionTransformer& model, Datasets& data, Split split, const unicom::Config& c,
-                     const Placement& where, const std::string& label) {
+                     const Placement& where, const std::string& label, dist::ProcessGroup& group) {
   auto d = split == Split::train ? data.train : data.eval;
+  const auto slice = dist::class_shard(d->size(), group.rank(), group.world_size());
+  if (group.distributed()) {
+    std::vector<int64_t> rows(static_cast<size_t>(slice.num_local));
+    std::iota(rows.begin(), rows.end(), slice.class_start);
+    d = std::make_shared<const Dataset>(std::make_shared<const data::Subset<Dataset>>(d, std::move(rows)));
+  }
   const int64_t d_size = d->size();
   auto loader = make_loader(std::move(d), data.eval_transform, c, where, /*training=*/false);
   at::Tensor embeddings;
@@ -338,13 +375,24 @@ at::Tensor embed_all(backbone::VisionTransformer& model, Datasets& data, Split s
     if (e.id() == "backbone.interrupted") throw Interrupted{label};
     throw;
   }
-  drop_skipped(data, split, loader.skipped_samples(), label, c.run_dir);
+  auto skipped = loader.skipped_samples();
+  if (group.distributed()) {
+    embeddings = group.all_gather_uneven(embeddings.contiguous());
+    std::vector<int64_t> mine;
+    for (auto& [index, message] : skipped) mine.push_back(index += slice.class_start);
+    const at::Tensor all = group.all_gather_uneven(at::tensor(mine, at::kLong).to(embeddings.device())).cpu();
+    std::map<int64_t, std::string> merged(skipped.begin(), skipped.end());
+    for (int64_t i = 0; i < all.numel(); ++i)
+      merged.emplace(all[i].item<int64_t>(), "unreadable (found by another rank; its log has the error)");
+    skipped.assign(merged.begin(), merged.end());
+  }
+  drop_skipped(data, split, skipped, label, c.run_dir, group.rank() == 0);
   return embeddings;
 }
 
 // Flattened preprocessed images: the raw-pixel baseline, and round-0 clustering features from random init.
 // uint8 batches (CUDA runs) are normalised here on the CPU, to the same values the float path gives.
-at::Tensor pixels(Datasets& data, Split split, const unicom::Config& c, const Placement& where) {
+at::Tensor pixels(Datasets& data, Split split, const unicom::Config& c, const Placement& where, bool writes = true) {
   auto loader = make_loader(split == Split::train ? data.train : data.eval, data.eval_transform, c, where,
                             /*training=*/false);
   std::vector<at::Tensor> rows;
@@ -354,7 +402,7 @@ at::Tensor pixels(Datasets& data, Split split, const unicom::Config& c, const Pl
     rows.push_back((data.device_transform ? data.device_transform(batch.images) : batch.images).flatten(1));
   }
   TAXON_CHECK(!rows.empty(), "cli.empty-dataset", "pixel features: every image was skipped as missing or unreadable");
-  drop_skipped(data, split, loader.skipped_samples(), "pixel features", c.run_dir);
+  drop_skipped(data, split, loader.skipped_samples(), "pixel features", c.run_dir, writes);
   return at::cat(rows);
 }
 
@@ -500,16 +548,28 @@ train::Schedule make_schedule(const unicom::Config& c) {
 // One cluster+train round; returns false if interrupted (the checkpoint makes it resumable).
 bool train_round(backbone::VisionTransformer& model, const fs::path& dir, int round, const at::Tensor& labels,
                  const Datasets& data, const unicom::Config& c, const Placement& where,
-                 taxon::report::RunRecorder& recorder) {
+                 taxon::report::RunRecorder& recorder, dist::ProcessGroup& group) {
   const int64_t num_classes = labels.max().item<int64_t>() + 1;
   const int64_t dim = model->options.output_dim();
   // ArcFace keeps upstream's straight-through gradient; other margin combinations use the exact gradient.
   const bool arcface = c.m1 == 1.0 && c.m3 == 0.0;
-  UnicomHead head(pfc::PartialFCOptions(num_classes, dim).num_feat(c.num_feat).seed(c.seed),
-            loss::Combined(loss::CombinedOptions(c.scale, c.m1, c.m2, c.m3)
-                               .filter(c.filter)
-                               .grad_mode(arcface ? loss::GradMode::straight_through : loss::GradMode::exact)),
-            pfc::UniformNegatives(c.sample_rate));
+  // Under a launcher the centres are sharded by class across the ranks (upstream's model-parallel PartialFC_V2).
+  const auto make_head = [&](const dist::ProcessGroup& ranks) {
+    return UnicomHead(pfc::PartialFCOptions(num_classes, dim).num_feat(c.num_feat).seed(c.seed).process_group(ranks),
+                      loss::Combined(loss::CombinedOptions(c.scale, c.m1, c.m2, c.m3)
+                                         .filter(c.filter)
+                                         .grad_mode(arcface ? loss::GradMode::straight_through : loss::GradMode::exact)),
+                      pfc::UniformNegatives(c.sample_rate));
+  };
+  UnicomHead head = make_head(group);
+  // Each rank's shard draws its initial centres from its own stream (upstream). Up to 2^28 values the ranks take
+  // their rows of what one process draws instead, so the same command trains the same model on any number of ranks
+  // (a transient [classes, dim] tensor per rank; beyond that size the ranks keep upstream's per-shard draws).
+  if (group.distributed() && num_classes * dim <= (int64_t{1} << 28)) {
+    const UnicomHead one = make_head(dist::ProcessGroup::single());
+    at::NoGradGuard no_grad;
+    head->weight.copy_(one->weight.narrow(0, head->shard().class_start, head->shard().num_local));
+  }
 
   auto options = train::TrainerOptions()
                      .epochs(c.epochs)
@@ -522,7 +582,8 @@ bool train_round(backbone::VisionTransformer& model, const fs::path& dir, int ro
                      .device(where.device.device)
                      .device_transform(data.device_transform)
                      .label_name(c.labels_from.empty() ? "cluster" : c.labels_from)
-                     .seed(c.seed);
+                     .seed(c.seed)
+                     .process_group(group);
   train::Trainer<backbone::VisionTransformer, UnicomHead> trainer(model, head, options, make_schedule(c));
   try {
     if (trainer.resume(dir / "checkpoints")) log::info("resumed ", dir.string(), " at step ", trainer.global_step());
@@ -533,7 +594,7 @@ bool train_round(backbone::VisionTransformer& model, const fs::path& dir, int ro
   }
 
   auto train_set = std::make_shared<const Dataset>(std::make_shared<const data::Relabeled<Dataset>>(data.train, labels));
-  auto loader = make_loader(train_set, data.train_transform, c, where, /*training=*/true);
+  auto loader = make_loader(train_set, data.train_transform, c, where, /*training=*/true, group);
   auto source = [&](int64_t epoch, int64_t skip) { return loader.epoch(epoch, skip); };  // resume skips without decoding
 
   const auto every = unicom::parse_checkpoint_every(c.checkpoint_every);
@@ -548,7 +609,7 @@ bool train_round(backbone::VisionTransformer& model, const fs::path& dir, int ro
     return false;
   }
   trainer.save_outputs(dir);  // model.safetensors (with its config), backbone.pt, centroids.npy
-  io::write_text_atomically(dir / "done", "ok\n");
+  if (group.rank() == 0) io::write_text_atomically(dir / "done", "ok\n");
   return true;
 }
 
@@ -702,13 +763,14 @@ void discard_run_state(const fs::path& run_dir) {
   log::info("--restart: discarded ", removed, " entries of the earlier run in ", run_dir.string());
 }
 
-int run_single(unicom::Config c, SharedStart* shared = nullptr) {
+int run_single(unicom::Config c, dist::ProcessGroup& group, SharedStart* shared = nullptr) {
   const Placement where = resolve_placement(c);
   configure_threads(c.threads);
   seed_everything(c.seed);
   const fs::path run_dir = c.run_dir;
-  if (c.restart) discard_run_state(run_dir);
-  if (io::path_exists(run_dir)) {  // temporaries of an attempt killed mid-write (kill -9, power loss)
+  const bool writer = group.rank() == 0;  // the one process that writes the run directory
+  if (c.restart && writer) discard_run_state(run_dir);
+  if (io::path_exists(run_dir) && writer) {  // temporaries of an attempt killed mid-write (kill -9, power loss)
     int stale = io::remove_stale_temporaries(run_dir);
     for (const auto& name : io::subdirectory_names(run_dir))
       if (name.rfind("round-", 0) == 0) {
@@ -721,9 +783,11 @@ int run_single(unicom::Config c, SharedStart* shared = nullptr) {
   config[unicom::kResolvedKey] = {{"device", where.device.device.str()},
                         {"device_note", where.device.fallback_reason},
                         {"amp", train::to_string(where.precision)}};
-  io::write_text_atomically(run_dir / "config.json", io::dump_json(config, 2));
+  if (writer) io::write_text_atomically(run_dir / "config.json", io::dump_json(config, 2));
+  if (group.distributed()) group.barrier();  // the others read the run directory once rank 0 has cleaned it
   std::signal(SIGINT, on_sigint);
-  taxon::report::RunRecorder recorder(run_dir, "load data and model");  // timings.json + report.html at each stage
+  // timings.json + report.html at each stage
+  taxon::report::RunRecorder recorder(run_dir, "load data and model", {}, writer);
   MarkInterruptedRun mark_interrupted(recorder);
 
   auto data = load_datasets(c, where);
@@ -760,45 +824,52 @@ int run_single(unicom::Config c, SharedStart* shared = nullptr) {
   Report report;
   const fs::path eval_cache = run_dir / "eval-before.json";
 
-  auto baselines = read_baselines(eval_cache);
+  auto baselines = writer ? read_baselines(eval_cache) : std::nullopt;
   log_plan(c, data, model, where, baselines.has_value());
-  if (!baselines) {  // once per run
+  if (!rank0_says(group, baselines.has_value(), where.device.device)) {  // once per run
     recorder.begin("baseline evaluation");
-    if (data.small_images) {
-      const auto raw = pixels(data, Split::eval, c, where);
-      evaluate(report, "raw-pixels", raw, *data.eval, c, where);
-    }
-    const auto before = embed_all(model, data, Split::eval, c, where, "embed eval");
+    // Every rank computes the features (either step may leave unreadable images out of the set); rank 0 evaluates.
+    const at::Tensor raw = data.small_images ? pixels(data, Split::eval, c, where, writer) : at::Tensor();
+    const auto before = embed_all(model, data, Split::eval, c, where, "embed eval", group);
     stop_if_interrupted("baseline evaluation");
-    evaluate(report, "before", before, *data.eval, c, where);
-    const std::string zs =
-        zero_shot ? unicom::zero_shot(text_side, "before", before, eval_columns(*data.eval, c.group_rank), c).to_csv() : "";
-    baselines = Baselines{report.json, report.table.to_csv(), zs};
-    io::write_text_atomically(eval_cache, io::dump_json(nlohmann::json{{"metrics", baselines->metrics},
-                                                         {"table", baselines->table_csv},
-                                                         {"zero_shot", baselines->zero_shot_csv}}, 2));
-    report.table.write_csv(run_dir / "eval_table.csv");  // the baselines alone until the final evaluation
-    io::write_text_atomically(run_dir / "retrieval.json", io::dump_json(report.json, 2));
+    if (writer) {
+      if (raw.defined()) evaluate(report, "raw-pixels", raw, *data.eval, c, where);
+      evaluate(report, "before", before, *data.eval, c, where);
+      const std::string zs =
+          zero_shot ? unicom::zero_shot(text_side, "before", before, eval_columns(*data.eval, c.group_rank), c).to_csv() : "";
+      baselines = Baselines{report.json, report.table.to_csv(), zs};
+      io::write_text_atomically(eval_cache, io::dump_json(nlohmann::json{{"metrics", baselines->metrics},
+                                                           {"table", baselines->table_csv},
+                                                           {"zero_shot", baselines->zero_shot_csv}}, 2));
+      report.table.write_csv(run_dir / "eval_table.csv");  // the baselines alone until the final evaluation
+      io::write_text_atomically(run_dir / "retrieval.json", io::dump_json(report.json, 2));
+    }
   }
 
   for (int round = 0; round < c.rounds; ++round) {
     const fs::path dir = run_dir / ("round-" + std::to_string(round));
-    if (io::path_exists(dir / "done")) {  // finished earlier: continue from its weights
-      if (c.labels_from.empty() && io::path_exists(dir / "labels.npy"))
+    if (rank0_says(group, io::path_exists(dir / "done"), where.device.device)) {  // finished earlier: continue from its weights
+      if (writer && c.labels_from.empty() && io::path_exists(dir / "labels.npy"))
         backfill_cluster_quality(dir, cluster::load_clustering(dir).labels, *data.train);
       model = backbone::load_checkpoint(dir / "model.safetensors");
       if (where.cuda()) model->to(where.device.device);
       continue;
     }
-    io::ensure_directory(dir);
+    if (writer) io::ensure_directory(dir);
     recorder.begin("round " + std::to_string(round) + ": " + (c.labels_from.empty() ? "clustering" : "labels"));
+    // Labels come from rank 0 (k-means there, or its labels.npy of an interrupted attempt) and are broadcast.
+    const auto labels_on_rank0 = [&](const at::Tensor& features) {
+      const at::Tensor labels = writer ? round_labels(dir, features, *data.train, c, where).to(at::kCPU, at::kLong)
+                                       : at::empty({data.train->size()}, at::kLong);
+      return from_rank0(group, labels, where.device.device);
+    };
     at::Tensor labels;
-    if (c.labels_from.empty() && !io::path_exists(dir / "labels.npy")) {
+    if (rank0_says(group, c.labels_from.empty() && !io::path_exists(dir / "labels.npy"), where.device.device)) {
       // Features first: embedding may drop unreadable images from data.train, which the labels must then match.
       const auto features = [&]() -> at::Tensor {
-        if (round == 0 && c.cluster_on == "pixels") return pixels(data, Split::train, c, where);
+        if (round == 0 && c.cluster_on == "pixels") return pixels(data, Split::train, c, where, writer);
         const at::Tensor image =
-            c.cluster_on == "text" ? at::Tensor() : embed_all(model, data, Split::train, c, where, "embed train");
+            c.cluster_on == "text" ? at::Tensor() : embed_all(model, data, Split::train, c, where, "embed train", group);
         return unicom::cluster_features(c, image, rows_of(caption_features, caption_rows, data.train_rows));
       };
       // A sweep: the starting model's features are computed by the first value only, unless that value's embedding
@@ -807,17 +878,17 @@ int run_single(unicom::Config c, SharedStart* shared = nullptr) {
                          shared->round0_features.size(0) == data.train->size();
       if (reuse) {
         log::info("round 0: clustering the starting model's features computed for an earlier value of the sweep");
-        labels = round_labels(dir, shared->round0_features, *data.train, c, where);
+        labels = labels_on_rank0(shared->round0_features);
       } else {
         const at::Tensor f = features();
         if (round == 0 && shared && !shared->round0_features.defined()) shared->round0_features = f;
-        labels = round_labels(dir, f, *data.train, c, where);
+        labels = labels_on_rank0(f);
       }
     } else
-      labels = round_labels(dir, at::Tensor(), *data.train, c, where);
+      labels = labels_on_rank0(at::Tensor());
     stop_if_interrupted("round " + std::to_string(round) + " clustering");
     recorder.begin("round " + std::to_string(round) + ": training");
-    if (!train_round(model, dir, round, labels, data, c, where, recorder)) {
+    if (!train_round(model, dir, round, labels, data, c, where, recorder, group)) {
       recorder.end("interrupted");
       log::warn("interrupted: checkpoint saved; continue with --resume ", run_dir.string());
       return 130;
@@ -827,12 +898,16 @@ int run_single(unicom::Config c, SharedStart* shared = nullptr) {
   // Final outputs where the seeds put them, and the after-training evaluation.
   recorder.begin("final evaluation");
   const fs::path last = run_dir / ("round-" + std::to_string(c.rounds - 1));
+  const auto embeddings = embed_all(model, data, Split::eval, c, where, "embed eval", group);
+  stop_if_interrupted("final evaluation");
+  if (!writer) {
+    log::info("rank ", group.rank(), ": done; rank 0 evaluates and writes the outputs");
+    return 0;
+  }
   io::copy_file_atomically(last / "model.safetensors", run_dir / "model.safetensors");
   io::copy_file_atomically(last / "centroids.npy", run_dir / "centroids.npy");
   report.json = baselines->metrics;
   report.table = eval::TaxonomyTable{};
-  const auto embeddings = embed_all(model, data, Split::eval, c, where, "embed eval");
-  stop_if_interrupted("final evaluation");
   io::save_npy(run_dir / "embeddings.npy", embeddings);
   std::vector<int64_t> eval_labels;
   for (int64_t i = 0; i < data.eval->size(); ++i) eval_labels.push_back(data.eval->labels(i).front());
@@ -873,7 +948,7 @@ int run_single(unicom::Config c, SharedStart* shared = nullptr) {
 // --cluster-ratio A,B,C (or --clusters A,B,C): one run per value in RUN/ratio-A/ ..., each from the same starting
 // model (baselines and round-0 features computed once), then RUN/sweep.csv and RUN/report.html compare them. A
 // resumed sweep (--resume RUN) skips the values that finished and resumes the one that was interrupted.
-int run_sweep(const unicom::Config& c) {
+int run_sweep(const unicom::Config& c, dist::ProcessGroup& group) {
   const fs::path run_dir = c.run_dir;
   report::Sweep sweep;
   sweep.parameter = c.clusters_sweep.empty() ? report::SweepParameter::cluster_ratio : report::SweepParameter::clusters;
@@ -906,7 +981,7 @@ int run_sweep(const unicom::Config& c) {
     io::ensure_directory(point.dir);
     if (io::path_exists(baselines) && !io::path_exists(point.dir / "eval-before.json"))
       io::copy_file_atomically(baselines, point.dir / "eval-before.json");
-    const int rc = run_single(one, &shared);
+    const int rc = run_single(one, group, &shared);
     if (rc != 0) {
       log::warn("sweep stopped at ", name, "; continue it with --resume ", run_dir.string());
       return rc;
@@ -933,25 +1008,53 @@ int run_sweep(const unicom::Config& c) {
   return 0;
 }
 
-int run(const unicom::Config& c) {
-  if (c.cluster_ratio_sweep.empty() && c.clusters_sweep.empty()) return run_single(c);
-  return run_sweep(c);
+int run(const unicom::Config& c, dist::ProcessGroup& group) {
+  if (c.cluster_ratio_sweep.empty() && c.clusters_sweep.empty()) return run_single(c, group);
+  TAXON_CHECK(!group.distributed(), "cli.bad-option", "a --cluster-ratio/--clusters sweep runs in one process; under ",
+              "torchrun/srun run one value per job");
+  return run_sweep(c, group);
+}
+
+// The ranks of this job from the launcher's environment (torchrun, srun), or one process. Gloo on the CPU, NCCL
+// with each rank on GPU LOCAL_RANK; --batch-size is the global batch and must split evenly.
+dist::ProcessGroup connect_ranks(const unicom::Config& c) {
+  const auto env = dist::launch_environment_from_env();
+  if (env.world_size == 1) return dist::ProcessGroup::single();
+  const auto device = parse_device(c.device).device;
+  const at::Device rank_device = device.is_cuda() ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank))
+                                                  : at::Device(at::kCPU);
+  TAXON_CHECK(c.batch_size % env.world_size == 0, "cli.bad-option", "--batch-size ", c.batch_size,
+              " is the batch over all ", env.world_size, " ranks and must be a multiple of it");
+  if (env.rank != 0 && !std::getenv("TAXON_LOG_LEVEL")) log::set_level(log::Level::warn);  // one log: rank 0's
+  auto group = dist::ProcessGroup::connect(
+      env, dist::ProcessGroupOptions()
+               .timeout(std::chrono::milliseconds(static_cast<int64_t>(c.dist_timeout * 1000)))
+               .device(rank_device));
+  log::info("distributed: rank ", env.rank, " of ", env.world_size, " (", env.launcher, ", ",
+            rank_device.is_cuda() ? "NCCL" : "Gloo", ", collective timeout ", c.dist_timeout, " s)");
+  return group;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  dist::ProcessGroup group = dist::ProcessGroup::single();
   try {
-    return run(parse(argc, argv));
+    const auto c = parse(argc, argv);
+    group = connect_ranks(c);
+    return run(c, group);
   } catch (const Interrupted& stop) {
     std::cerr << "taxon-unicom: interrupted during " << stop.stage
               << "; nothing is lost (this stage is redone): continue with --resume RUN_DIR\n";
     return 130;
   } catch (const taxon::Error& e) {
-    std::cerr << "taxon-unicom: " << e.what() << "\n";
+    std::cerr << "taxon-unicom: " << (group.distributed() ? "rank " + std::to_string(group.rank()) + ": " : "")
+              << e.what() << "\n";
+    if (e.id() != "dist.peer-failed") group.report_failure(e.what());  // the other ranks name this one
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "taxon-unicom: unexpected error: " << e.what() << "\n";
+    group.report_failure(e.what());
     return 1;
   }
 }

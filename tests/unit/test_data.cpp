@@ -831,6 +831,51 @@ TEST_CASE("loader: shards of 2 ranks partition the epoch", "[data][loader]") {
   REQUIRE_TAXON_ERROR(epoch_order(10, 0, LoaderOptions().rank(2).world_size(2)), "data.bad-shard");
 }
 
+// What data-parallel training relies on: a rank's order depends only on (seed, epoch, N, rank), each rank's shard is
+// its stride of the 1-rank epoch permutation, and with drop_last the ranks' batch k together hold exactly the samples
+// of batch k of a 1-rank run with an N-times larger batch, each with the same augmentation.
+TEST_CASE("loader: an N-rank epoch is the 1-rank epoch's permutation cut in strides, global batches equal", "[data][loader][dist]") {
+  using namespace taxon::data;
+  for (int64_t n : {48, 53}) {
+    const auto ds = std::make_shared<const test_data::SyntheticDataset>(n);
+    for (int64_t world : {1, 2, 3, 4}) {
+      const int64_t b = 4;
+      INFO("n " << n << ", world size " << world);
+      const auto one = LoaderOptions().batch_size(b * world).seed(9).drop_last(true).workers(0);
+      const Loader<test_data::SyntheticDataset> single(ds, clip_train(8, 0.3), one);
+      const auto full = epoch_order(n, 2, one);
+      CHECK(full == epoch_order(n, 2, LoaderOptions(one).workers(3)));  // not a function of the workers
+      CHECK(full != epoch_order(n, 3, one));
+      CHECK(full != epoch_order(n, 2, LoaderOptions(one).seed(10)));
+      const auto single_batches = test_data::collect(single, 2);
+      std::vector<std::vector<Batch>> per_rank;
+      for (int rank = 0; rank < world; ++rank) {
+        const auto opts = LoaderOptions(one).batch_size(b).rank(rank).world_size(static_cast<int>(world)).workers(rank % 2 * 2);
+        const auto shard = epoch_order(n, 2, opts);
+        CHECK(shard == epoch_order(n, 2, opts));
+        std::vector<int64_t> stride;  // the 1-rank permutation (cut to a multiple of N), every N-th from `rank`
+        for (int64_t i = rank; i < n / world * world; i += world) stride.push_back(full[static_cast<size_t>(i)]);
+        CHECK(shard == stride);
+        per_rank.push_back(test_data::collect(Loader<test_data::SyntheticDataset>(ds, clip_train(8, 0.3), opts), 2));
+      }
+      for (const auto& r : per_rank) REQUIRE(r.size() == single_batches.size());
+      REQUIRE(single_batches.size() == static_cast<size_t>(n / (b * world)));
+      for (size_t k = 0; k < single_batches.size(); ++k) {
+        std::map<int64_t, at::Tensor> merged;
+        for (const auto& r : per_rank)
+          for (int64_t i = 0; i < r[k].size(); ++i) merged.emplace(r[k].indices[i].item<int64_t>(), r[k].images[i]);
+        const Batch& s = single_batches[k];
+        REQUIRE(merged.size() == static_cast<size_t>(s.size()));
+        for (int64_t i = 0; i < s.size(); ++i) {
+          const auto it = merged.find(s.indices[i].item<int64_t>());
+          REQUIRE(it != merged.end());
+          CHECK(at::equal(it->second, s.images[i]));  // same sample, same augmentation
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("loader: an exception inside a worker surfaces in the caller, early exit joins cleanly", "[data][loader]") {
   using namespace taxon::data;
   const auto bad = std::make_shared<const test_data::SyntheticDataset>(40, /*fail_at=*/13);

@@ -24,6 +24,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -477,8 +478,15 @@ class VisionTransformerImpl : public torch::nn::Module {
       return at::matmul(cls, proj.to(cls.scalar_type()));
     }
     x = ln_post->forward(x.to(at::kFloat));
-    return feature->forward(x.flatten(1).to(feature[0]->as<torch::nn::Linear>()->weight.scalar_type()));
+    const at::Tensor flat = x.flatten(1).to(feature[0]->as<torch::nn::Linear>()->weight.scalar_type());
+    if (!head_batch_norm) return feature->forward(flat);
+    auto h = head_batch_norm(feature[0]->as<torch::nn::Linear>()->forward(flat), *feature[1]->as<torch::nn::BatchNorm1d>());
+    return head_batch_norm(feature[2]->as<torch::nn::Linear>()->forward(h), *feature[3]->as<torch::nn::BatchNorm1d>());
   }
+
+  // How the UNICOM head's two BatchNorm1d layers (feature.1, feature.3) are applied; empty: their own forward. A
+  // data-parallel Trainer sets dist::sync_batch_norm here, so training statistics span every rank's rows.
+  std::function<at::Tensor(const at::Tensor&, torch::nn::BatchNorm1dImpl&)> head_batch_norm;
 
   VisionTransformerOptions options;
   torch::nn::Conv2d patch_embed{nullptr};

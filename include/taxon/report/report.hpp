@@ -85,11 +85,15 @@ inline std::filesystem::path write_comparison_report(const std::vector<std::file
 
 // Times a run's stages and keeps its report current. Construct once the run directory exists; call begin() at
 // each stage boundary and end() when the run stops. A failing report write is logged, never thrown: a report must
-// not be the reason a training run dies.
+// not be the reason a training run dies. `writes` false (the ranks other than 0 of a distributed run) keeps the
+// same calls but writes nothing: one process owns a run directory's timings and report.
 class RunRecorder {
  public:
-  explicit RunRecorder(std::filesystem::path run_dir, std::string first_stage, ReportOptions options = {})
-      : dir_(std::move(run_dir)), options_(std::move(options)), stage_(std::move(first_stage)), start_(Clock::now()) {
+  explicit RunRecorder(std::filesystem::path run_dir, std::string first_stage, ReportOptions options = {},
+                       bool writes = true)
+      : dir_(std::move(run_dir)), options_(std::move(options)), stage_(std::move(first_stage)), start_(Clock::now()),
+        writes_(writes) {
+    if (!writes_) return;
     try {
       if (io::path_exists(dir_ / StageTimings::kFileName)) timings_ = StageTimings::load(dir_);
     } catch (const std::exception& e) {
@@ -117,6 +121,7 @@ class RunRecorder {
   }
   // Rewrites report.html from the run directory.
   void refresh() {
+    if (!writes_) return;
     try {
       write_run_report(dir_, options_);
     } catch (const std::exception& e) {
@@ -135,6 +140,7 @@ class RunRecorder {
     start_ = now;
   }
   void save() {
+    if (!writes_) return;
     try {
       timings_.save(dir_);
     } catch (const std::exception& e) {
@@ -147,6 +153,7 @@ class RunRecorder {
   int session_ = 0;
   std::string stage_;
   Clock::time_point start_;
+  bool writes_ = true;
 };
 
 // Trainer callback: rewrites the report after every epoch, so training curves appear while a run trains.

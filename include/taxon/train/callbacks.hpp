@@ -319,6 +319,13 @@ class ProgressBar {
 // O_APPEND write so lines never interleave or tear. When a run starts (resumed, or again from step 0), lines of its
 // context from steps after its starting step are dropped first (rewritten atomically) so the log reads like one
 // uninterrupted run.
+// Whether `trainer`'s process writes the run's shared files: rank 0 of a distributed run, and any single process.
+template <typename T>
+bool writes_run_files(const T& trainer) {
+  if constexpr (requires { { trainer.rank() } -> std::convertible_to<int>; }) return trainer.rank() == 0;
+  else return true;
+}
+
 class MetricsLog {
  public:
   static constexpr HookSet hooks{Hook::on_train_begin, Hook::on_step_end, Hook::on_evaluated};
@@ -333,13 +340,15 @@ class MetricsLog {
 
   template <typename T>
   void on_train_begin(T& trainer) {
+    writer_ = writes_run_files(trainer);
+    if (!writer_) return;  // one log per run: rank 0 writes it
     if (path_.has_parent_path()) io::ensure_directory(path_.parent_path());
     // Also at step 0: a run killed before its first checkpoint restarts from 0 and must not list its steps twice.
     if (io::path_exists(path_)) truncate_after(trainer.global_step());
   }
   template <typename T>
   void on_step_end(T&, const StepReport& r) {
-    if (r.step % every_ != 0 && r.step != r.total_steps) return;
+    if (!writer_ || (r.step % every_ != 0 && r.step != r.total_steps)) return;
     nlohmann::json j = {{"event", "step"}, {"epoch", r.epoch}, {"step", r.step},       {"loss", r.loss},
                         {"lr", r.lr},       {"head_lr", r.head_lr}, {"beta1", r.beta1}, {"images", r.images},
                         {"seconds", r.seconds}};
@@ -350,6 +359,7 @@ class MetricsLog {
   }
   template <typename T>
   void on_evaluated(T& trainer, const Metrics& m) {
+    if (!writer_) return;
     nlohmann::json j = {{"event", "eval"}, {"epoch", trainer.epoch()}, {"step", trainer.global_step()}};
     for (const auto& [k, v] : m) j[k] = v;
     append(j);
@@ -388,6 +398,7 @@ class MetricsLog {
   std::filesystem::path path_;
   int64_t every_;
   nlohmann::json context_;
+  bool writer_ = true;
 };
 
 // Periodic evaluation: calls fn(trainer) every `every_epochs` epochs (and after the last one); the Trainer puts
@@ -432,7 +443,10 @@ class Checkpointing {
   template <typename T>
   void on_step_end(T& trainer, const StepReport& r) {
     const bool by_steps = every_steps_ > 0 && r.step % every_steps_ == 0;
-    const bool by_time = every_.count() > 0 && std::chrono::steady_clock::now() - last_ >= every_;
+    bool by_time = every_.count() > 0 && std::chrono::steady_clock::now() - last_ >= every_;
+    // Ranks' clocks differ: a checkpoint is collective, so any rank's "time is up" decides for all.
+    if constexpr (requires { trainer.any_rank(true); })
+      if (every_.count() > 0) by_time = trainer.any_rank(by_time);
     if (by_steps || by_time) save(trainer);
   }
   template <typename T>

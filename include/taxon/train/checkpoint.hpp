@@ -10,6 +10,12 @@
 //       trainer.json   {"format": 2, "files": {part: {"name": file, "bytes": size, "crc32": n}}, "trainer": {...}}
 //   <root>/latest      the name of the newest complete step directory
 //
+// A checkpoint of an N-rank run (N > 1) is written once, by rank 0: the files above hold rank 0's state (the
+// backbone and its AdamW moments are the same on every rank), and each other rank r's own state (its head shard, its
+// optimizer state, its generators), serialised on rank r and sent to rank 0, sits next to them as
+// head.rank-<r, 5 digits>.pt, optimizer.rank-<r>.pt and rng.rank-<r>.pt, in the manifest as "head@r", ... with
+// "ranks": N at the top of trainer.json. Rank r resumes from its own files (docs/distributed.md).
+//
 // A step directory is filled under a hidden temporary name and renamed into place when complete, and `latest` is
 // replaced atomically after that: a crash at any point leaves `latest` naming a complete checkpoint. The "files"
 // manifest lets a load report a missing, truncated or altered part (size, CRC-32 as Python's zlib.crc32) by name
@@ -38,6 +44,7 @@
 #include <filesystem>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -66,6 +73,13 @@ struct CheckpointParts {
   torch::optim::Optimizer& optimizer;
 };
 
+// The bytes of one rank's own files of a distributed checkpoint (made by TrainingCheckpoint::rank_files on that
+// rank, written by rank 0).
+struct RankFiles {
+  int rank = 0;
+  std::string head, optimizer, rng;
+};
+
 class TrainingCheckpoint {
  public:
   static constexpr int kFormat = 2;
@@ -90,7 +104,7 @@ class TrainingCheckpoint {
   // directories (0: all). `state` is the trainer's own JSON state. Returns the new directory.
   static std::filesystem::path save(const std::filesystem::path& root, int64_t step, const CheckpointParts& parts,
                                     const GeneratorStates& generators, const nlohmann::json& state,
-                                    int keep_last = 0) {
+                                    int keep_last = 0, const std::vector<RankFiles>& other_ranks = {}) {
     const std::string name = directory_name(step);
     if (io::path_exists(root)) io::remove_stale_temporaries(root);  // of a process killed mid-save
     const auto dir = io::write_directory_atomically(root, name, [&](const std::filesystem::path& d) {
@@ -103,9 +117,23 @@ class TrainingCheckpoint {
       });
       write_pickle(d / file_of("rng"), generators);
       nlohmann::json files = nlohmann::json::object();
-      for (const auto& p : kParts)
-        files[p.part] = {{"name", p.file}, {"bytes", io::file_size(d / p.file)}, {"crc32", io::file_crc32(d / p.file)}};
-      const nlohmann::json doc = {{"format", kFormat}, {"files", std::move(files)}, {"trainer", state}};
+      auto record = [&](const std::string& part, const std::string& file) {
+        files[part] = {{"name", file}, {"bytes", io::file_size(d / file)}, {"crc32", io::file_crc32(d / file)}};
+      };
+      for (const auto& p : kParts) record(p.part, p.file);
+      for (const auto& r : other_ranks) {
+        const std::array<std::pair<const char*, const std::string*>, 3> own{
+            {{"head", &r.head}, {"optimizer", &r.optimizer}, {"rng", &r.rng}}};
+        for (const auto& [part, bytes] : own) {
+          const std::string file = rank_file(part, r.rank);
+          io::write_atomically(d / file, [&](std::ostream& out) {
+            out.write(bytes->data(), static_cast<std::streamsize>(bytes->size()));
+          });
+          record(rank_part(part, r.rank), file);
+        }
+      }
+      nlohmann::json doc = {{"format", kFormat}, {"files", std::move(files)}, {"trainer", state}};
+      if (!other_ranks.empty()) doc["ranks"] = static_cast<int64_t>(other_ranks.size()) + 1;
       io::write_text_atomically(d / kStateFile, io::dump_json(doc, 2));
     });
     io::write_text_atomically(root / kLatestFile, name + "\n");
@@ -183,6 +211,33 @@ class TrainingCheckpoint {
     }
   }
 
+  // This rank's own state (head, optimizer, generators) as the bytes of its files, for rank 0 to write.
+  static RankFiles rank_files(int rank, const CheckpointParts& parts, const GeneratorStates& generators) {
+    RankFiles out;
+    out.rank = rank;
+    auto pickled = [](const TensorDict& dict) {
+      const std::vector<char> bytes = torch::pickle_save(dict);
+      return std::string(bytes.begin(), bytes.end());
+    };
+    out.head = pickled(module_state(parts.head));
+    std::ostringstream optimizer;
+    torch::serialize::OutputArchive archive;
+    parts.optimizer.save(archive);
+    save_archive(archive, optimizer);
+    out.optimizer = std::move(optimizer).str();
+    out.rng = pickled(generators);
+    return out;
+  }
+  // "head.rank-00003.pt": rank 3's file of `part` in a distributed checkpoint.
+  static std::string rank_file(std::string_view part, int rank) {
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "%05d", rank);
+    std::string name = file_of(part);
+    return name.insert(name.find('.'), std::string(".rank-") + buf);
+  }
+  // Number of ranks whose state the checkpoint holds (1 for a single-process run).
+  int64_t ranks() const { return ranks_; }
+
   const std::filesystem::path& dir() const { return dir_; }
   // trainer.json of this checkpoint, for naming it in errors.
   std::filesystem::path state_file() const { return dir_ / kStateFile; }
@@ -190,8 +245,8 @@ class TrainingCheckpoint {
   const nlohmann::json& state() const { return state_; }
 
   // The generator states (rng.pt), read and checked; nothing is applied.
-  GeneratorStates generators() const {
-    const auto file = dir_ / file_of("rng");
+  GeneratorStates generators(int rank = 0) const {
+    const auto file = dir_ / file_for("rng", rank);
     const io::PickleValue value = read_pickle(file, "generator states");
     TAXON_CHECK(value.is_dict(), "train.bad-checkpoint", file.string(),
                 " does not hold a dictionary of generator states");
@@ -200,14 +255,14 @@ class TrainingCheckpoint {
 
   // Copies the saved backbone, head and optimizer state into `parts` (optimizer state onto `device`). Both modules'
   // names and shapes are checked before any tensor is copied; a mismatch is train.checkpoint-mismatch naming them.
-  void restore(const CheckpointParts& parts, at::Device device) const {
+  void restore(const CheckpointParts& parts, at::Device device, int rank = 0) const {
     const auto backbone_file = dir_ / file_of("backbone");
-    const auto head_file = dir_ / file_of("head");
+    const auto head_file = dir_ / file_for("head", rank);
     const auto backbone = read_module_state(backbone_file);
     const auto head = read_module_state(head_file);
     check_module_state(backbone, parts.backbone, backbone_file, "backbone");
     check_module_state(head, parts.head, head_file, "head");
-    const auto optimizer_file = dir_ / file_of("optimizer");
+    const auto optimizer_file = dir_ / file_for("optimizer", rank);
     torch::serialize::InputArchive archive;
     try {
       archive.load_from(optimizer_file.string(), device);
@@ -245,16 +300,22 @@ class TrainingCheckpoint {
       return;
     }
     state_ = state_value(doc, "trainer", where);
+    if (doc.contains("ranks")) ranks_ = state_field<int64_t>(doc, "ranks", where);
+    TAXON_CHECK(ranks_ >= 1 && ranks_ <= 1 << 20, "train.bad-checkpoint", where, " records ", ranks_, " ranks");
     const auto& files = state_value(doc, "files", where);
     const std::string files_where = where + " 'files'";
-    for (const auto& p : kParts) {
-      const auto& entry = state_value(files, p.part, files_where);
-      const std::string entry_where = files_where + " '" + p.part + "'";
+    std::vector<std::pair<std::string, std::string>> expected;  // manifest key, file name
+    for (const auto& p : kParts) expected.emplace_back(p.part, p.file);
+    for (int r = 1; r < ranks_; ++r)
+      for (const char* part : {"head", "optimizer", "rng"}) expected.emplace_back(rank_part(part, r), rank_file(part, r));
+    for (const auto& [part, file] : expected) {
+      const auto& entry = state_value(files, part.c_str(), files_where);
+      const std::string entry_where = files_where + " '" + part + "'";
       const auto name = state_field<std::string>(entry, "name", entry_where);
-      TAXON_CHECK(name == p.file, "train.bad-checkpoint", entry_where, " names '", name, "'; this version writes '",
-                  p.file, "'");
+      TAXON_CHECK(name == file, "train.bad-checkpoint", entry_where, " names '", name, "'; this version writes '",
+                  file, "'");
       const auto bytes = state_field<std::uint64_t>(entry, "bytes", entry_where);
-      const auto path = dir_ / p.file;
+      const auto path = dir_ / file;
       std::error_code ec;
       const auto size = std::filesystem::file_size(path, ec);
       TAXON_CHECK(!ec, "train.bad-checkpoint", path.string(), " is missing from the checkpoint (", ec.message(), ")");
@@ -280,6 +341,13 @@ class TrainingCheckpoint {
     for (const auto& p : kParts)
       if (part == p.part) return p.file;
     TAXON_FAIL("train.bad-checkpoint", "no checkpoint part '", part, "'");
+  }
+  static std::string rank_part(std::string_view part, int rank) { return std::string(part) + "@" + std::to_string(rank); }
+  // Rank `rank`'s file of `part`: rank 0's are the plain names.
+  std::string file_for(std::string_view part, int rank) const {
+    TAXON_CHECK(rank >= 0 && rank < ranks_, "train.resume-mismatch", dir_.string(), " holds the state of ", ranks_,
+                " rank(s); rank ", rank, " has none (resume on as many ranks as wrote it)");
+    return rank == 0 ? std::string(file_of(part)) : rank_file(part, rank);
   }
 
   // name -> tensor for every parameter and buffer (the module's state_dict), detached, on CPU.
@@ -351,6 +419,7 @@ class TrainingCheckpoint {
 
   std::filesystem::path dir_;
   nlohmann::json state_;
+  int64_t ranks_ = 1;
 };
 
 // The default CPU generator's state (dropout, PartialFC's negative sampling and anything else drawing from it).

@@ -25,6 +25,9 @@
 #include "taxon/core/log.hpp"
 #include "taxon/core/options.hpp"
 #include "taxon/core/seed.hpp"
+#include "taxon/dist/data_parallel.hpp"
+#include "taxon/dist/process_group.hpp"
+#include "taxon/dist/sync_batch_norm.hpp"
 #include "taxon/io/atomic_file.hpp"
 #include "taxon/io/npy.hpp"
 #include "taxon/io/safetensors.hpp"
@@ -46,6 +49,7 @@
 #include <chrono>
 #include <cmath>
 #include <concepts>
+#include <cstring>
 #include <filesystem>
 #include <iterator>
 #include <memory>
@@ -103,6 +107,15 @@ struct TrainerOptions {
   // Applied to each batch's images once on the device, e.g. data::normalize_on_device(mean, std) for uint8
   // to_chw() batches; empty: the images go to the backbone as they are.
   TAXON_ARG(DeviceImageStep, device_transform);
+  // The ranks training this model together (docs/distributed.md, "Data parallel training"): the backbone starts
+  // from rank 0's weights and its gradients are averaged every optimizer step; the head shards itself. Every rank
+  // calls fit(), save_checkpoint(), resume() and save_outputs() alike: they communicate.
+  TAXON_ARG(dist::ProcessGroup, process_group) = dist::ProcessGroup::single();
+  // Bucket size of the gradient all-reduce.
+  TAXON_ARG(dist::GradientAveragerOptions, gradient_averaging) = {};
+  // In a distributed run, the backbone's head batch norms (a taxon ViT's feature.1/feature.3) normalise with the
+  // statistics of the global batch, as upstream's SyncBatchNorm; false: each rank's own rows.
+  TAXON_ARG(bool, sync_batch_norm) = true;
 
  public:
   void validate() const {
@@ -138,7 +151,8 @@ struct TrainerOptions {
             {"label_column", label_column_},
             {"label_name", label_name_},
             {"steps_per_epoch", steps_per_epoch_},
-            {"seed", seed_}};
+            {"seed", seed_},
+            {"world_size", process_group_.world_size()}};
   }
 };
 
@@ -198,6 +212,22 @@ class Trainer {
     require_usable(device_);
     place_on(*backbone_, device_);
     place_on(*head_, device_);
+    group_ = options_.process_group();
+    if constexpr (requires { { head_->options().world_size() } -> std::convertible_to<int64_t>; }) {
+      TAXON_CHECK(head_->options().world_size() == group_.world_size() &&
+                      head_->options().rank() == group_.rank(),
+                  "train.bad-option", "the head is sharded for rank ", head_->options().rank(), " of ",
+                  head_->options().world_size(), " but the trainer's process group is rank ", group_.rank(), " of ",
+                  group_.world_size());
+    }
+    dist::broadcast_module_(*backbone_, group_);  // every rank starts from rank 0's backbone
+    if constexpr (requires { backbone_->head_batch_norm; }) {
+      if (group_.distributed() && options_.sync_batch_norm())
+        backbone_->head_batch_norm = [group = group_](const at::Tensor& x, torch::nn::BatchNorm1dImpl& bn) mutable {
+          return dist::sync_batch_norm(x, bn, group);
+        };
+    }
+    averager_.emplace(backbone_->parameters(), group_, options_.gradient_averaging());
     optimizer_ = make_adamw(backbone_, head_, options_);
     if (options_.precision() == Precision::fp16) {
       TAXON_CHECK(device_.is_cuda(), "train.amp-unsupported",
@@ -219,7 +249,7 @@ class Trainer {
     const int64_t total = total_optimizer_steps();
     if (!started_) {
       schedule_.start(total, {options_.lr(), options_.lr() * options_.lr_pfc_weight()});
-      seed_everything(options_.seed());
+      seed_everything(rank_seed());
       started_ = true;
     } else {  // resumed from a checkpoint, or a second fit() after a stop: continue from the current state
       TAXON_CHECK(schedule_.total_steps() == total, "train.resume-mismatch", "the schedule was built for ",
@@ -249,6 +279,21 @@ class Trainer {
 
   void request_stop() { stop_ = true; }
 
+  // ---- ranks ------------------------------------------------------------------------------------------------
+
+  const dist::ProcessGroup& process_group() const { return group_; }
+  int rank() const { return group_.rank(); }
+  int world_size() const { return group_.world_size(); }
+  // `flag` from any rank, on every rank (collective when distributed): for callbacks deciding on local facts such as
+  // the wall clock.
+  bool any_rank(bool flag) { return dist::any_rank(group_, flag, device_); }
+  // What this rank seeds LibTorch's generators with: the seed on rank 0 (so one process is unchanged), an
+  // independent stream on every other rank (dropout masks differ across ranks as across the rows of one batch).
+  uint64_t rank_seed() const {
+    return group_.rank() == 0 ? options_.seed()
+                              : derive_seed(options_.seed(), {0x52414e4bULL /* "RANK" */, static_cast<uint64_t>(group_.rank())});
+  }
+
   // ---- checkpoints ------------------------------------------------------------------------------------------
 
   // Saves a checkpoint of this step under `root` (layout and atomicity: TrainingCheckpoint) and keeps the newest
@@ -257,8 +302,18 @@ class Trainer {
     TAXON_CHECK(micro_ == 0, "train.checkpoint-mid-step",
                 "save_checkpoint called in the middle of an accumulation group (", micro_, " of ",
                 options_.accumulation(), " micro-batches); call it from a step or epoch hook");
-    last_checkpoint_ =
-        TrainingCheckpoint::save(root, global_step_, checkpoint_parts(), rng_states(), state_json(), keep_last);
+    const CheckpointParts parts = checkpoint_parts();
+    if (!group_.distributed()) {
+      last_checkpoint_ = TrainingCheckpoint::save(root, global_step_, parts, rng_states(), state_json(), keep_last);
+      return *last_checkpoint_;
+    }
+    // Rank 0 writes once, with every other rank's own state gathered from it.
+    const std::vector<RankFiles> others = gather_rank_files(parts);
+    if (group_.rank() == 0)
+      last_checkpoint_ = TrainingCheckpoint::save(root, global_step_, parts, rng_states(), state_json(), keep_last, others);
+    else
+      last_checkpoint_ = root / TrainingCheckpoint::directory_name(global_step_);
+    group_.barrier();  // every rank returns once the checkpoint is complete
     return *last_checkpoint_;
   }
 
@@ -292,9 +347,13 @@ class Trainer {
     const auto& threads_json = state.contains("threads") ? state["threads"] : nlohmann::json();
     const double last_loss = last_loss_json.is_number() ? last_loss_json.get<double>() : 0.0;
     const int threads = threads_json.is_number_integer() ? threads_json.get<int>() : 0;
-    const GeneratorStates generators = checkpoint->generators();
+    TAXON_CHECK(checkpoint->ranks() == group_.world_size(), "train.resume-mismatch", "checkpoint ",
+                checkpoint->dir().string(), " was written by ", checkpoint->ranks(), " rank(s) but this run has ",
+                group_.world_size(), "; resume on as many ranks (the exports model.safetensors and centroids.npy load "
+                "anywhere)");
+    const GeneratorStates generators = checkpoint->generators(group_.rank());
 
-    checkpoint->restore(checkpoint_parts(), device_);
+    checkpoint->restore(checkpoint_parts(), device_, group_.rank());
     set_rng_states(generators, checkpoint->dir());
     schedule_ = std::move(schedule);
     scaler_ = std::move(scaler);
@@ -315,8 +374,16 @@ class Trainer {
   }
 
   // Final outputs as the seeds produce them: dir/model.safetensors and dir/backbone.pt (torch::save of the
-  // backbone module, loadable with torch::load), and the head's class centres as dir/centroids.npy.
+  // backbone module, loadable with torch::load), and the head's class centres as dir/centroids.npy. In a
+  // distributed run every rank calls it: the centres are gathered in class order and rank 0 writes.
   void save_outputs(const std::filesystem::path& dir) const {
+    dist::ProcessGroup group = group_;
+    at::Tensor centres = head_->centroids().detach();
+    bool sharded = false;  // a head sharded by class holds a slice of the centres on each rank
+    if constexpr (requires { { head_->options().world_size() } -> std::convertible_to<int64_t>; })
+      sharded = head_->options().world_size() > 1;
+    if (sharded) centres = group.all_gather_uneven(centres.contiguous());
+    if (group.rank() != 0) return;
     std::vector<std::pair<std::string, at::Tensor>> tensors;
     for (const auto& p : backbone_->named_parameters(true)) tensors.emplace_back(p.key(), p.value().detach());
     for (const auto& b : backbone_->named_buffers(true)) tensors.emplace_back(b.key(), b.value().detach());
@@ -333,7 +400,7 @@ class Trainer {
       backbone_->save(archive);
       save_archive(archive, out);
     });
-    io::save_npy(dir / "centroids.npy", head_->centroids().detach().to(at::kCPU, at::kFloat).contiguous());
+    io::save_npy(dir / "centroids.npy", centres.to(at::kCPU, at::kFloat).contiguous());
   }
 
   // Free-form run configuration (e.g. the CLI flags) saved in every checkpoint; restored by resume().
@@ -388,6 +455,66 @@ class Trainer {
   }
 
   CheckpointParts checkpoint_parts() { return {*backbone_, *head_, *optimizer_}; }
+
+  // Whether each rank holds a slice of the head's parameters (a class-sharded PartialFC).
+  bool head_sharded() const {
+    if constexpr (requires { { head_->options().world_size() } -> std::convertible_to<int64_t>; })
+      return head_->options().world_size() > 1;
+    else
+      return false;
+  }
+
+  // clip_grad_norm_ over the whole model when the head is sharded: the norm of the (identical) backbone gradients
+  // and of every rank's head shard together, so every rank clips by the coefficient one process would use.
+  double clip_global_grad_norm() {
+    torch::NoGradGuard no_grad;
+    auto squares = [](const std::vector<at::Tensor>& params) {
+      std::vector<at::Tensor> norms;
+      for (const auto& p : params)
+        if (p.grad().defined()) norms.push_back(p.grad().norm(2).to(at::kDouble));
+      return norms.empty() ? at::zeros({1}, at::kDouble) : at::stack(norms).pow(2).sum().reshape({1});
+    };
+    at::Tensor head_sq = squares(head_->parameters()).to(device_);
+    group_.all_reduce_(head_sq, dist::ReduceOp::sum);
+    const at::Tensor backbone_sq = squares(backbone_->parameters());
+    const double total = std::sqrt(backbone_sq.item<double>() + head_sq.cpu().item<double>());
+    const double coefficient = options_.clip_grad_norm() / (total + 1e-6);
+    if (coefficient < 1)
+      for (auto& group : optimizer_->param_groups())
+        for (auto& p : group.params())
+          if (p.grad().defined()) p.mutable_grad().mul_(coefficient);
+    return total;
+  }
+
+  // Every rank's own checkpoint files (head shard, optimizer, generators), on rank 0; empty on the others.
+  std::vector<RankFiles> gather_rank_files(const CheckpointParts& parts) {
+    const RankFiles mine = TrainingCheckpoint::rank_files(group_.rank(), parts, rng_states());
+    const std::string joined = mine.head + mine.optimizer + mine.rng;
+    at::Tensor bytes = at::empty({static_cast<int64_t>(joined.size())}, at::kByte);
+    std::memcpy(bytes.data_ptr(), joined.data(), joined.size());
+    const at::Tensor sizes = at::tensor(std::vector<int64_t>{static_cast<int64_t>(mine.head.size()),
+                                                             static_cast<int64_t>(mine.optimizer.size()),
+                                                             static_cast<int64_t>(mine.rng.size())}, at::kLong);
+    const at::Tensor all_sizes = group_.all_gather(sizes.to(device_)).cpu();
+    const at::Tensor all_bytes = group_.all_gather_uneven(bytes.to(device_)).cpu().contiguous();
+    if (group_.rank() != 0) return {};
+    std::vector<RankFiles> out;
+    const auto* data = static_cast<const char*>(all_bytes.data_ptr());
+    const auto* n = all_sizes.data_ptr<int64_t>();
+    int64_t offset = 0;
+    for (int r = 0; r < group_.world_size(); ++r) {
+      RankFiles f;
+      f.rank = r;
+      for (auto* part : {&f.head, &f.optimizer, &f.rng}) {
+        part->assign(data + offset, static_cast<size_t>(*n));
+        offset += *n++;
+      }
+      if (r > 0) out.push_back(std::move(f));  // rank 0's own are the plain files
+    }
+    TAXON_CHECK(offset == all_bytes.numel(), "train.bad-checkpoint", "gathered ", all_bytes.numel(),
+                " bytes of rank state but the ranks announced ", offset);
+    return out;
+  }
 
   // Generators: LibTorch's default CPU one, plus the head's/backbone's own when they expose `generator()`
   // (PartialFC draws its class samples and feature subsets from its own stream).
@@ -523,6 +650,7 @@ class Trainer {
 
   template <typename... Callbacks>
   void optimizer_step(Callbacks&... callbacks) {
+    averager_->average();  // the backbone's gradient of the global batch on every rank
     if (micro_ < options_.accumulation()) {  // partial group at epoch end: mean over the micro-batches it had
       const double rescale = static_cast<double>(options_.accumulation()) / static_cast<double>(micro_);
       torch::NoGradGuard no_grad;
@@ -543,7 +671,8 @@ class Trainer {
       std::vector<at::Tensor> params;
       for (auto& group : optimizer_->param_groups())
         for (auto& p : group.params()) params.push_back(p);
-      r.grad_norm = torch::nn::utils::clip_grad_norm_(params, options_.clip_grad_norm());
+      r.grad_norm = group_.distributed() && head_sharded() ? clip_global_grad_norm()
+                                                           : torch::nn::utils::clip_grad_norm_(params, options_.clip_grad_norm());
     }
     (hooks::gradients(callbacks, *this), ...);
     if (options_.precision() == Precision::fp16) r.skipped = !scaler_.step(*optimizer_);
@@ -554,7 +683,7 @@ class Trainer {
     r.step = global_step_;
     r.total_steps = total_optimizer_steps();
     r.loss = loss_sum_ / static_cast<double>(micro_);
-    r.images = images_in_step_;
+    r.images = images_in_step_ * group_.world_size();  // the global batch (every rank holds an equal shard)
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start_).count();
     last_loss_ = r.loss;
     micro_ = 0;
@@ -562,6 +691,7 @@ class Trainer {
     images_in_step_ = 0;
     (hooks::step_end(callbacks, *this, r), ...);
     if ((hooks::should_stop(callbacks, *this) || ...)) stop_ = true;
+    stop_ = any_rank(stop_);  // a rank that stops alone would leave the others waiting in the next collective
   }
 
   template <typename Source, typename... Callbacks>
@@ -610,11 +740,14 @@ class Trainer {
     }
     (hooks::epoch_end(callbacks, *this, finished), ...);
     if ((hooks::should_stop(callbacks, *this) || ...)) stop_ = true;
+    stop_ = any_rank(stop_);
   }
 
   B backbone_;
   H head_;
   TrainerOptions options_;
+  dist::ProcessGroup group_ = dist::ProcessGroup::single();
+  std::optional<dist::GradientAverager> averager_;
   Schedule schedule_;
   GradScaler scaler_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
