@@ -133,12 +133,12 @@ latin1)
   grep -q $'caf\xef\xbf\xbd.csv' run/config.json || fail "config.json does not hold the name with U+FFFD"
   ;;
 interrupt_embedding)
-  # Ctrl-C as the embedding of 2,000 test images starts (right after the raw-pixel baseline): exit 130 within
+  # Ctrl-C once the embedding of 2,000 test images has started (its first 2% progress line): exit 130 within
   # seconds, from the embedding, not at the first training step.
   "$exe" --model demo28 --image-size 28 --train-limit 128 --eval-limit 2000 --labels-from class --workers 1 \
-    --run-dir run >log 2>&1 &
+    --progress-every 2% --run-dir run >log 2>&1 &
   pid=$!
-  for ((i = 0; i < 900; ++i)); do grep -aq "raw-pixels: class" log && break; sleep 0.1; done
+  for ((i = 0; i < 900; ++i)); do grep -aqE "embed eval [0-9]+/2000 \((2|4|6)%" log && break; sleep 0.1; done
   kill -INT $pid
   start=$(date +%s%N)
   wait $pid; rc=$?
