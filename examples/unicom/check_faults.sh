@@ -8,6 +8,20 @@ export CUDA_VISIBLE_DEVICES=-1 TAXON_NUM_THREADS=1  # one thread: fast and stead
 small=(--train-limit 128 --eval-limit 64 --model demo28 --image-size 28 --labels-from class --batch-size 32
        --workers 1 --augment false --epochs 2)
 fail() { echo "FAIL: $*"; exit 1; }
+# ctrl_c MESSAGE LIMIT_MS: SIGINT to the run $pid (log in ./log); it must exit 130 within LIMIT_MS, having logged
+# MESSAGE (returns 1 if not)
+ctrl_c() {
+  kill -INT $pid
+  local start rc took
+  start=$(date +%s%N)
+  wait $pid; rc=$?
+  took=$(( ($(date +%s%N) - start) / 1000000 ))
+  tail -3 log
+  [[ $rc -eq 130 ]] || fail "exit $rc, expected 130"
+  [[ $took -lt $2 ]] || fail "took $took ms to stop"
+  echo "stopped $took ms after Ctrl-C"
+  grep -q "$1" log
+}
 # expect_error ID ARGS...: a non-zero exit (not a crash) whose output names [taxon.ID]
 expect_error() {
   local id=$1; shift
@@ -139,15 +153,7 @@ interrupt_embedding)
     --progress-every 2% --run-dir run >log 2>&1 &
   pid=$!
   for ((i = 0; i < 900; ++i)); do grep -aqE "embed eval [0-9]+/2000 \((2|4|6)%" log && break; sleep 0.1; done
-  kill -INT $pid
-  start=$(date +%s%N)
-  wait $pid; rc=$?
-  took=$(( ($(date +%s%N) - start) / 1000000 ))
-  tail -3 log
-  [[ $rc -eq 130 ]] || fail "exit $rc, expected 130"
-  grep -q "interrupted during embed eval" log || fail "not interrupted in the embedding"
-  [[ $took -lt 5000 ]] || fail "took $took ms to stop"
-  echo "stopped $took ms after Ctrl-C"
+  ctrl_c "interrupted during embed eval" 5000 || fail "not interrupted in the embedding"
   ;;
 interrupt_kmeans)
   # Ctrl-C inside a long faiss k-means (10^6 iterations on pixel features): exit 130 within seconds through faiss's
@@ -158,15 +164,7 @@ interrupt_kmeans)
   pid=$!
   for ((i = 0; i < 900; ++i)); do grep -aq "kmeans\[faiss\]: N=" log && break; sleep 0.1; done
   sleep 0.3
-  kill -INT $pid
-  start=$(date +%s%N)
-  wait $pid; rc=$?
-  took=$(( ($(date +%s%N) - start) / 1000000 ))
-  tail -3 log
-  [[ $rc -eq 130 ]] || fail "exit $rc, expected 130"
-  grep -q "interrupted during round-0 clustering (k-means)" log || fail "not interrupted in k-means"
-  [[ $took -lt 3000 ]] || fail "took $took ms to stop"
-  echo "stopped $took ms after Ctrl-C"
+  ctrl_c "interrupted during round-0 clustering (k-means)" 3000 || fail "not interrupted in k-means"
   [[ ! -e run/round-0/labels.npy && -e run/eval-before.json ]] || fail "labels saved or baselines lost"
   grep -q '"status": "interrupted"' run/timings.json || fail "timings.json does not say interrupted"
   grep -q 'class="status interrupted"' run/report.html || fail "the report does not say interrupted"

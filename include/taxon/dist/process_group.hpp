@@ -90,20 +90,28 @@ inline std::string first_slurm_host(const std::string& list) {
 }
 }  // namespace detail
 
+namespace detail {
+// rank, world size and local rank from a launcher's three variables (torchrun's or SLURM's names).
+inline void read_ranks(LaunchEnvironment& env, const char* launcher, const char* rank_var, const char* size_var,
+                       const char* local_var) {
+  constexpr long max_ranks = 1L << 24;
+  env.world_size = required_env_int(size_var, launcher, 1, max_ranks);
+  env.rank = required_env_int(rank_var, launcher, 0, max_ranks);
+  TAXON_CHECK(env.rank < env.world_size, "dist.bad-launch-environment", rank_var, "=", env.rank, " is not below ",
+              size_var, "=", env.world_size);
+  const char* local = env_or_null(local_var);
+  env.local_rank = local != nullptr ? parse_env_int(local_var, local, 0, env.rank) : 0;
+}
+}  // namespace detail
+
 // torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT. SLURM: SLURM_PROCID, SLURM_NTASKS,
 // SLURM_LOCALID, first host of SLURM_NODELIST (MASTER_ADDR/MASTER_PORT override; port default 29500).
 // Nothing set: single. Contradictory/invalid values: TaxonError "dist.bad-launch-environment" naming the variable.
 inline LaunchEnvironment launch_environment_from_env() {
   LaunchEnvironment env;
-  constexpr long max_ranks = 1L << 24;
   if (detail::env_or_null("RANK") != nullptr || detail::env_or_null("WORLD_SIZE") != nullptr) {
     env.launcher = "torchrun";
-    env.world_size = detail::required_env_int("WORLD_SIZE", "torchrun", 1, max_ranks);
-    env.rank = detail::required_env_int("RANK", "torchrun", 0, max_ranks);
-    TAXON_CHECK(env.rank < env.world_size, "dist.bad-launch-environment", "RANK=", env.rank,
-                " is not below WORLD_SIZE=", env.world_size);
-    const char* local = detail::env_or_null("LOCAL_RANK");
-    env.local_rank = local != nullptr ? detail::parse_env_int("LOCAL_RANK", local, 0, env.rank) : 0;
+    detail::read_ranks(env, "torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK");
     const char* addr = detail::env_or_null("MASTER_ADDR");
     TAXON_CHECK(addr != nullptr || env.world_size == 1, "dist.bad-launch-environment",
                 "MASTER_ADDR is not set but WORLD_SIZE=", env.world_size);
@@ -115,12 +123,7 @@ inline LaunchEnvironment launch_environment_from_env() {
   }
   if (detail::env_or_null("SLURM_PROCID") != nullptr) {
     env.launcher = "slurm";
-    env.world_size = detail::required_env_int("SLURM_NTASKS", "SLURM", 1, max_ranks);
-    env.rank = detail::required_env_int("SLURM_PROCID", "SLURM", 0, max_ranks);
-    TAXON_CHECK(env.rank < env.world_size, "dist.bad-launch-environment", "SLURM_PROCID=", env.rank,
-                " is not below SLURM_NTASKS=", env.world_size);
-    const char* local = detail::env_or_null("SLURM_LOCALID");
-    env.local_rank = local != nullptr ? detail::parse_env_int("SLURM_LOCALID", local, 0, env.rank) : 0;
+    detail::read_ranks(env, "SLURM", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID");
     if (const char* addr = detail::env_or_null("MASTER_ADDR")) {
       env.master_addr = addr;
     } else {
