@@ -23,3 +23,13 @@ function(taxon_internal_target target)
     target_link_options(${target} PRIVATE ${TAXON_LINKER_FLAGS})
   endif()
 endfunction()
+
+# Test programs check behaviour, not speed (bench/ does), and LibTorch's inline code makes -O3 about two thirds of
+# their compile time; the examples the end-to-end tests run stay optimised. Their numeric checks hold at any level
+# (no -ffast-math, no FMA contraction on the x86-64 baseline).
+set(TAXON_TEST_OPT_FLAGS "-O0" CACHE STRING "Optimisation flags of the test programs (appended after the build type's)")
+function(taxon_test_target target)
+  taxon_internal_target(${target})
+  separate_arguments(_opt UNIX_COMMAND "${TAXON_TEST_OPT_FLAGS}")
+  target_compile_options(${target} PRIVATE ${_opt})
+endfunction()
