@@ -1,4 +1,5 @@
-# Fails when a Catch2 test name would be mangled by catch_discover_tests (v2): ';', '[', ']', '\' or edge spaces.
+# Fails when a Catch2 test name cannot be selected on its own: Catch2 v2's command line reads '[' ']' as a tag and
+# '\' as an escape, and catch_discover_tests (v2) also splits on ';' and drops edge spaces.
 # Catch2 v2 exits with the number of tests listed, so the output, not the exit code, says whether it worked.
 execute_process(COMMAND ${BINARY} --list-test-names-only OUTPUT_VARIABLE _out)
 if(_out STREQUAL "")
@@ -20,6 +21,6 @@ foreach(_name IN LISTS _lines)
   endif()
 endforeach()
 if(_bad)
-  message(FATAL_ERROR "test names ctest cannot register one by one:${_bad}")
+  message(FATAL_ERROR "test names that cannot be selected one by one:${_bad}")
 endif()
-message(STATUS "${_count} test names are safe for catch_discover_tests")
+message(STATUS "${_count} test names can be selected one by one")

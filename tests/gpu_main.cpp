@@ -1,9 +1,6 @@
 // Catch2 runner for taxon_gpu_tests (tests/gpu/*.cpp, every test tagged [cuda]): the same thread count and seed as
 // taxon_tests, and no test runs without a CUDA device — the binary fails at once instead of skipping or passing.
-#define CATCH_CONFIG_RUNNER
-#include <catch2/catch.hpp>
-
-#include "support/cuda_guard.hpp"
+// First in the unity TU of the GPU tests: LibTorch (and glog's CHECK) before Catch2, whose CHECK must win.
 #include "taxon/core/compat.hpp"
 #include "taxon/core/log.hpp"
 #include "taxon/core/seed.hpp"
@@ -14,6 +11,12 @@
 
 #include <cstdlib>
 #include <iostream>
+
+#undef CHECK
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+
+#include "support/cuda_guard.hpp"  // uses Catch2's types
 
 int main(int argc, char* argv[]) {
   int threads = 2;

@@ -2,15 +2,17 @@
 // taxon_launch (every rank runs the same tests in the same order, so their collectives pair up).
 //   taxon_launch 2 -- taxon_dist_tests "[collectives]"
 // `--failure-scenario NAME` instead runs one of the failure drills below, outside Catch2, as a real program would.
-#define CATCH_CONFIG_RUNNER
-#include <catch2/catch.hpp>
-
+// First in the unity TU of the tests: LibTorch (and glog's CHECK) before Catch2, whose CHECK must win.
 #include "dist/dist_support.hpp"
 #include "taxon/core/log.hpp"
 #include "taxon/core/seed.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+
+#undef CHECK
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
 
 #include <chrono>
 #include <csignal>
