@@ -88,9 +88,7 @@ inline std::string first_slurm_host(const std::string& list) {
   range = range.substr(0, range.find_first_of(",-]"));
   return first.substr(0, open) + range;
 }
-}  // namespace detail
 
-namespace detail {
 // rank, world size and local rank from a launcher's three variables (torchrun's or SLURM's names).
 inline void read_ranks(LaunchEnvironment& env, const char* launcher, const char* rank_var, const char* size_var,
                        const char* local_var) {
